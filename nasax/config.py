@@ -1,0 +1,282 @@
+"""The typed run config: YAML files validated by pydantic, with dotted CLI overrides.
+
+A config has one section per concern (`data`, `model`, `search`, `optim`, `run`).
+Strategy-specific knobs live under `search.<strategy name>` and are validated by the
+schema that strategy registered, so a strategy is added without touching this file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nasax.errors import ConfigError
+from nasax.registry import Registry
+
+STRATEGY_OPTIONS: Registry[type[BaseModel]] = Registry("search strategy")
+"""Strategy name -> pydantic model of its own config section (`search.<name>`)."""
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class AugmentConfig(Section):
+    crop_padding: int = Field(0, ge=0, description="random crop after zero padding (pixels)")
+    flip: bool = Field(False, description="random horizontal flip")
+
+
+class DataConfig(Section):
+    name: str = Field("digits", description="digits | npz:PATH | tfds:NAME")
+    data_dir: str | None = Field(None, description="TFDS data directory")
+    num_classes: int | None = Field(None, ge=2, description="check labels against this")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class ModelConfig(Section):
+    space: str = "darts"
+    channels: int = Field(16, ge=2, description="C of the first cell (even)")
+    layers: int = Field(8, ge=1, description="number of cells")
+    stem_multiplier: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _even_channels(self) -> ModelConfig:
+        if self.channels % 2:
+            raise ValueError(f"model.channels must be even (factorized reduce), got {self.channels}")
+        return self
+
+
+class DiscretizerConfig(Section):
+    max_skip_connect: int | None = Field(
+        None, ge=0, description="cap on skip_connect edges in the normal cell (P-DARTS)"
+    )
+
+
+class SearchConfig(Section):
+    strategy: str = "darts"
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(64, ge=1)
+    train_portion: float = Field(
+        0.5, gt=0.0, lt=1.0, description="share of the training set for the weight step"
+    )
+    eval_every: int = Field(1, ge=0, description="epochs between test evaluations (0: end only)")
+    discretizer: DiscretizerConfig = Field(default_factory=DiscretizerConfig)
+    options: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_section(cls, data: Any) -> Any:
+        """Moves `search.<strategy>` into `options`, validated by the strategy's schema."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        name = data.get("strategy", "darts")
+        if not isinstance(name, str) or name not in STRATEGY_OPTIONS:
+            raise ValueError(
+                f"search.strategy: {STRATEGY_OPTIONS.unknown_message(str(name))}"
+            )
+        for other in STRATEGY_OPTIONS:
+            if other != name and other in data:
+                raise ValueError(
+                    f"search.{other}: options for strategy {other!r}, but search.strategy is "
+                    f"{name!r}; move them or change the strategy"
+                )
+        section = data.pop(name, None) or {}
+        schema = STRATEGY_OPTIONS.get(name)
+        try:
+            data["options"] = schema.model_validate(section).model_dump()
+        except ValidationError as e:
+            raise ValueError(_first_error(e, prefix=f"search.{name}", model=schema)) from None
+        return data
+
+    def strategy_options(self) -> BaseModel:
+        """The strategy's own section as its typed model."""
+        return STRATEGY_OPTIONS.get(self.strategy).model_validate(self.options)
+
+
+class WeightOptimConfig(Section):
+    """SGD with momentum on the network weights, cosine-annealed per epoch."""
+
+    lr: float = Field(0.025, gt=0)
+    lr_min: float = Field(0.001, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(3e-4, ge=0)
+    grad_clip: float | None = Field(5.0, gt=0, description="global-norm clip (null: none)")
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class ArchOptimConfig(Section):
+    """Adam on the architecture parameters, with L2 weight decay as in DARTS."""
+
+    lr: float = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = Field(1e-3, ge=0)
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> ArchOptimConfig:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.arch.betas must lie in [0, 1), got {list(self.betas)}")
+        return self
+
+
+class OptimConfig(Section):
+    weights: WeightOptimConfig = Field(default_factory=WeightOptimConfig)
+    arch: ArchOptimConfig = Field(default_factory=ArchOptimConfig)
+
+
+class RunConfig(Section):
+    out_dir: str = Field("runs", description="parent of run directories")
+    log_every: int = Field(10, ge=1, description="steps between metric lines")
+    checkpoint_keep: int = Field(2, ge=1, description="checkpoints kept")
+    progress: bool = True
+
+
+class Config(Section):
+    """A whole run."""
+
+    name: str = "nasax"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved config as plain data, strategy section in its place."""
+        data = self.model_dump(mode="json")
+        data["search"][self.search.strategy] = dict(self.search.options)
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _field_path(loc: tuple[Any, ...], prefix: str = "") -> str:
+    parts = [str(p) for p in loc if not str(p).startswith("function-")]
+    path = ".".join(parts)
+    return ".".join(p for p in (prefix, path) if p)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys a section at `loc` accepts (for 'unknown key' messages)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return [k for k in model.model_fields if k != "options"]
+
+
+def _first_error(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line for the first error: the key, the bad value, what is allowed."""
+    e = err.errors()[0]
+    path = _field_path(e["loc"], prefix)
+    if e["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, e["loc"]) if model else []
+        close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        known = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+        return f"unknown key {path!r}{hint}{known}"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "value_error":  # our validators name the key themselves
+        return msg
+    value = e.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+    return f"{path}: {msg}{shown}" if path else f"{msg}{shown}"
+
+
+def validate_config(data: Any, source: str = "config") -> Config:
+    """Validates plain data as a Config; errors become one-line ConfigErrors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_first_error(e, model=Config)}") from None
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with nasax."""
+    folder = resources.files("nasax.configs")
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_config_file(name_or_path: str | os.PathLike) -> tuple[dict[str, Any], str]:
+    """Reads a config by path or shipped name; returns (data, where it came from)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        text, source = path.read_text(), str(path)
+    else:
+        name = str(name_or_path)
+        shipped = resources.files("nasax.configs") / f"{name}.yaml"
+        if not shipped.is_file():
+            close = difflib.get_close_matches(name, shipped_configs(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"no config file or shipped config named {name!r}{hint}; shipped: "
+                f"{', '.join(shipped_configs())}"
+            )
+        text, source = shipped.read_text(), f"{name}.yaml"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    return data or {}, source
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies `key.sub=value` overrides; values are parsed as YAML (`2`, `null`, `[1, 2]`)."""
+    data = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"override {item!r}: {'.'.join(parts[: depth + 1])} is a value, not a section"
+                )
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def load_config(name_or_path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Reads, overrides and validates a config (path or shipped name)."""
+    data, source = read_config_file(name_or_path)
+    data = apply_overrides(data, overrides or [])
+    data.setdefault("name", Path(source).stem)
+    return validate_config(data, source)
