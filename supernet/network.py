@@ -1,0 +1,96 @@
+"""The search network: a stem, a stack of cells with mixed edges, a classifier."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nasax.supernet.cells import Cell, EdgeGroup, MixedEdgeGroup, plan_cells
+from nasax.supernet.ops import Conv, batch_norm, norm, torch_default_init
+from nasax.supernet.spaces import SearchSpace
+
+CELL_KINDS = ("normal", "reduce")
+
+
+class ArchParam(nnx.Variable):
+    """Architecture parameters: their own variable type, so `nnx.Param` never picks them up."""
+
+
+def linear(c_in: int, c_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    """A linear layer with PyTorch's default initialisation."""
+    bound = 1.0 / c_in**0.5
+    return nnx.Linear(
+        c_in,
+        c_out,
+        kernel_init=torch_default_init,
+        bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+            key, shape, dtype, -bound, bound
+        ),
+        rngs=rngs,
+    )
+
+
+class Stem(nnx.Module):
+    """3x3 conv to `stem_multiplier * C` channels and an affine BatchNorm."""
+
+    def __init__(self, c_in: int, c_out: int, rngs: nnx.Rngs) -> None:
+        self.conv = Conv(c_in, c_out, 3, padding=1, rngs=rngs)
+        self.bn = batch_norm(c_out, True, rngs)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return norm(self.bn, self.conv(x), train)
+
+
+class SearchNetwork(nnx.Module):
+    """The DARTS supernet: every cell edge mixes all ops of `space`.
+
+    Architecture parameters `alpha_normal` and `alpha_reduce` (edges x ops) are
+    `ArchParam` variables shared by all cells of a kind. Call with `weights` to use op
+    weights a strategy computed (sampled, normalised, ...); by default they are the
+    softmax of the alphas.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        channels: int,
+        layers: int,
+        num_classes: int,
+        in_channels: int = 3,
+        stem_multiplier: int = 3,
+        rngs: nnx.Rngs,
+    ) -> None:
+        self.space = space
+        self.stem = Stem(in_channels, stem_multiplier * channels, rngs)
+        nodes = space.n_nodes
+        concat = tuple(range(space.n_inputs, space.n_inputs + nodes))
+
+        def make_group(group: EdgeGroup, c: int, stride: int, rngs: nnx.Rngs) -> MixedEdgeGroup:
+            return MixedEdgeGroup(space.ops, c, stride, len(group.edge_ids), rngs)
+
+        plans = plan_cells(stem_multiplier * channels, channels, layers, nodes)
+        self.cells = nnx.List(
+            [Cell(plan, space.edges, make_group, concat, False, rngs) for plan in plans]
+        )
+        self.classifier = linear(nodes * plans[-1].channels, num_classes, rngs)
+        shape = (space.n_edges, space.n_ops)
+        self.alpha_normal = ArchParam(1e-3 * jax.random.normal(rngs.params(), shape))
+        self.alpha_reduce = ArchParam(1e-3 * jax.random.normal(rngs.params(), shape))
+
+    def alphas(self) -> dict[str, jax.Array]:
+        """The architecture parameters by cell kind."""
+        return {"normal": self.alpha_normal[...], "reduce": self.alpha_reduce[...]}
+
+    def __call__(
+        self, x: jax.Array, *, train: bool, weights: dict[str, jax.Array] | None = None
+    ) -> jax.Array:
+        """Logits for NHWC images `x`; `weights` maps cell kind to (edges, ops) op weights."""
+        if weights is None:
+            weights = {kind: jax.nn.softmax(a, axis=-1) for kind, a in self.alphas().items()}
+        s0 = s1 = self.stem(x, train)
+        for cell in self.cells:
+            kind = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, cell(s0, s1, weights[kind], train)
+        return self.classifier(jnp.mean(s1, axis=(1, 2)))

@@ -1,0 +1,373 @@
+"""Primitive operations of cell edges, registered by name.
+
+Every op is built as ``factory(channels, stride, affine, rngs)`` and called as
+``op(x, train)`` on NHWC arrays; at stride 2 it halves height and width (rounding up).
+Convolutions have no bias and come in ReLU-conv-BN order, as in the DARTS reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from nasax.registry import Registry
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+# PyTorch's default conv/linear init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
+torch_default_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# Channels per diagonal block when a depthwise conv runs as a grouped dense conv on CPU.
+CPU_DEPTHWISE_BLOCK = 16
+
+
+class Op(Protocol):
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array: ...
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """A registered primitive.
+
+    Attributes:
+        factory: builds the op: ``factory(channels, stride, affine, rngs)``.
+        zero: the op outputs zeros, so a weighted sum may skip computing it.
+        norm_on_mixed_edge: a mixed edge follows the op with a non-affine BatchNorm
+            (DARTS does this for the parameter-free pools so their scale matches convs).
+        identity_at_stride_1: the op is the identity at stride 1 (drop path spares it).
+    """
+
+    factory: Callable[[int, int, bool, nnx.Rngs], Op]
+    zero: bool = False
+    norm_on_mixed_edge: bool = False
+    identity_at_stride_1: bool = False
+
+
+OPS: Registry[OpSpec] = Registry("op")
+
+
+def register_op(name: str, **flags: bool) -> Callable:
+    """Decorator: registers an op factory under `name` with the given OpSpec flags."""
+
+    def wrap(factory: Callable[[int, int, bool, nnx.Rngs], Op]):
+        OPS.register(name, OpSpec(factory, **flags))
+        return factory
+
+    return wrap
+
+
+def build_op(name: str, channels: int, stride: int, affine: bool, rngs: nnx.Rngs) -> Op:
+    """Builds the registered op `name`."""
+    return OPS.get(name).factory(channels, stride, affine, rngs)
+
+
+# ------------------------------------------------------------------ convolution kernels
+
+
+def _pads(padding: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    return ((padding, padding), (padding, padding))
+
+
+def depthwise_conv(
+    x: jax.Array, kernel: jax.Array, *, stride: int, padding: int, dilation: int
+) -> jax.Array:
+    """Depthwise conv with a (k, k, 1, C) kernel, in the fastest form for the backend.
+
+    XLA's CPU depthwise convolution is far slower than a grouped dense convolution with
+    a block-diagonal kernel (see shared/bench/README.md), so on CPU the kernel is spread
+    onto diagonal blocks; elsewhere the native depthwise form is used. Both compute the
+    same function and have the same parameters.
+    """
+    channels = x.shape[-1]
+    kernel = kernel.astype(x.dtype)
+    if jax.default_backend() == "cpu":
+        block = _diagonal_block(channels)
+        mask = jnp.arange(block)[:, None] == (jnp.arange(channels) % block)[None, :]
+        kernel = kernel * mask.astype(x.dtype)  # (k, k, block, C)
+        groups = channels // block
+    else:
+        groups = channels
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=_pads(padding),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=_DIMS,
+        feature_group_count=groups,
+    )
+
+
+def _diagonal_block(channels: int) -> int:
+    block = min(channels, CPU_DEPTHWISE_BLOCK)
+    while channels % block:
+        block -= 1
+    return block
+
+
+def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """1x1 conv at stride 1 as a contraction over the channel axis."""
+    return jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0].astype(x.dtype))
+
+
+class Conv(nnx.Module):
+    """A bias-free 2-D convolution (dense, depthwise when `depthwise`)."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        depthwise: bool = False,
+        rngs: nnx.Rngs,
+    ) -> None:
+        if depthwise and c_in != c_out:
+            raise ValueError("a depthwise conv keeps the channel count")
+        shape = (kernel_size, kernel_size, 1 if depthwise else c_in, c_out)
+        self.kernel = nnx.Param(torch_default_init(rngs.params(), shape))
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.depthwise = depthwise
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.depthwise:
+            return depthwise_conv(
+                x, self.kernel[...], stride=self.stride, padding=self.padding,
+                dilation=self.dilation,
+            )
+        if self.kernel.shape[:2] == (1, 1) and self.stride == 1 and self.padding == 0:
+            return pointwise_conv(x, self.kernel[...])
+        return lax.conv_general_dilated(
+            x,
+            self.kernel[...].astype(x.dtype),
+            window_strides=(self.stride, self.stride),
+            padding=_pads(self.padding),
+            rhs_dilation=(self.dilation, self.dilation),
+            dimension_numbers=_DIMS,
+        )
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over NHWC with PyTorch's semantics (momentum 0.1, eps 1e-5, unbiased
+    running variance); `affine` adds a learned scale and bias.
+
+    Running statistics are replaced with `set_value` rather than written through an
+    index, which keeps tracing linear in the network size.
+    """
+
+    def __init__(self, channels: int, affine: bool, momentum: float = 0.1, eps: float = 1e-5):
+        self.mean = nnx.BatchStat(jnp.zeros((channels,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((channels,), jnp.float32))
+        self.scale = nnx.Param(jnp.ones((channels,), jnp.float32)) if affine else None
+        self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32)) if affine else None
+        self.momentum, self.eps = momentum, eps
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if train:
+            xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+            mean = jnp.mean(xf, axis=(0, 1, 2))
+            var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))
+            n = x.size // x.shape[-1]
+            m = self.momentum
+            unbiased = var * (n / max(n - 1, 1))
+            self.mean.set_value((1 - m) * self.mean[...] + m * lax.stop_gradient(mean))
+            self.var.set_value((1 - m) * self.var[...] + m * lax.stop_gradient(unbiased))
+        else:
+            mean, var = self.mean[...], self.var[...]
+        inv = lax.rsqrt(var + self.eps)
+        if self.scale is not None:
+            inv = inv * self.scale[...]
+        y = (x - mean.astype(x.dtype)) * inv.astype(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        return y
+
+
+def batch_norm(channels: int, affine: bool, rngs: nnx.Rngs | None = None) -> BatchNorm:
+    """A BatchNorm for `channels` (rngs unused: kept for a uniform builder signature)."""
+    return BatchNorm(channels, affine)
+
+
+def norm(bn: BatchNorm, x: jax.Array, train: bool) -> jax.Array:
+    """Applies `bn` with batch statistics in training and running averages otherwise."""
+    return bn(x, train)
+
+
+# ------------------------------------------------------------------ building blocks
+
+
+class ReLUConvBN(nnx.Module):
+    """ReLU, dense conv, BatchNorm."""
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
+        affine: bool, rngs: nnx.Rngs,
+    ) -> None:
+        self.conv = Conv(c_in, c_out, kernel_size, stride=stride, padding=padding, rngs=rngs)
+        self.bn = batch_norm(c_out, affine, rngs)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return norm(self.bn, self.conv(jax.nn.relu(x)), train)
+
+
+class DilConv(nnx.Module):
+    """ReLU, depthwise (dilated) k x k conv, pointwise 1x1 conv, BatchNorm."""
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
+        dilation: int, affine: bool, rngs: nnx.Rngs,
+    ) -> None:
+        self.depthwise = Conv(
+            c_in, c_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
+            depthwise=True, rngs=rngs,
+        )
+        self.pointwise = Conv(c_in, c_out, 1, rngs=rngs)
+        self.bn = batch_norm(c_out, affine, rngs)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return norm(self.bn, self.pointwise(self.depthwise(jax.nn.relu(x))), train)
+
+
+class SepConv(nnx.Module):
+    """Two DilConv blocks at dilation 1; only the first carries the stride."""
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
+        affine: bool, rngs: nnx.Rngs,
+    ) -> None:
+        self.first = DilConv(c_in, c_in, kernel_size, stride, padding, 1, affine, rngs)
+        self.second = DilConv(c_in, c_out, kernel_size, 1, padding, 1, affine, rngs)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return self.second(self.first(x, train), train)
+
+
+class FactorizedReduce(nnx.Module):
+    """ReLU, two stride-2 1x1 convs (the second one pixel shifted), concat, BatchNorm.
+
+    Halves the resolution without losing every other pixel. For odd sizes the shifted
+    input is zero-padded at the far edge so both halves have the same size.
+    """
+
+    def __init__(self, c_in: int, c_out: int, affine: bool, rngs: nnx.Rngs) -> None:
+        if c_out % 2:
+            raise ValueError(f"FactorizedReduce needs an even channel count, got {c_out}")
+        self.conv_even = Conv(c_in, c_out // 2, 1, stride=2, rngs=rngs)
+        self.conv_odd = Conv(c_in, c_out // 2, 1, stride=2, rngs=rngs)
+        self.bn = batch_norm(c_out, affine, rngs)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = jax.nn.relu(x)
+        shifted = x[:, 1:, 1:, :]
+        height, width = x.shape[1], x.shape[2]
+        shifted = jnp.pad(shifted, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
+        out = jnp.concatenate([self.conv_even(x), self.conv_odd(shifted)], axis=-1)
+        return norm(self.bn, out, train)
+
+
+class Zero(nnx.Module):
+    """The `none` op: zeros of the output shape."""
+
+    def __init__(self, stride: int) -> None:
+        self.stride = stride
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return jnp.zeros_like(x[:, :: self.stride, :: self.stride, :])
+
+
+class Identity(nnx.Module):
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return x
+
+
+def max_pool(x: jax.Array, stride: int) -> jax.Array:
+    """3x3 max pool with padding 1 (padding never wins)."""
+    return lax.reduce_window(
+        x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, stride, stride, 1),
+        ((0, 0), (1, 1), (1, 1), (0, 0)),
+    )
+
+
+def avg_pool(x: jax.Array, stride: int) -> jax.Array:
+    """3x3 average pool with padding 1 that averages over real pixels only."""
+    window, strides = (1, 3, 3, 1), (1, stride, stride, 1)
+    pads = ((0, 0), (1, 1), (1, 1), (0, 0))
+    total = lax.reduce_window(x, 0.0, lax.add, window, strides, pads)
+    ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
+    count = lax.reduce_window(ones, 0.0, lax.add, window, strides, pads)
+    return total / count
+
+
+class Pool(nnx.Module):
+    """A parameter-free pooling op."""
+
+    def __init__(self, pool: Callable[[jax.Array, int], jax.Array], stride: int) -> None:
+        self.pool = pool
+        self.stride = stride
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return self.pool(x, self.stride)
+
+
+# ------------------------------------------------------------------ the DARTS primitives
+
+
+@register_op("none", zero=True)
+def _none(c: int, stride: int, affine: bool, rngs: nnx.Rngs) -> Op:
+    return Zero(stride)
+
+
+@register_op("max_pool_3x3", norm_on_mixed_edge=True)
+def _max_pool_3x3(c: int, stride: int, affine: bool, rngs: nnx.Rngs) -> Op:
+    return Pool(max_pool, stride)
+
+
+@register_op("avg_pool_3x3", norm_on_mixed_edge=True)
+def _avg_pool_3x3(c: int, stride: int, affine: bool, rngs: nnx.Rngs) -> Op:
+    return Pool(avg_pool, stride)
+
+
+@register_op("skip_connect", identity_at_stride_1=True)
+def _skip_connect(c: int, stride: int, affine: bool, rngs: nnx.Rngs) -> Op:
+    return Identity() if stride == 1 else FactorizedReduce(c, c, affine, rngs)
+
+
+def _register_sep_conv(size: int) -> None:
+    factory = lambda c, stride, affine, rngs: SepConv(  # noqa: E731
+        c, c, size, stride, size // 2, affine, rngs
+    )
+    register_op(f"sep_conv_{size}x{size}")(factory)
+
+
+def _register_dil_conv(size: int) -> None:
+    factory = lambda c, stride, affine, rngs: DilConv(  # noqa: E731
+        c, c, size, stride, size - 1, 2, affine, rngs
+    )
+    register_op(f"dil_conv_{size}x{size}")(factory)
+
+
+for _size in (3, 5):
+    _register_sep_conv(_size)
+    _register_dil_conv(_size)
+
+__all__ = [
+    "OPS",
+    "Conv",
+    "DilConv",
+    "FactorizedReduce",
+    "OpSpec",
+    "ReLUConvBN",
+    "SepConv",
+    "batch_norm",
+    "build_op",
+    "depthwise_conv",
+    "norm",
+    "register_op",
+]
