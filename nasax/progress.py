@@ -1,0 +1,62 @@
+"""A live progress display (rich) for long loops, silent when disabled."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class LoopProgress:
+    """One bar over all steps of a run, with the epoch and the latest figures beside it."""
+
+    def __init__(self, total_steps: int, epochs: int, *, enabled: bool, label: str) -> None:
+        self.epochs = epochs
+        self.enabled = enabled
+        self.console = Console(stderr=True)
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not enabled,
+            transient=False,
+        )
+        self._task = self._progress.add_task(
+            label, total=total_steps, epoch=f"1/{epochs}", stats=""
+        )
+
+    def __enter__(self) -> LoopProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def advance(self, completed: int, epoch: int) -> None:
+        """Sets the bar to `completed` steps during `epoch` (0-based)."""
+        self._progress.update(self._task, completed=completed, epoch=f"{epoch + 1}/{self.epochs}")
+
+    def show(self, stats: dict[str, float]) -> None:
+        """Shows the latest figures: losses and accuracies to 3-4 digits, images/s whole."""
+        parts = [
+            f"{k.replace('_', ' ')} {v:.0f}" if k.endswith("per_sec") else f"{k.replace('_', ' ')} {v:.3f}"
+            for k, v in stats.items()
+        ]
+        self._progress.update(self._task, stats="  ".join(parts))
+
+    def log(self, message: str) -> None:
+        """A line above the bar; nothing in quiet mode."""
+        if self.enabled:
+            self.console.print(message)

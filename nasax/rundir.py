@@ -1,0 +1,65 @@
+"""Run directories: creation rules, the metrics log, and what a finished run leaves."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from nasax.errors import RunDirError
+
+
+def default_run_dir(out_dir: str, name: str) -> Path:
+    """`<out_dir>/<name>-<YYYYmmdd-HHMMSS>`: a new folder per run."""
+    return Path(out_dir) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
+    """Creates (or, resuming, checks) a run directory; never overwrites without being told."""
+    path = Path(path)
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite exclude each other")
+    if resume:
+        if not (path / "checkpoints").is_dir():
+            raise RunDirError(f"cannot resume: {path} holds no checkpoints/ from an earlier run")
+        return path
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"run directory {path} exists and is not empty; pass --resume to continue it "
+                "or --overwrite to start over"
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl, flushed at each write."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def truncate_after(self, step: int) -> None:
+        """Drops lines logged after `step` (they belong to a run past its last checkpoint)."""
+        if not self.path.exists():
+            return
+        keep = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

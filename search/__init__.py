@@ -1,0 +1,14 @@
+"""Search strategies, the discretizer and the search loop (`nasax.search`)."""
+
+from nasax.search import darts  # noqa: F401  (registers the strategy)
+from nasax.search.discretize import derive_cell, derive_genotype
+from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy, register_strategy
+
+__all__ = [
+    "STRATEGIES",
+    "SearchSetup",
+    "Strategy",
+    "derive_cell",
+    "derive_genotype",
+    "register_strategy",
+]

@@ -1,0 +1,96 @@
+"""First-order DARTS (Liu et al., 2019): alternate an architecture step and a weight step.
+
+Each search step is one jitted program: the alphas take an Adam step on the gradient
+of the validation loss, then the weights take an SGD step on the training loss under
+the updated alphas. Op weights are the softmax of the alphas.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+from pydantic import BaseModel, ConfigDict
+
+from nasax.data import Batch
+from nasax.search.discretize import derive_genotype
+from nasax.search.strategy import (
+    Metrics,
+    SearchSetup,
+    Strategy,
+    Supernet,
+    SupernetState,
+    alphas_of,
+    cross_entropy,
+    register_strategy,
+)
+from nasax.supernet.genotypes import Genotype
+
+
+class DartsOptions(BaseModel):
+    """The `search.darts` section. First order has no knobs of its own yet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def op_weights(state: SupernetState) -> dict[str, np.ndarray]:
+    """Softmax of the alphas per cell kind, on the host."""
+    return {k: np.asarray(jax.nn.softmax(a, axis=-1)) for k, a in alphas_of(state.arch).items()}
+
+
+@register_strategy("darts", DartsOptions)
+def make_darts(setup: SearchSetup, options: DartsOptions) -> Strategy:
+    """Builds first-order DARTS over the supernet of `setup`."""
+    net = Supernet.create(setup)
+
+    def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        train_rng, val_rng = jax.random.split(rng)
+        x_train = setup.preprocess(train["image"], train_rng, True)
+        x_val = setup.preprocess(val["image"], val_rng, True)
+
+        def arch_loss(arch):
+            logits, stats = net.apply(state.params, state.batch_stats, arch, x_val, train=True)
+            loss, acc = cross_entropy(logits, val["label"])
+            return loss, (acc, stats)
+
+        (val_loss, (val_acc, stats)), arch_grad = jax.value_and_grad(arch_loss, has_aux=True)(
+            state.arch
+        )
+        updates, arch_opt = setup.arch_optimizer.update(arch_grad, state.arch_opt, state.arch)
+        arch = optax.apply_updates(state.arch, updates)
+
+        def weight_loss(params):
+            logits, new_stats = net.apply(params, stats, arch, x_train, train=True)
+            loss, acc = cross_entropy(logits, train["label"])
+            return loss, (acc, new_stats)
+
+        (train_loss, (train_acc, stats)), grads = jax.value_and_grad(weight_loss, has_aux=True)(
+            state.params
+        )
+        updates, weight_opt = setup.weight_optimizer.update(grads, state.weight_opt, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "grad_norm": optax.global_norm(grads),
+            "lr": setup.learning_rate(state.step),
+        }
+        new_state = SupernetState(
+            state.step + 1, state.rng, params, stats, arch, weight_opt, arch_opt
+        )
+        return new_state, metrics
+
+    def derive(state: SupernetState) -> Genotype:
+        return derive_genotype(
+            op_weights(state), setup.space, max_skip_connect=setup.max_skip_connect
+        )
+
+    def arch_weights(state: SupernetState) -> dict[str, np.ndarray]:
+        return {f"alpha_{k}": np.asarray(a) for k, a in alphas_of(state.arch).items()}
+
+    return Strategy(
+        init=net.init, step=step, evaluate=net.evaluate, derive=derive, arch_weights=arch_weights
+    )

@@ -1,0 +1,169 @@
+"""The strategy contract: `init` / `step` / `evaluate` / `derive`, registered by name.
+
+A strategy is a NamedTuple of pure functions over an explicit state pytree. The search
+loop jits `step` (one XLA program per search step) and owns data, logging,
+checkpoints and progress, so a new strategy is one module that registers a builder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from pydantic import BaseModel
+
+from nasax.config import STRATEGY_OPTIONS
+from nasax.data import Batch
+from nasax.registry import Registry
+from nasax.supernet.genotypes import Genotype
+from nasax.supernet.network import ArchParam, SearchNetwork
+from nasax.supernet.spaces import SearchSpace
+
+Metrics = dict[str, jax.Array]
+
+
+class SearchSetup(NamedTuple):
+    """What every strategy is handed: the space, the supernet and the shared machinery.
+
+    Attributes:
+        space: the search space.
+        network: builds the supernet from an `nnx.Rngs`.
+        weight_optimizer: optax transformation for the network weights.
+        arch_optimizer: optax transformation for the architecture parameters.
+        learning_rate: weight learning rate as a function of the step (for logging).
+        preprocess: preprocess(images, rng, train) -> normalised float images.
+        max_skip_connect: discretizer cap on skip connections in the normal cell.
+    """
+
+    space: SearchSpace
+    network: Callable[[nnx.Rngs], SearchNetwork]
+    weight_optimizer: optax.GradientTransformation
+    arch_optimizer: optax.GradientTransformation
+    learning_rate: Callable[[jax.Array], jax.Array]
+    preprocess: Callable[[jax.Array, jax.Array, bool], jax.Array]
+    max_skip_connect: int | None = None
+
+
+class Strategy(NamedTuple):
+    """A search strategy as pure functions over its state pytree.
+
+    Attributes:
+        init: rng -> state.
+        step: (state, train_batch, val_batch) -> (state, metrics); jitted by the loop.
+        evaluate: (state, batch with mask) -> summed metrics (`loss_sum`, `correct`, `count`).
+        derive: state -> Genotype.
+        arch_weights: state -> {name: array} of architecture weights to record per epoch.
+    """
+
+    init: Callable[[jax.Array], Any]
+    step: Callable[[Any, Batch, Batch], tuple[Any, Metrics]]
+    evaluate: Callable[[Any, Batch], Metrics]
+    derive: Callable[[Any], Genotype]
+    arch_weights: Callable[[Any], dict[str, np.ndarray]]
+
+
+StrategyBuilder = Callable[[SearchSetup, BaseModel], Strategy]
+STRATEGIES: Registry[StrategyBuilder] = Registry("search strategy")
+
+
+def register_strategy(name: str, options: type[BaseModel]) -> Callable[[StrategyBuilder], StrategyBuilder]:
+    """Registers a strategy builder and the schema of its `search.<name>` config section."""
+
+    def wrap(builder: StrategyBuilder) -> StrategyBuilder:
+        STRATEGY_OPTIONS.register(name, options)
+        return STRATEGIES.register(name, builder)
+
+    return wrap
+
+
+# ------------------------------------------------------------------ supernet state helpers
+
+
+class SupernetState(NamedTuple):
+    """Weights, BN statistics, architecture parameters and both optimizer states."""
+
+    step: jax.Array
+    rng: jax.Array
+    params: nnx.State
+    batch_stats: nnx.State
+    arch: nnx.State
+    weight_opt: optax.OptState
+    arch_opt: optax.OptState
+
+
+class Supernet(NamedTuple):
+    """Functional access to a supernet: its graph and a forward over explicit state."""
+
+    graphdef: nnx.GraphDef
+    setup: SearchSetup
+
+    @classmethod
+    def create(cls, setup: SearchSetup) -> Supernet:
+        abstract = nnx.eval_shape(lambda: setup.network(nnx.Rngs(0)))
+        graphdef, *_ = split_supernet(abstract)
+        return cls(graphdef, setup)
+
+    def init(self, rng: jax.Array) -> SupernetState:
+        """Fresh weights and alphas from `rng`, and both optimizers' states."""
+        init_rng, state_rng = jax.random.split(rng)
+        _, arch, params, stats = split_supernet(self.setup.network(nnx.Rngs(params=init_rng)))
+        return SupernetState(
+            step=jnp.zeros((), jnp.int32),
+            rng=state_rng,
+            params=params,
+            batch_stats=stats,
+            arch=arch,
+            weight_opt=self.setup.weight_optimizer.init(params),
+            arch_opt=self.setup.arch_optimizer.init(arch),
+        )
+
+    def apply(
+        self,
+        params: nnx.State,
+        batch_stats: nnx.State,
+        arch: nnx.State,
+        x: jax.Array,
+        *,
+        train: bool,
+        weights: dict[str, jax.Array] | None = None,
+    ) -> tuple[jax.Array, nnx.State]:
+        """Logits and the updated BN statistics."""
+        model = nnx.merge(self.graphdef, arch, params, batch_stats, copy=True)
+        logits = model(x, train=train, weights=weights)
+        return logits, nnx.state(model, nnx.BatchStat)
+
+    def evaluate(self, state: SupernetState, batch: Batch) -> Metrics:
+        """Summed loss and correct count over the real examples of a padded batch."""
+        x = self.setup.preprocess(batch["image"], state.rng, False)
+        logits, _ = self.apply(state.params, state.batch_stats, state.arch, x, train=False)
+        mask = batch["mask"].astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        return {
+            "loss_sum": jnp.sum(losses * mask),
+            "correct": jnp.sum(correct * mask),
+            "count": jnp.sum(mask),
+        }
+
+
+def split_supernet(model: SearchNetwork) -> tuple[nnx.GraphDef, nnx.State, nnx.State, nnx.State]:
+    """(graphdef, arch, params, batch_stats); fails if any variable fits none of them."""
+    return nnx.split(model, ArchParam, nnx.Param, nnx.BatchStat)
+
+
+def alphas_of(arch: nnx.State) -> dict[str, jax.Array]:
+    """{"normal": ..., "reduce": ...} raw architecture parameters from the arch state."""
+    pure = nnx.to_pure_dict(arch)
+    return {"normal": pure["alpha_normal"], "reduce": pure["alpha_reduce"]}
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean cross-entropy and accuracy."""
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    accuracy = (jnp.argmax(logits, -1) == labels).mean()
+    return loss, accuracy
