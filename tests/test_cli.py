@@ -1,0 +1,135 @@
+"""End to end through the `nasax` command: a tiny search, its run directory, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from nasax.checkpoint import Checkpoints
+from nasax.cli import main
+from nasax.supernet.genotypes import Genotype
+from tests.conftest import TINY
+
+
+def search_args(tiny_npz: str, out: Path, *extra: str) -> list[str]:
+    sets = [*TINY, f"data.name=npz:{tiny_npz}"]
+    return [
+        "search",
+        "darts_digits",
+        *[a for s in sets for a in ("--set", s)],
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_npz, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(search_args(tiny_npz, out)) == 0
+    return out
+
+
+def test_search_writes_a_complete_run_directory(finished_run):
+    names = {p.name for p in finished_run.iterdir()}
+    assert {
+        "config.yaml",
+        "metrics.jsonl",
+        "genotype.json",
+        "alphas.npz",
+        "summary.json",
+        "checkpoints",
+    } <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    genotype = Genotype.load(finished_run / "genotype.json")
+    genotype.validate()
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["genotype"] == genotype.to_dict()
+    assert summary["steps"] == 2 * 4 and summary["epochs"] == 2
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    resolved = yaml.safe_load((finished_run / "config.yaml").read_text())
+    assert resolved["search"]["epochs"] == 2 and resolved["model"]["channels"] == 4
+    assert resolved["search"]["darts"] == {}
+    assert resolved["optim"]["weights"]["lr"] == 0.025  # defaults are written out
+
+
+def test_metrics_and_alphas_are_logged_per_step_and_epoch(finished_run):
+    lines = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if r["kind"] == "search"]
+    epochs = [r for r in lines if r["kind"] == "epoch"]
+    assert [r["step"] for r in steps] == [2, 4, 6, 8]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) and r["images_per_sec"] > 0 for r in steps)
+    assert all("test_acc" in r for r in epochs)
+    with np.load(finished_run / "alphas.npz") as f:
+        assert f["alpha_normal"].shape == (2, 14, 8) and f["alpha_reduce"].shape == (2, 14, 8)
+        assert f["ops"][0] == "none" and f["edges"].shape == (14, 2)
+        assert not np.allclose(f["alpha_normal"][0], f["alpha_normal"][1])
+
+
+def test_existing_run_directory_is_not_overwritten(finished_run, tiny_npz, capsys):
+    assert main(search_args(tiny_npz, finished_run)) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--resume" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("sets", "fragment"),
+    [
+        (["search.epoch=2"], "unknown key 'search.epoch'"),
+        (["search.batch_size=0"], "search.batch_size"),
+        (["data.name=npz:/nonexistent/data.npz"], "does not exist"),
+        (["search.batch_size=4096"], "fewer than one batch"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, tiny_npz, capsys, sets, fragment):
+    args = search_args(tiny_npz, tmp_path / "run")
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+
+
+def test_interrupted_search_resumes_to_the_uninterrupted_result(finished_run, tiny_npz, tmp_path):
+    out = tmp_path / "interrupted"
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "nasax.cli", *search_args(tiny_npz, out, "--quiet")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not (out / "genotype.json").exists():  # the first epoch has ended
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    assert main([*search_args(tiny_npz, out, "--resume")]) == 0
+
+    a, b = finished_run, out
+    assert (a / "genotype.json").read_text() == (b / "genotype.json").read_text()
+    with np.load(a / "alphas.npz") as fa, np.load(b / "alphas.npz") as fb:
+        for key in ("alpha_normal", "alpha_reduce"):
+            np.testing.assert_array_equal(fa[key], fb[key])
+    ca, cb = Checkpoints(a / "checkpoints"), Checkpoints(b / "checkpoints")
+    assert ca.latest_step() == cb.latest_step() == 8
+    flat_a = ca.manager.restore(8)["state"]
+    flat_b = cb.manager.restore(8)["state"]
+    assert flat_a.keys() == flat_b.keys()
+    for key in flat_a:
+        np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=key)
+    sa = json.loads((a / "summary.json").read_text())
+    sb = json.loads((b / "summary.json").read_text())
+    assert sa["test_accuracy"] == sb["test_accuracy"]

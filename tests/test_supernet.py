@@ -1,0 +1,148 @@
+"""The DARTS supernet: parameter parity with the reference, op shapes, mixed edges, splits."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from nasax.search.strategy import split_supernet
+from nasax.supernet import DARTS_SPACE, OPS, ArchParam, MixedEdge, SearchNetwork
+from nasax.supernet import ops as ops_lib
+
+
+def param_count(channels: int, layers: int, classes: int, in_channels: int = 3) -> int:
+    abstract = nnx.eval_shape(
+        lambda: SearchNetwork(
+            DARTS_SPACE,
+            channels=channels,
+            layers=layers,
+            num_classes=classes,
+            in_channels=in_channels,
+            rngs=nnx.Rngs(0),
+        )
+    )
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+@pytest.mark.parametrize(
+    ("channels", "layers", "classes", "expected"),
+    [
+        # Counted from the published definition and checked against the PyTorch
+        # reference (shared/bench/torch_darts_ref.py): 1.930618 M at the paper setting.
+        (16, 8, 10, 1_930_618),
+        (8, 5, 10, 394_210),
+        (4, 3, 7, 72_659),
+    ],
+)
+def test_search_network_parameter_count_matches_reference(channels, layers, classes, expected):
+    assert param_count(channels, layers, classes) == expected
+
+
+def test_arch_parameters_are_14_by_8_per_cell_kind():
+    net = SearchNetwork(DARTS_SPACE, channels=4, layers=3, num_classes=10, rngs=nnx.Rngs(0))
+    arch = nnx.state(net, ArchParam)
+    shapes = sorted(x.shape for x in jax.tree.leaves(arch))
+    assert shapes == [(14, 8), (14, 8)]
+    assert DARTS_SPACE.n_edges == 14 and DARTS_SPACE.n_ops == 8
+
+
+def test_weight_and_arch_leaves_are_disjoint_and_cover_everything():
+    net = SearchNetwork(DARTS_SPACE, channels=4, layers=3, num_classes=10, rngs=nnx.Rngs(0))
+    _, arch, params, stats = split_supernet(net)
+    groups = [arch, params, stats]
+    paths = [{p for p, _ in jax.tree_util.tree_flatten_with_path(g)[0]} for g in groups]
+    everything = {p for p, _ in jax.tree_util.tree_flatten_with_path(nnx.state(net))[0]}
+    assert all(a.isdisjoint(b) for i, a in enumerate(paths) for b in paths[i + 1 :])
+    assert set().union(*paths) == everything
+    assert len(paths[0]) == 2  # only the alphas are architecture parameters
+
+
+def test_forward_gives_logits_for_each_image():
+    net = SearchNetwork(
+        DARTS_SPACE, channels=4, layers=3, num_classes=7, in_channels=1, rngs=nnx.Rngs(0)
+    )
+    logits = nnx.jit(lambda net, x: net(x, train=True))(net, jnp.ones((3, 8, 8, 1)))
+    assert logits.shape == (3, 7)
+    assert np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("name", DARTS_SPACE.ops)
+@pytest.mark.parametrize("size", [8, 7])
+def test_each_primitive_keeps_shape_at_stride_1_and_halves_it_at_stride_2(name, size):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 6))
+    for stride in (1, 2):
+        op = ops_lib.build_op(name, 6, stride, False, nnx.Rngs(0))
+        y = op(x, True)
+        half = -(-size // stride)
+        assert y.shape == (2, half, half, 6), (name, stride)
+
+
+def test_avg_pool_excludes_padding():
+    x = jnp.ones((1, 4, 4, 1))
+    assert np.allclose(ops_lib.avg_pool(x, 1), 1.0)  # a corner averages 4 ones, not 4/9
+    ramp = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    assert float(ops_lib.avg_pool(ramp, 1)[0, 0, 0, 0]) == pytest.approx((0 + 1 + 4 + 5) / 4)
+
+
+def test_max_pool_ignores_padding_for_negative_inputs():
+    x = -jnp.ones((1, 4, 4, 1))
+    assert np.allclose(ops_lib.max_pool(x, 2), -1.0)
+
+
+@pytest.mark.parametrize(("kernel", "dilation", "stride"), [(3, 1, 1), (5, 1, 2), (3, 2, 1)])
+def test_depthwise_conv_equals_the_native_grouped_form(kernel, dilation, stride):
+    channels = 24
+    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+    x = jax.random.normal(keys[0], (2, 9, 9, channels))
+    w = jax.random.normal(keys[1], (kernel, kernel, 1, channels))
+    pad = dilation * (kernel - 1) // 2
+    got = ops_lib.depthwise_conv(x, w, stride=stride, padding=pad, dilation=dilation)
+    want = lax.conv_general_dilated(
+        x,
+        w,
+        (stride, stride),
+        ((pad, pad), (pad, pad)),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=channels,
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_matches_torch_running_statistics():
+    bn = ops_lib.BatchNorm(3, affine=True)
+    x = jax.random.normal(jax.random.PRNGKey(2), (4, 5, 5, 3)) * 2 + 1
+    y = bn(x, True)
+    np.testing.assert_allclose(y.mean((0, 1, 2)), 0.0, atol=1e-5)
+    n = 4 * 5 * 5
+    unbiased = np.var(np.asarray(x).reshape(-1, 3), axis=0) * n / (n - 1)
+    np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * unbiased, rtol=1e-5)
+    np.testing.assert_allclose(bn.mean[...], 0.1 * np.asarray(x).reshape(-1, 3).mean(0), rtol=1e-4)
+
+
+def test_mixed_edge_is_the_weighted_sum_of_its_ops():
+    edge = MixedEdge(DARTS_SPACE.ops, 4, 1, nnx.Rngs(0))
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 6, 6, 4))
+    alphas = jax.random.normal(jax.random.PRNGKey(4), (DARTS_SPACE.n_ops,))
+    w = jax.nn.softmax(alphas)
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-6)
+    got = edge(x, w, False)
+    want = 0.0
+    for k, op, bn in zip(edge.positions, edge.ops, edge.norms):
+        y = op(x, False)
+        want = want + w[k] * (y if bn is None else bn(y, False))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # only `none` carries weight: the edge outputs zeros
+    none_only = jnp.zeros(DARTS_SPACE.n_ops).at[DARTS_SPACE.ops.index("none")].set(1.0)
+    assert np.allclose(edge(x, none_only, False), 0.0)
+    assert OPS.get("none").zero and len(edge.ops) == DARTS_SPACE.n_ops - 1
+
+
+def test_softmax_op_weights_sum_to_one_for_every_edge():
+    net = SearchNetwork(DARTS_SPACE, channels=4, layers=3, num_classes=10, rngs=nnx.Rngs(5))
+    for alphas in net.alphas().values():
+        np.testing.assert_allclose(jax.nn.softmax(alphas, -1).sum(-1), 1.0, rtol=1e-6)
