@@ -42,7 +42,9 @@ class Checkpoints:
         flat = {k: np.asarray(v) for k, v in flatten_state(jax.device_get(state)).items()}
         self.manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)
+            ),
             force=True,
         )
         self.manager.wait_until_finished()

@@ -36,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="search a cell with a config")
     search.add_argument("config", help="a config file, or the name of a shipped config")
     search.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set search.epochs=2 (repeatable)",
     )
     search.add_argument("--out", help="run directory (default: <run.out_dir>/<name>-<time>)")

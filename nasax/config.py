@@ -50,7 +50,9 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _even_channels(self) -> ModelConfig:
         if self.channels % 2:
-            raise ValueError(f"model.channels must be even (factorized reduce), got {self.channels}")
+            raise ValueError(
+                f"model.channels must be even (factorized reduce), got {self.channels}"
+            )
         return self
 
 
@@ -80,9 +82,7 @@ class SearchConfig(Section):
         data = dict(data)
         name = data.get("strategy", "darts")
         if not isinstance(name, str) or name not in STRATEGY_OPTIONS:
-            raise ValueError(
-                f"search.strategy: {STRATEGY_OPTIONS.unknown_message(str(name))}"
-            )
+            raise ValueError(f"search.strategy: {STRATEGY_OPTIONS.unknown_message(str(name))}")
         for other in STRATEGY_OPTIONS:
             if other != name and other in data:
                 raise ValueError(
@@ -177,7 +177,9 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return [k for k in model.model_fields if k != "options"]
 
 
-def _first_error(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+def _first_error(
+    err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> str:
     """One line for the first error: the key, the bad value, what is allowed."""
     e = err.errors()[0]
     path = _field_path(e["loc"], prefix)
@@ -210,7 +212,9 @@ def validate_config(data: Any, source: str = "config") -> Config:
 def shipped_configs() -> list[str]:
     """Names of the configs shipped with nasax."""
     folder = resources.files("nasax.configs")
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def read_config_file(name_or_path: str | os.PathLike) -> tuple[dict[str, Any], str]:

@@ -101,7 +101,9 @@ def parse_source(name: str) -> tuple[str, str]:
     """Splits `tfds:cifar10` into ('tfds', 'cifar10'); `digits` has no argument."""
     prefix, _, arg = name.partition(":")
     if prefix not in SOURCES:
-        raise DataError(f"data.name: {SOURCES.unknown_message(prefix)} (use digits, npz:PATH, tfds:NAME)")
+        raise DataError(
+            f"data.name: {SOURCES.unknown_message(prefix)} (use digits, npz:PATH, tfds:NAME)"
+        )
     return prefix, arg
 
 
@@ -137,9 +139,9 @@ def _labels(split: str, y: np.ndarray, n: int, name: str) -> np.ndarray:
         y = y[:, 0]
     if y.ndim != 1 or len(y) != n:
         raise DataError(f"{name}: y_{split} must be ({n},) labels, got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y))):
-            raise DataError(f"{name}: y_{split} must hold integer class labels, got {y.dtype}")
+    whole = np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y))
+    if not (np.issubdtype(y.dtype, np.integer) or whole):
+        raise DataError(f"{name}: y_{split} must hold integer class labels, got {y.dtype}")
     return y.astype(np.int32)
 
 
@@ -190,7 +192,7 @@ def _checked(name: str, raw: dict[str, Any], num_classes: int | None) -> Dataset
 def search_split(n: int, train_portion: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Index sets for the weight step and the architecture step (DARTS protocol)."""
     order = np.random.default_rng([seed, 1]).permutation(n)
-    cut = int(round(train_portion * n))
+    cut = round(train_portion * n)
     return order[:cut], order[cut:]
 
 

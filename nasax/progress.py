@@ -51,7 +51,9 @@ class LoopProgress:
     def show(self, stats: dict[str, float]) -> None:
         """Shows the latest figures: losses and accuracies to 3-4 digits, images/s whole."""
         parts = [
-            f"{k.replace('_', ' ')} {v:.0f}" if k.endswith("per_sec") else f"{k.replace('_', ' ')} {v:.3f}"
+            f"{k.replace('_', ' ')} {v:.0f}"
+            if k.endswith("per_sec")
+            else f"{k.replace('_', ' ')} {v:.3f}"
             for k, v in stats.items()
         ]
         self._progress.update(self._task, stats="  ".join(parts))

@@ -75,7 +75,7 @@ def make_darts(setup: SearchSetup, options: DartsOptions) -> Strategy:
             "train_acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": setup.learning_rate(state.step),
         }
         new_state = SupernetState(

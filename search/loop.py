@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import signal
 import time
@@ -57,10 +58,8 @@ class StopRequests:
 
     def __enter__(self) -> StopRequests:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -111,14 +110,19 @@ def count_leaves(tree: Any) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
 
-def evaluate(eval_fn: Any, state: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
+def evaluate(
+    eval_fn: Any, state: Any, x: np.ndarray, y: np.ndarray, batch_size: int
+) -> dict[str, float]:
     """Loss and accuracy over every example of (x, y)."""
     totals: dict[str, float] = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     sums = [eval_fn(state, b) for b in prefetch(eval_batches(x, y, batch_size))]
     for s in jax.device_get(sums):
         for k in totals:
             totals[k] += float(s[k])
-    return {"loss": totals["loss_sum"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
+    return {
+        "loss": totals["loss_sum"] / totals["count"],
+        "accuracy": totals["correct"] / totals["count"],
+    }
 
 
 def _check_resume_config(config: Config, run_dir: Path) -> None:
@@ -181,7 +185,9 @@ def run_search(
     dataset = load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
     train_idx, val_idx = search_split(len(dataset.x_train), s.train_portion, config.seed)
     check_batch_size(dataset, s.batch_size, len(train_idx), "weight-step half of the training set")
-    check_batch_size(dataset, s.batch_size, len(val_idx), "architecture-step half of the training set")
+    check_batch_size(
+        dataset, s.batch_size, len(val_idx), "architecture-step half of the training set"
+    )
     run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     if resume:
         _check_resume_config(config, run_dir)
@@ -212,13 +218,17 @@ def run_search(
 
     def save(epoch: int, batch: int, step: int) -> None:
         elapsed = elapsed_before + time.perf_counter() - wall_start
-        checkpoints.save(step, state, {"epoch": epoch, "batch": batch, "step": step, "elapsed": elapsed})
+        checkpoints.save(
+            step, state, {"epoch": epoch, "batch": batch, "step": step, "elapsed": elapsed}
+        )
 
     step = start_epoch * steps_per_epoch + start_batch
     pending: list[dict[str, jax.Array]] = []
     images, search_seconds = 0, 0.0
     test: dict[str, float] = {}
-    progress = LoopProgress(total_steps, s.epochs, enabled=rc.progress, label=f"search {s.strategy}")
+    progress = LoopProgress(
+        total_steps, s.epochs, enabled=rc.progress, label=f"search {s.strategy}"
+    )
     try:
         with progress, StopRequests() as stop:
             progress.advance(step, start_epoch)
@@ -227,8 +237,12 @@ def run_search(
                 val_order = epoch_order(val_idx, config.seed, epoch, 1)
                 first = start_batch if epoch == start_epoch else 0
                 stream = zip(
-                    prefetch(batches(dataset.x_train, dataset.y_train, train_order, s.batch_size, first)),
-                    prefetch(batches(dataset.x_train, dataset.y_train, val_order, s.batch_size, first)),
+                    prefetch(
+                        batches(dataset.x_train, dataset.y_train, train_order, s.batch_size, first)
+                    ),
+                    prefetch(
+                        batches(dataset.x_train, dataset.y_train, val_order, s.batch_size, first)
+                    ),
                 )
                 tick, since = time.perf_counter(), 0
                 for batch_index in range(first, steps_per_epoch):
@@ -305,7 +319,8 @@ def _flush(pending: list[dict[str, jax.Array]], epoch: int, step: int) -> dict[s
         if not np.all(np.isfinite(series)):
             bad = step - len(series) + 1 + int(np.argmin(np.isfinite(series)))
             raise NonFiniteError(
-                f"{key} became {series[~np.isfinite(series)][0]} at step {bad} (epoch {epoch + 1}); "
+                f"{key} became {series[~np.isfinite(series)][0]} at step {bad} "
+                f"(epoch {epoch + 1}); "
                 "the last checkpoint is kept; lower optim.weights.lr or optim.arch.lr, or set "
                 "optim.weights.grad_clip"
             )

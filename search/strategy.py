@@ -71,7 +71,9 @@ StrategyBuilder = Callable[[SearchSetup, BaseModel], Strategy]
 STRATEGIES: Registry[StrategyBuilder] = Registry("search strategy")
 
 
-def register_strategy(name: str, options: type[BaseModel]) -> Callable[[StrategyBuilder], StrategyBuilder]:
+def register_strategy(
+    name: str, options: type[BaseModel]
+) -> Callable[[StrategyBuilder], StrategyBuilder]:
     """Registers a strategy builder and the schema of its `search.<name>` config section."""
 
     def wrap(builder: StrategyBuilder) -> StrategyBuilder:

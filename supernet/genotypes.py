@@ -141,8 +141,7 @@ def _parse_nodes(field: str, value: Any) -> tuple[Node, ...]:
             )
             if not ok:
                 raise GenotypeError(
-                    f"genotype.{field}[{n}]: each edge must be [op_name, input_index], "
-                    f"got {pair!r}"
+                    f"genotype.{field}[{n}]: each edge must be [op_name, input_index], got {pair!r}"
                 )
             pairs.append((pair[0], pair[1]))
         nodes.append(tuple(pairs))
@@ -190,25 +189,49 @@ def _nodes(*pairs: tuple[str, int]) -> tuple[Node, ...]:
 # Published cells of the DARTS paper (Liu et al., ICLR 2019): first and second order.
 DARTS_V1 = Genotype(
     normal=_nodes(
-        ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
-        ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("skip_connect", 0),
+        ("sep_conv_3x3", 1),
+        ("skip_connect", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("skip_connect", 2),
     ),
     normal_concat=(2, 3, 4, 5),
     reduce=_nodes(
-        ("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
-        ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0),
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 1),
+        ("skip_connect", 2),
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 0),
+        ("skip_connect", 2),
+        ("skip_connect", 2),
+        ("avg_pool_3x3", 0),
     ),
     reduce_concat=(2, 3, 4, 5),
 )
 DARTS_V2 = Genotype(
     normal=_nodes(
-        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1),
+        ("skip_connect", 0),
+        ("skip_connect", 0),
+        ("dil_conv_3x3", 2),
     ),
     normal_concat=(2, 3, 4, 5),
     reduce=_nodes(
-        ("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
-        ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 1),
+        ("skip_connect", 2),
+        ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0),
+        ("skip_connect", 2),
+        ("skip_connect", 2),
+        ("max_pool_3x3", 1),
     ),
     reduce_concat=(2, 3, 4, 5),
 )

@@ -139,7 +139,10 @@ class Conv(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.depthwise:
             return depthwise_conv(
-                x, self.kernel[...], stride=self.stride, padding=self.padding,
+                x,
+                self.kernel[...],
+                stride=self.stride,
+                padding=self.padding,
                 dilation=self.dilation,
             )
         if self.kernel.shape[:2] == (1, 1) and self.stride == 1 and self.padding == 0:
@@ -207,8 +210,14 @@ class ReLUConvBN(nnx.Module):
     """ReLU, dense conv, BatchNorm."""
 
     def __init__(
-        self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
-        affine: bool, rngs: nnx.Rngs,
+        self,
+        c_in: int,
+        c_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        affine: bool,
+        rngs: nnx.Rngs,
     ) -> None:
         self.conv = Conv(c_in, c_out, kernel_size, stride=stride, padding=padding, rngs=rngs)
         self.bn = batch_norm(c_out, affine, rngs)
@@ -221,12 +230,25 @@ class DilConv(nnx.Module):
     """ReLU, depthwise (dilated) k x k conv, pointwise 1x1 conv, BatchNorm."""
 
     def __init__(
-        self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
-        dilation: int, affine: bool, rngs: nnx.Rngs,
+        self,
+        c_in: int,
+        c_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        affine: bool,
+        rngs: nnx.Rngs,
     ) -> None:
         self.depthwise = Conv(
-            c_in, c_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
-            depthwise=True, rngs=rngs,
+            c_in,
+            c_in,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            depthwise=True,
+            rngs=rngs,
         )
         self.pointwise = Conv(c_in, c_out, 1, rngs=rngs)
         self.bn = batch_norm(c_out, affine, rngs)
@@ -239,8 +261,14 @@ class SepConv(nnx.Module):
     """Two DilConv blocks at dilation 1; only the first carries the stride."""
 
     def __init__(
-        self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
-        affine: bool, rngs: nnx.Rngs,
+        self,
+        c_in: int,
+        c_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        affine: bool,
+        rngs: nnx.Rngs,
     ) -> None:
         self.first = DilConv(c_in, c_in, kernel_size, stride, padding, 1, affine, rngs)
         self.second = DilConv(c_in, c_out, kernel_size, 1, padding, 1, affine, rngs)
@@ -290,7 +318,11 @@ class Identity(nnx.Module):
 def max_pool(x: jax.Array, stride: int) -> jax.Array:
     """3x3 max pool with padding 1 (padding never wins)."""
     return lax.reduce_window(
-        x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, stride, stride, 1),
+        x,
+        -jnp.inf,
+        lax.max,
+        (1, 3, 3, 1),
+        (1, stride, stride, 1),
         ((0, 0), (1, 1), (1, 1), (0, 0)),
     )
 
@@ -340,16 +372,12 @@ def _skip_connect(c: int, stride: int, affine: bool, rngs: nnx.Rngs) -> Op:
 
 
 def _register_sep_conv(size: int) -> None:
-    factory = lambda c, stride, affine, rngs: SepConv(  # noqa: E731
-        c, c, size, stride, size // 2, affine, rngs
-    )
+    factory = lambda c, stride, affine, rngs: SepConv(c, c, size, stride, size // 2, affine, rngs)
     register_op(f"sep_conv_{size}x{size}")(factory)
 
 
 def _register_dil_conv(size: int) -> None:
-    factory = lambda c, stride, affine, rngs: DilConv(  # noqa: E731
-        c, c, size, stride, size - 1, 2, affine, rngs
-    )
+    factory = lambda c, stride, affine, rngs: DilConv(c, c, size, stride, size - 1, 2, affine, rngs)
     register_op(f"dil_conv_{size}x{size}")(factory)
 
 
