@@ -210,11 +210,20 @@ def run_search(
     alphas = _AlphaHistory(run_dir / "alphas.npz", setup.space, keep_epochs=start_epoch)
 
     n_params = count_leaves(state.params) if hasattr(state, "params") else None
+    progress = LoopProgress(
+        total_steps, s.epochs, enabled=rc.progress, label=f"search {s.strategy}"
+    )
+    progress.log(
+        f"{dataset.name}: {len(train_idx)} + {len(val_idx)} search images, "
+        f"{steps_per_epoch} steps per epoch; compiling the search step (cached for later runs)"
+    )
     sample = next(batches(dataset.x_train, dataset.y_train, train_idx, s.batch_size))
+    eval_sample = next(eval_batches(dataset.x_test, dataset.y_test, s.batch_size))
     compile_start = time.perf_counter()
     step_fn = jax.jit(strategy.step, donate_argnums=(0,)).lower(state, sample, sample).compile()
-    eval_fn = jax.jit(strategy.evaluate)
+    eval_fn = jax.jit(strategy.evaluate).lower(state, eval_sample).compile()
     compile_seconds = time.perf_counter() - compile_start
+    progress.log(f"compiled in {compile_seconds:.0f} s")
 
     def save(epoch: int, batch: int, step: int) -> None:
         elapsed = elapsed_before + time.perf_counter() - wall_start
@@ -226,9 +235,6 @@ def run_search(
     pending: list[dict[str, jax.Array]] = []
     images, search_seconds = 0, 0.0
     test: dict[str, float] = {}
-    progress = LoopProgress(
-        total_steps, s.epochs, enabled=rc.progress, label=f"search {s.strategy}"
-    )
     try:
         with progress, StopRequests() as stop:
             progress.advance(step, start_epoch)

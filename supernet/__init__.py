@@ -1,6 +1,6 @@
 """Search spaces, primitive ops, cells and networks (`nasax.supernet`)."""
 
-from nasax.supernet.cells import Cell, CellPlan, FixedEdge, MixedEdge, MixedEdgeGroup, plan_cells
+from nasax.supernet.cells import Cell, CellPlan, FixedEdge, MixedEdge, plan_cells
 from nasax.supernet.genotypes import DARTS_V1, DARTS_V2, Genotype
 from nasax.supernet.network import ArchParam, SearchNetwork
 from nasax.supernet.ops import OPS, register_op
@@ -18,7 +18,6 @@ __all__ = [
     "FixedEdge",
     "Genotype",
     "MixedEdge",
-    "MixedEdgeGroup",
     "SearchNetwork",
     "SearchSpace",
     "get_space",

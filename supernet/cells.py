@@ -78,73 +78,28 @@ def plan_cells(stem_channels: int, channels: int, layers: int, n_out: int) -> li
     return plans
 
 
-class MixedEdgeGroup(nnx.Module):
-    """The mixed edges leaving one node, run as one vmapped op.
-
-    The edges share their input and shapes, so their parameters are stacked along a
-    leading axis and one traced MixedEdge serves all of them: the traced program and
-    its compile time shrink several-fold, and convs reading the shared input fuse.
-    """
-
-    def __init__(
-        self, op_names: Sequence[str], channels: int, stride: int, n_edges: int, rngs: nnx.Rngs
-    ) -> None:
-        @nnx.split_rngs(splits=n_edges)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
-        def create(rngs: nnx.Rngs) -> MixedEdge:
-            return MixedEdge(op_names, channels, stride, rngs)
-
-        self.edges = create(rngs)
-
-    def __call__(self, x: jax.Array, weights: jax.Array | None, train: bool) -> jax.Array:
-        """(edges, B, H', W', C) outputs for input `x` and (edges, ops) `weights`."""
-
-        @nnx.vmap(in_axes=(0, None, 0), out_axes=0)
-        def run(edge: MixedEdge, x: jax.Array, w: jax.Array) -> jax.Array:
-            return edge(x, w, train)
-
-        return run(self.edges, x, weights)
-
-
 class FixedEdge(nnx.Module):
-    """One chosen op on an edge (a derived cell), shaped as a group of one."""
+    """One chosen op on an edge (a derived cell); BatchNorms are affine."""
 
     def __init__(self, op_name: str, channels: int, stride: int, rngs: nnx.Rngs) -> None:
         self.op = build_op(op_name, channels, stride, True, rngs)
 
     def __call__(self, x: jax.Array, weights: jax.Array | None, train: bool) -> jax.Array:
-        return self.op(x, train)[None]
-
-
-class EdgeGroup(NamedTuple):
-    """Edges leaving node `source` (indices count the inputs) for intermediate `targets`."""
-
-    source: int
-    targets: tuple[int, ...]
-    edge_ids: tuple[int, ...]
-
-
-def group_by_source(wiring: Sequence[tuple[int, int]]) -> list[EdgeGroup]:
-    """Groups the (node, source) edges of a cell by source node, in source order."""
-    groups = []
-    for src in sorted({s for _, s in wiring}):
-        ids = tuple(i for i, (_, s) in enumerate(wiring) if s == src)
-        groups.append(EdgeGroup(src, tuple(wiring[i][0] for i in ids), ids))
-    return groups
+        return self.op(x, train)
 
 
 class Cell(nnx.Module):
     """A cell: two preprocessed inputs, intermediate nodes summing their edges, concat.
 
-    Edges are run in groups that share a source node, as soon as that node is known.
+    Every edge is its own module. (Stacking the edges that share a source and running
+    them under `vmap` or a loop compiles several times faster, but runs 7-8x slower
+    on CPU, where XLA lowers the batched convs to slow grouped convs.)
 
     Args:
         plan: channels and kind of this cell.
         wiring: (node, source) per edge; nodes count intermediate nodes from 0, sources
             count every node (0 and 1 are the inputs).
-        make_group: builds the edges of a group given (group, channels, stride, rngs); it
-            returns a module mapping (x, weights of the group's edges, train) to the
-            stacked outputs (edges, B, H', W', C).
+        make_edge: builds edge `i` of `wiring` given (i, channels, stride, rngs).
         concat: node indices (counting inputs) whose states are concatenated.
         affine: whether the preprocessing BatchNorms learn a scale and bias.
     """
@@ -153,7 +108,7 @@ class Cell(nnx.Module):
         self,
         plan: CellPlan,
         wiring: Sequence[tuple[int, int]],
-        make_group: Callable[[EdgeGroup, int, int, nnx.Rngs], Edge],
+        make_edge: Callable[[int, int, int, nnx.Rngs], Edge],
         concat: Sequence[int],
         affine: bool,
         rngs: nnx.Rngs,
@@ -164,14 +119,14 @@ class Cell(nnx.Module):
         else:
             self.pre0 = ReLUConvBN(plan.c_prev_prev, c, 1, 1, 0, affine, rngs)
         self.pre1 = ReLUConvBN(plan.c_prev, c, 1, 1, 0, affine, rngs)
-        self.groups = group_by_source(wiring)
+        self.wiring = tuple(wiring)
         self.edges = nnx.List(
             [
-                make_group(g, c, 2 if plan.reduction and g.source < 2 else 1, rngs)
-                for g in self.groups
+                make_edge(i, c, 2 if plan.reduction and src < 2 else 1, rngs)
+                for i, (_, src) in enumerate(self.wiring)
             ]
         )
-        self.n_nodes = max(node for node, _ in wiring) + 1
+        self.n_nodes = max(node for node, _ in self.wiring) + 1
         self.concat = tuple(concat)
         self.reduction = plan.reduction
 
@@ -180,14 +135,12 @@ class Cell(nnx.Module):
     ) -> jax.Array:
         """Runs the cell; `weights` holds one row of op weights per edge (mixed edges)."""
         states = [self.pre0(s0, train), self.pre1(s1, train)]
-        partial: dict[int, jax.Array] = {}
-        for group, edges in zip(self.groups, self.edges):
-            while len(states) <= group.source:  # every edge into this node has run
-                states.append(partial.pop(len(states) - 2))
-            rows = None if weights is None else weights[jnp.asarray(group.edge_ids)]
-            outputs = edges(states[group.source], rows, train)
-            for target, y in zip(group.targets, outputs):
-                partial[target] = y if target not in partial else partial[target] + y
-        while len(states) < 2 + self.n_nodes:
-            states.append(partial.pop(len(states) - 2))
+        for node in range(self.n_nodes):
+            acc = None
+            for i, (target, src) in enumerate(self.wiring):
+                if target != node:
+                    continue
+                y = self.edges[i](states[src], None if weights is None else weights[i], train)
+                acc = y if acc is None else acc + y
+            states.append(acc)
         return jnp.concatenate([states[i] for i in self.concat], axis=-1)

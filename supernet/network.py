@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nasax.supernet.cells import Cell, EdgeGroup, MixedEdgeGroup, plan_cells
+from nasax.supernet.cells import Cell, MixedEdge, plan_cells
 from nasax.supernet.ops import Conv, batch_norm, norm, torch_default_init
 from nasax.supernet.spaces import SearchSpace
 
@@ -67,12 +67,12 @@ class SearchNetwork(nnx.Module):
         nodes = space.n_nodes
         concat = tuple(range(space.n_inputs, space.n_inputs + nodes))
 
-        def make_group(group: EdgeGroup, c: int, stride: int, rngs: nnx.Rngs) -> MixedEdgeGroup:
-            return MixedEdgeGroup(space.ops, c, stride, len(group.edge_ids), rngs)
+        def make_edge(i: int, c: int, stride: int, rngs: nnx.Rngs) -> MixedEdge:
+            return MixedEdge(space.ops, c, stride, rngs)
 
         plans = plan_cells(stem_multiplier * channels, channels, layers, nodes)
         self.cells = nnx.List(
-            [Cell(plan, space.edges, make_group, concat, False, rngs) for plan in plans]
+            [Cell(plan, space.edges, make_edge, concat, False, rngs) for plan in plans]
         )
         self.classifier = linear(nodes * plans[-1].channels, num_classes, rngs)
         shape = (space.n_edges, space.n_ops)
