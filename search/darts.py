@@ -21,7 +21,6 @@ from nasax.search.strategy import (
     Supernet,
     SupernetState,
     alphas_of,
-    cross_entropy,
     register_strategy,
 )
 from nasax.supernet.genotypes import Genotype
@@ -49,24 +48,16 @@ def make_darts(setup: SearchSetup, options: DartsOptions) -> Strategy:
         x_train = setup.preprocess(train["image"], train_rng, True)
         x_val = setup.preprocess(val["image"], val_rng, True)
 
-        def arch_loss(arch):
-            logits, stats = net.apply(state.params, state.batch_stats, arch, x_val, train=True)
-            loss, acc = cross_entropy(logits, val["label"])
-            return loss, (acc, stats)
-
-        (val_loss, (val_acc, stats)), arch_grad = jax.value_and_grad(arch_loss, has_aux=True)(
-            state.arch
+        arch_grad_fn = jax.value_and_grad(net.loss, argnums=2, has_aux=True)
+        (val_loss, (val_acc, stats)), arch_grad = arch_grad_fn(
+            state.params, state.batch_stats, state.arch, x_val, val["label"]
         )
         updates, arch_opt = setup.arch_optimizer.update(arch_grad, state.arch_opt, state.arch)
         arch = optax.apply_updates(state.arch, updates)
 
-        def weight_loss(params):
-            logits, new_stats = net.apply(params, stats, arch, x_train, train=True)
-            loss, acc = cross_entropy(logits, train["label"])
-            return loss, (acc, new_stats)
-
-        (train_loss, (train_acc, stats)), grads = jax.value_and_grad(weight_loss, has_aux=True)(
-            state.params
+        weight_grad_fn = jax.value_and_grad(net.loss, argnums=0, has_aux=True)
+        (train_loss, (train_acc, stats)), grads = weight_grad_fn(
+            state.params, stats, arch, x_train, train["label"]
         )
         updates, weight_opt = setup.weight_optimizer.update(grads, state.weight_opt, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -139,6 +139,20 @@ class Supernet(NamedTuple):
         logits = model(x, train=train, weights=weights)
         return logits, nnx.state(model, nnx.BatchStat)
 
+    def loss(
+        self,
+        params: nnx.State,
+        batch_stats: nnx.State,
+        arch: nnx.State,
+        x: jax.Array,
+        labels: jax.Array,
+        weights: dict[str, jax.Array] | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, nnx.State]]:
+        """Training-mode cross-entropy with (accuracy, updated BN statistics) as aux."""
+        logits, stats = self.apply(params, batch_stats, arch, x, train=True, weights=weights)
+        loss, accuracy = cross_entropy(logits, labels)
+        return loss, (accuracy, stats)
+
     def evaluate(self, state: SupernetState, batch: Batch) -> Metrics:
         """Summed loss and correct count over the real examples of a padded batch."""
         x = self.setup.preprocess(batch["image"], state.rng, False)
