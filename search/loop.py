@@ -258,7 +258,7 @@ def run_search(
                     step, since = step + 1, since + 1
                     last = batch_index == steps_per_epoch - 1
                     if step % rc.log_every == 0 or last:
-                        record = _flush(pending, epoch, step)
+                        record = flush_metrics(pending, epoch, step)
                         seconds = time.perf_counter() - tick
                         record["images_per_sec"] = since * s.batch_size / seconds
                         images += since * s.batch_size
@@ -315,7 +315,7 @@ def run_search(
     return summary
 
 
-def _flush(pending: list[dict[str, jax.Array]], epoch: int, step: int) -> dict[str, Any]:
+def flush_metrics(pending: list[dict[str, jax.Array]], epoch: int, step: int) -> dict[str, Any]:
     """Brings the pending step metrics to the host, averages them and checks they are finite."""
     values = jax.device_get(pending)
     pending.clear()

@@ -124,3 +124,14 @@ def test_alpha_step_is_an_adam_step_on_the_validation_gradient(darts):
         np.asarray(new_state.arch["alpha_normal"][...] - state.arch["alpha_normal"][...])
     )
     assert np.median(delta) == pytest.approx(3e-4, rel=0.1)
+
+
+def test_non_finite_metrics_stop_the_run_naming_the_step():
+    from nasax.errors import NonFiniteError
+    from nasax.search.loop import flush_metrics
+
+    pending = [{"train_loss": jnp.asarray(0.5)}, {"train_loss": jnp.asarray(jnp.nan)}]
+    with pytest.raises(NonFiniteError, match=r"train_loss became nan at step 10 \(epoch 3\)"):
+        flush_metrics(pending, epoch=2, step=10)
+    record = flush_metrics([{"train_loss": jnp.asarray(1.0)}, {"train_loss": jnp.asarray(3.0)}], 0, 2)
+    assert record == {"kind": "search", "epoch": 1, "step": 2, "train_loss": 2.0}
