@@ -133,5 +133,7 @@ def test_non_finite_metrics_stop_the_run_naming_the_step():
     pending = [{"train_loss": jnp.asarray(0.5)}, {"train_loss": jnp.asarray(jnp.nan)}]
     with pytest.raises(NonFiniteError, match=r"train_loss became nan at step 10 \(epoch 3\)"):
         flush_metrics(pending, epoch=2, step=10)
-    record = flush_metrics([{"train_loss": jnp.asarray(1.0)}, {"train_loss": jnp.asarray(3.0)}], 0, 2)
+    record = flush_metrics(
+        [{"train_loss": jnp.asarray(1.0)}, {"train_loss": jnp.asarray(3.0)}], 0, 2
+    )
     assert record == {"kind": "search", "epoch": 1, "step": 2, "train_loss": 2.0}
