@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import yaml
 
 from nasax.checkpoint import Checkpoints
 from nasax.config import Config, validate_config
@@ -127,8 +128,6 @@ def evaluate(
 
 def _check_resume_config(config: Config, run_dir: Path) -> None:
     """A resumed run must use the config it started with (the `run` section may differ)."""
-    import yaml
-
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         raise RunDirError(f"cannot resume: {saved_path} is missing")

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nasax.supernet.ops import OPS, FactorizedReduce, ReLUConvBN, batch_norm, build_op, norm
+from nasax.supernet.ops import OPS, BatchNorm, FactorizedReduce, ReLUConvBN, build_op
 
 
 class Edge(Protocol):
@@ -31,7 +31,7 @@ class MixedEdge(nnx.Module):
         )
         self.norms = nnx.List(
             [
-                batch_norm(channels, False, rngs) if specs[k].norm_on_mixed_edge else None
+                BatchNorm(channels, False) if specs[k].norm_on_mixed_edge else None
                 for k in self.positions
             ]
         )
@@ -42,7 +42,7 @@ class MixedEdge(nnx.Module):
         for k, op, bn in zip(self.positions, self.ops, self.norms):
             y = op(x, train)
             if bn is not None:
-                y = norm(bn, y, train)
+                y = bn(y, train)
             term = weights[k] * y
             out = term if out is None else out + term
         if out is None:  # only zero ops on this edge

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nasax.supernet.cells import Cell, MixedEdge, plan_cells
-from nasax.supernet.ops import Conv, batch_norm, norm, torch_default_init
+from nasax.supernet.ops import BatchNorm, Conv, torch_default_init
 from nasax.supernet.spaces import SearchSpace
 
 CELL_KINDS = ("normal", "reduce")
@@ -36,10 +36,10 @@ class Stem(nnx.Module):
 
     def __init__(self, c_in: int, c_out: int, rngs: nnx.Rngs) -> None:
         self.conv = Conv(c_in, c_out, 3, padding=1, rngs=rngs)
-        self.bn = batch_norm(c_out, True, rngs)
+        self.bn = BatchNorm(c_out, True)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        return norm(self.bn, self.conv(x), train)
+        return self.bn(self.conv(x), train)
 
 
 class SearchNetwork(nnx.Module):

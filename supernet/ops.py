@@ -185,16 +185,6 @@ class BatchNorm(nnx.Module):
         return y
 
 
-def batch_norm(channels: int, affine: bool, rngs: nnx.Rngs | None = None) -> BatchNorm:
-    """A BatchNorm for `channels` (rngs unused: kept for a uniform builder signature)."""
-    return BatchNorm(channels, affine)
-
-
-def norm(bn: BatchNorm, x: jax.Array, train: bool) -> jax.Array:
-    """Applies `bn` with batch statistics in training and running averages otherwise."""
-    return bn(x, train)
-
-
 # ------------------------------------------------------------------ building blocks
 
 
@@ -212,10 +202,10 @@ class ReLUConvBN(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         self.conv = Conv(c_in, c_out, kernel_size, stride=stride, padding=padding, rngs=rngs)
-        self.bn = batch_norm(c_out, affine, rngs)
+        self.bn = BatchNorm(c_out, affine)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        return norm(self.bn, self.conv(jax.nn.relu(x)), train)
+        return self.bn(self.conv(jax.nn.relu(x)), train)
 
 
 class DilConv(nnx.Module):
@@ -243,10 +233,10 @@ class DilConv(nnx.Module):
             rngs=rngs,
         )
         self.pointwise = Conv(c_in, c_out, 1, rngs=rngs)
-        self.bn = batch_norm(c_out, affine, rngs)
+        self.bn = BatchNorm(c_out, affine)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        return norm(self.bn, self.pointwise(self.depthwise(jax.nn.relu(x))), train)
+        return self.bn(self.pointwise(self.depthwise(jax.nn.relu(x))), train)
 
 
 class SepConv(nnx.Module):
@@ -281,7 +271,7 @@ class FactorizedReduce(nnx.Module):
             raise ValueError(f"FactorizedReduce needs an even channel count, got {c_out}")
         self.conv_even = Conv(c_in, c_out // 2, 1, stride=2, rngs=rngs)
         self.conv_odd = Conv(c_in, c_out // 2, 1, stride=2, rngs=rngs)
-        self.bn = batch_norm(c_out, affine, rngs)
+        self.bn = BatchNorm(c_out, affine)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = jax.nn.relu(x)
@@ -289,7 +279,7 @@ class FactorizedReduce(nnx.Module):
         height, width = x.shape[1], x.shape[2]
         shifted = jnp.pad(shifted, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
         out = jnp.concatenate([self.conv_even(x), self.conv_odd(shifted)], axis=-1)
-        return norm(self.bn, out, train)
+        return self.bn(out, train)
 
 
 class Zero(nnx.Module):
@@ -379,15 +369,14 @@ for _size in (3, 5):
 
 __all__ = [
     "OPS",
+    "BatchNorm",
     "Conv",
     "DilConv",
     "FactorizedReduce",
     "OpSpec",
     "ReLUConvBN",
     "SepConv",
-    "batch_norm",
     "build_op",
     "depthwise_conv",
-    "norm",
     "register_op",
 ]
