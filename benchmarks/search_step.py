@@ -19,7 +19,8 @@ import numpy as np
 
 from nasax.config import validate_config
 from nasax.data import Dataset
-from nasax.search.loop import build_setup, count_leaves, peak_rss_mb
+from nasax.runloop import count_leaves, peak_rss_mb
+from nasax.search.loop import build_setup
 from nasax.search.strategy import STRATEGIES
 
 

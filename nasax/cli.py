@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except NasaxError as e:
-        from nasax.search.loop import Interrupted
+        from nasax.runloop import Interrupted
 
         print(f"nasax: {e}", file=sys.stderr)
         return 130 if isinstance(e, Interrupted) else 2

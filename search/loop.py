@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import resource
-import signal
 import time
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-import yaml
 
 from nasax.checkpoint import Checkpoints
-from nasax.config import Config, validate_config
+from nasax.config import Config
 from nasax.data import (
-    Batch,
     Dataset,
     batches,
     check_batch_size,
@@ -28,44 +22,23 @@ from nasax.data import (
     make_preprocess,
     search_split,
 )
-from nasax.errors import NasaxError, NonFiniteError, RunDirError
 from nasax.io import atomic_write_json, atomic_write_npz, atomic_write_text
+from nasax.optim import arch_optimizer, weight_optimizer, weight_schedule
 from nasax.progress import LoopProgress
 from nasax.rundir import MetricsLog, prepare_run_dir
-from nasax.search.optimizers import arch_optimizer, weight_optimizer, weight_schedule
+from nasax.runloop import (
+    Interrupted,
+    StopRequests,
+    check_resume_config,
+    count_leaves,
+    evaluate,
+    flush_metrics,
+    peak_rss_mb,
+    prefetch,
+)
 from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy
 from nasax.supernet.network import SearchNetwork
 from nasax.supernet.spaces import get_space
-
-
-class Interrupted(NasaxError):
-    """The run was stopped by a signal after saving a checkpoint."""
-
-
-class StopRequests:
-    """Turns SIGINT/SIGTERM into a request the loop honours after the current step.
-
-    A second signal interrupts at once. Outside the main thread nothing is installed.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self) -> StopRequests:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> SearchSetup:
@@ -91,56 +64,6 @@ def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> Searc
         preprocess=make_preprocess(dataset.mean, dataset.std, augment.crop_padding, augment.flip),
         max_skip_connect=config.search.discretizer.max_skip_connect,
     )
-
-
-def prefetch(it: Iterator[Batch], size: int = 2) -> Iterator[Batch]:
-    """Starts host-to-device copies `size` batches ahead."""
-    queue: list[Batch] = []
-    for batch in it:
-        queue.append(jax.device_put(batch))
-        if len(queue) > size:
-            yield queue.pop(0)
-    yield from queue
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def count_leaves(tree: Any) -> int:
-    return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
-
-
-def evaluate(
-    eval_fn: Any, state: Any, x: np.ndarray, y: np.ndarray, batch_size: int
-) -> dict[str, float]:
-    """Loss and accuracy over every example of (x, y)."""
-    totals: dict[str, float] = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-    sums = [eval_fn(state, b) for b in prefetch(eval_batches(x, y, batch_size))]
-    for s in jax.device_get(sums):
-        for k in totals:
-            totals[k] += float(s[k])
-    return {
-        "loss": totals["loss_sum"] / totals["count"],
-        "accuracy": totals["correct"] / totals["count"],
-    }
-
-
-def _check_resume_config(config: Config, run_dir: Path) -> None:
-    """A resumed run must use the config it started with (the `run` section may differ)."""
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.exists():
-        raise RunDirError(f"cannot resume: {saved_path} is missing")
-    saved = validate_config(yaml.safe_load(saved_path.read_text()), str(saved_path)).to_dict()
-    given = config.to_dict()
-    for section in saved:
-        if section in ("run", "name"):
-            continue
-        if saved[section] != given.get(section):
-            raise RunDirError(
-                f"cannot resume {run_dir}: its config.yaml differs from the given config in "
-                f"section {section!r}; resume with the same config"
-            )
 
 
 class _AlphaHistory:
@@ -189,7 +112,7 @@ def run_search(
     )
     run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     if resume:
-        _check_resume_config(config, run_dir)
+        check_resume_config(config, run_dir)
     else:
         atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     steps_per_epoch = min(len(train_idx), len(val_idx)) // s.batch_size
@@ -314,25 +237,6 @@ def run_search(
     return summary
 
 
-def flush_metrics(pending: list[dict[str, jax.Array]], epoch: int, step: int) -> dict[str, Any]:
-    """Brings the pending step metrics to the host, averages them and checks they are finite."""
-    values = jax.device_get(pending)
-    pending.clear()
-    record: dict[str, Any] = {"kind": "search", "epoch": epoch + 1, "step": step}
-    for key in values[0]:
-        series = np.array([float(v[key]) for v in values])
-        if not np.all(np.isfinite(series)):
-            bad = step - len(series) + 1 + int(np.argmin(np.isfinite(series)))
-            raise NonFiniteError(
-                f"{key} became {series[~np.isfinite(series)][0]} at step {bad} "
-                f"(epoch {epoch + 1}); "
-                "the last checkpoint is kept; lower optim.weights.lr or optim.arch.lr, or set "
-                "optim.weights.grad_clip"
-            )
-        record[key] = float(series.mean())
-    return record
-
-
 def _shown(record: dict[str, Any]) -> dict[str, float]:
     keys = ("train_loss", "train_acc", "val_loss", "val_acc", "images_per_sec")
     return {k: record[k] for k in keys if k in record}
@@ -342,4 +246,4 @@ def _short(cell: tuple) -> str:
     return " ".join(f"{op}<-{src}" for node in cell for op, src in node)
 
 
-__all__ = ["Interrupted", "build_setup", "run_search"]
+__all__ = ["Interrupted", "build_setup", "flush_metrics", "run_search"]

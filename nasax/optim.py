@@ -1,4 +1,4 @@
-"""The two optimizers of a bilevel search, built as in the DARTS reference."""
+"""Optimizers as in the DARTS reference: SGD on weights (search, retrain), Adam on alphas."""
 
 from __future__ import annotations
 

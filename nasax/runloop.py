@@ -1,0 +1,125 @@
+"""Machinery shared by the search and the retraining loops: signals, prefetch, evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import yaml
+
+from nasax.config import Config, validate_config
+from nasax.data import Batch, eval_batches
+from nasax.errors import NasaxError, NonFiniteError, RunDirError
+
+
+class Interrupted(NasaxError):
+    """The run was stopped by a signal after saving a checkpoint."""
+
+
+class StopRequests:
+    """Turns SIGINT/SIGTERM into a request the loop honours after the current step.
+
+    A second signal interrupts at once. Outside the main thread nothing is installed.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopRequests:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def prefetch(it: Iterator[Batch], size: int = 2) -> Iterator[Batch]:
+    """Starts host-to-device copies `size` batches ahead."""
+    queue: list[Batch] = []
+    for batch in it:
+        queue.append(jax.device_put(batch))
+        if len(queue) > size:
+            yield queue.pop(0)
+    yield from queue
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def count_leaves(tree: Any) -> int:
+    """Number of scalars in a pytree (a parameter count)."""
+    return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+def evaluate(
+    eval_fn: Callable[[Any, Batch], dict[str, jax.Array]],
+    state: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+) -> dict[str, float]:
+    """Loss and accuracy over every example of (x, y); `eval_fn` returns per-batch sums."""
+    totals: dict[str, float] = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    sums = [eval_fn(state, b) for b in prefetch(eval_batches(x, y, batch_size))]
+    for s in jax.device_get(sums):
+        for k in totals:
+            totals[k] += float(s[k])
+    return {
+        "loss": totals["loss_sum"] / totals["count"],
+        "accuracy": totals["correct"] / totals["count"],
+    }
+
+
+def check_resume_config(config: Config, run_dir: Path) -> None:
+    """A resumed run must use the config it started with (the `run` section may differ)."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        raise RunDirError(f"cannot resume: {saved_path} is missing")
+    saved = validate_config(yaml.safe_load(saved_path.read_text()), str(saved_path)).to_dict()
+    given = config.to_dict()
+    for section in saved:
+        if section in ("run", "name"):
+            continue
+        if saved[section] != given.get(section):
+            raise RunDirError(
+                f"cannot resume {run_dir}: its config.yaml differs from the given config in "
+                f"section {section!r}; resume with the same config"
+            )
+
+
+def flush_metrics(
+    pending: list[dict[str, jax.Array]], epoch: int, step: int, kind: str = "search"
+) -> dict[str, Any]:
+    """Brings the pending step metrics to the host, averages them and checks they are finite."""
+    values = jax.device_get(pending)
+    pending.clear()
+    record: dict[str, Any] = {"kind": kind, "epoch": epoch + 1, "step": step}
+    for key in values[0]:
+        series = np.array([float(v[key]) for v in values])
+        if not np.all(np.isfinite(series)):
+            bad = step - len(series) + 1 + int(np.argmin(np.isfinite(series)))
+            raise NonFiniteError(
+                f"{key} became {series[~np.isfinite(series)][0]} at step {bad} "
+                f"(epoch {epoch + 1}); "
+                "the last checkpoint is kept; lower the learning rates (optim.weights.lr, "
+                "optim.arch.lr) or set optim.weights.grad_clip"
+            )
+        record[key] = float(series.mean())
+    return record
