@@ -28,25 +28,93 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nasax", description="Differentiable neural architecture search in JAX."
+def _train(args: argparse.Namespace) -> int:
+    from nasax.config import load_config
+    from nasax.rundir import default_run_dir
+    from nasax.train.loop import run_train
+
+    config = load_config(args.config, args.set)
+    if args.genotype:
+        config.train.genotype = args.genotype
+    run_dir = args.out or default_run_dir(config.run.out_dir, config.name)
+    if args.quiet:
+        config.run.progress = False
+    summary = run_train(
+        config, run_dir, genotype=args.genotype, resume=args.resume, overwrite=args.overwrite
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    search = commands.add_parser("search", help="search a cell with a config")
-    search.add_argument("config", help="a config file, or the name of a shipped config")
-    search.add_argument(
+    print(
+        f"training finished: test accuracy {summary['test_accuracy']:.4f}, "
+        f"{summary['params']:,} parameters, {summary['wall_seconds']:.0f} s; run in {run_dir}"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from nasax.train.loop import evaluate_run
+
+    result = evaluate_run(args.run_dir)
+    state = "finished" if result["finished"] else "interrupted"
+    print(
+        f"{args.run_dir} ({state}, epoch {result['epoch']}, step {result['step']}): "
+        f"test top-1 {result['test_accuracy']:.4f}, loss {result['test_loss']:.4f} "
+        f"on {result['examples']} images"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from nasax.train.export import export_run
+
+    out = export_run(args.run_dir, args.out_dir, overwrite=args.overwrite)
+    print(f"exported to {out}; load with nasax.load_model({str(out)!r})")
+    return 0
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a config file, or the name of a shipped config")
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set search.epochs=2 (repeatable)",
     )
-    search.add_argument("--out", help="run directory (default: <run.out_dir>/<name>-<time>)")
-    search.add_argument("--resume", action="store_true", help="continue the run in --out")
-    search.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    search.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--out", help="run directory (default: <run.out_dir>/<name>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nasax", description="Differentiable neural architecture search in JAX."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    search = commands.add_parser("search", help="search a cell with a config")
+    _add_run_options(search)
     search.set_defaults(run=_search)
+
+    train = commands.add_parser("train", help="retrain a genotype from scratch")
+    _add_run_options(train)
+    train.add_argument(
+        "--genotype",
+        help="genotype.json, a search run directory, or a published name (DARTS_V2)",
+    )
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="test accuracy of a retraining run's latest checkpoint"
+    )
+    evaluate.add_argument("run_dir", help="a run directory written by nasax train")
+    evaluate.set_defaults(run=_evaluate)
+
+    export = commands.add_parser(
+        "export", help="write a retrained model as a self-contained folder"
+    )
+    export.add_argument("run_dir", help="a run directory written by nasax train")
+    export.add_argument("out_dir", help="the folder to write")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    export.set_defaults(run=_export)
     return parser
 
 

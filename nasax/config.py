@@ -102,6 +102,23 @@ class SearchConfig(Section):
         return STRATEGY_OPTIONS.get(self.strategy).model_validate(self.options)
 
 
+class TrainConfig(Section):
+    """Retraining a genotype from scratch (`nasax train`); every regulariser is a switch."""
+
+    genotype: str | None = Field(
+        None, description="genotype.json path or a published name (DARTS_V2); --genotype sets it"
+    )
+    epochs: int = Field(600, ge=1)
+    batch_size: int = Field(96, ge=1)
+    eval_every: int = Field(1, ge=0, description="epochs between test evaluations (0: end only)")
+    drop_path: float = Field(
+        0.2, ge=0, lt=1, description="final drop-path rate, ramped linearly from 0 (0: off)"
+    )
+    auxiliary: bool = Field(True, description="auxiliary head after the 2/3 reduction cell")
+    auxiliary_weight: float = Field(0.4, ge=0, description="weight of the auxiliary loss")
+    cutout: int = Field(16, ge=0, description="side of the cutout square in pixels (0: off)")
+
+
 class WeightOptimConfig(Section):
     """SGD with momentum on the network weights, cosine-annealed per epoch."""
 
@@ -147,6 +164,7 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 

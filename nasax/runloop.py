@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import yaml
 
 from nasax.config import Config, validate_config
@@ -87,13 +89,20 @@ def evaluate(
     }
 
 
-def check_resume_config(config: Config, run_dir: Path) -> None:
-    """A resumed run must use the config it started with (the `run` section may differ)."""
+def check_resume_config(config: Config, run_dir: Path, ignore: tuple[str, ...] = ()) -> None:
+    """A resumed run must use the config it started with (the `run` section may differ).
+
+    `ignore` lists dotted keys checked elsewhere (e.g. `train.genotype`).
+    """
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         raise RunDirError(f"cannot resume: {saved_path} is missing")
     saved = validate_config(yaml.safe_load(saved_path.read_text()), str(saved_path)).to_dict()
     given = config.to_dict()
+    for key in ignore:
+        section, _, name = key.partition(".")
+        for data in (saved, given):
+            data.get(section, {}).pop(name, None)
     for section in saved:
         if section in ("run", "name"):
             continue
@@ -123,3 +132,15 @@ def flush_metrics(
             )
         record[key] = float(series.mean())
     return record
+
+
+def masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Summed loss and correct count over the real (mask=1) examples of a padded batch."""
+    mask = mask.astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(losses * mask),
+        "correct": jnp.sum(correct * mask),
+        "count": jnp.sum(mask),
+    }

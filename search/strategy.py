@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from nasax.config import STRATEGY_OPTIONS
 from nasax.data import Batch
 from nasax.registry import Registry
+from nasax.runloop import masked_sums
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.network import ArchParam, SearchNetwork
 from nasax.supernet.spaces import SearchSpace
@@ -157,14 +158,7 @@ class Supernet(NamedTuple):
         """Summed loss and correct count over the real examples of a padded batch."""
         x = self.setup.preprocess(batch["image"], state.rng, False)
         logits, _ = self.apply(state.params, state.batch_stats, state.arch, x, train=False)
-        mask = batch["mask"].astype(jnp.float32)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-        return {
-            "loss_sum": jnp.sum(losses * mask),
-            "correct": jnp.sum(correct * mask),
-            "count": jnp.sum(mask),
-        }
+        return masked_sums(logits, batch["label"], batch["mask"])
 
 
 def split_supernet(model: SearchNetwork) -> tuple[nnx.GraphDef, nnx.State, nnx.State, nnx.State]:

@@ -13,6 +13,10 @@ from nasax.supernet.ops import OPS, BatchNorm, FactorizedReduce, ReLUConvBN, bui
 
 
 class Edge(Protocol):
+    """An edge module; `droppable` says whether drop path may zero its output."""
+
+    droppable: bool
+
     def __call__(self, x: jax.Array, weights: jax.Array | None, train: bool) -> jax.Array: ...
 
 
@@ -36,6 +40,7 @@ class MixedEdge(nnx.Module):
             ]
         )
         self.stride = stride
+        self.droppable = False
 
     def __call__(self, x: jax.Array, weights: jax.Array | None, train: bool) -> jax.Array:
         out = None
@@ -60,29 +65,51 @@ class CellPlan(NamedTuple):
     reduction_prev: bool
 
 
-def plan_cells(stem_channels: int, channels: int, layers: int, n_out: int) -> list[CellPlan]:
+def reduction_indices(layers: int) -> tuple[int, int]:
+    """Positions of the two reduction cells in a stack of `layers` cells (1/3 and 2/3)."""
+    return layers // 3, 2 * layers // 3
+
+
+def plan_cells(
+    stem_channels: int, channels: int, layers: int, n_out: int, n_out_reduce: int | None = None
+) -> list[CellPlan]:
     """Channel plan of a DARTS stack: reductions at 1/3 and 2/3 of the depth double C.
 
     Args:
         stem_channels: channels the stem outputs (the first cells' two inputs).
         channels: C of the first cell.
         layers: number of cells.
-        n_out: nodes a cell concatenates, so a cell outputs n_out * C channels.
+        n_out: nodes a normal cell concatenates, so it outputs n_out * C channels.
+        n_out_reduce: the same for reduction cells (default: `n_out`).
     """
+    n_out_reduce = n_out if n_out_reduce is None else n_out_reduce
     plans, c_pp, c_p, c, red_prev = [], stem_channels, stem_channels, channels, False
     for i in range(layers):
-        red = i in (layers // 3, 2 * layers // 3)
+        red = i in reduction_indices(layers)
         c = 2 * c if red else c
         plans.append(CellPlan(c_pp, c_p, c, red, red_prev))
-        c_pp, c_p, red_prev = c_p, n_out * c, red
+        c_pp, c_p, red_prev = c_p, (n_out_reduce if red else n_out) * c, red
     return plans
+
+
+def drop_path(x: jax.Array, rate: jax.Array | float, rng: jax.Array) -> jax.Array:
+    """Zeroes whole examples of `x` with probability `rate` and rescales the rest.
+
+    At rate 0 every example is kept and `x` comes back unchanged.
+    """
+    keep = 1.0 - jnp.asarray(rate, x.dtype)
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
 
 
 class FixedEdge(nnx.Module):
     """One chosen op on an edge (a derived cell); BatchNorms are affine."""
 
     def __init__(self, op_name: str, channels: int, stride: int, rngs: nnx.Rngs) -> None:
+        self.op_name = op_name
         self.op = build_op(op_name, channels, stride, True, rngs)
+        # Drop path spares identity edges, as in the DARTS reference.
+        self.droppable = not (OPS.get(op_name).identity_at_stride_1 and stride == 1)
 
     def __call__(self, x: jax.Array, weights: jax.Array | None, train: bool) -> jax.Array:
         return self.op(x, train)
@@ -131,16 +158,35 @@ class Cell(nnx.Module):
         self.reduction = plan.reduction
 
     def __call__(
-        self, s0: jax.Array, s1: jax.Array, weights: jax.Array | None, train: bool
+        self,
+        s0: jax.Array,
+        s1: jax.Array,
+        weights: jax.Array | None,
+        train: bool,
+        drop_rate: jax.Array | float | None = None,
+        rng: jax.Array | None = None,
     ) -> jax.Array:
-        """Runs the cell; `weights` holds one row of op weights per edge (mixed edges)."""
+        """Runs the cell.
+
+        Args:
+            s0, s1: outputs of the cell two back and of the previous cell (NHWC).
+            weights: one row of op weights per edge (mixed edges), else None.
+            train: training mode (batch statistics, drop path).
+            drop_rate: drop-path rate for the droppable edges, used in training when
+                `rng` is given.
+            rng: key for drop path; each edge folds in its index.
+        """
+        dropping = train and rng is not None and drop_rate is not None
         states = [self.pre0(s0, train), self.pre1(s1, train)]
         for node in range(self.n_nodes):
             acc = None
             for i, (target, src) in enumerate(self.wiring):
                 if target != node:
                     continue
-                y = self.edges[i](states[src], None if weights is None else weights[i], train)
+                edge = self.edges[i]
+                y = edge(states[src], None if weights is None else weights[i], train)
+                if dropping and edge.droppable:
+                    y = drop_path(y, drop_rate, jax.random.fold_in(rng, i))
                 acc = y if acc is None else acc + y
             states.append(acc)
         return jnp.concatenate([states[i] for i in self.concat], axis=-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import dataclass
@@ -236,3 +237,23 @@ DARTS_V2 = Genotype(
     reduce_concat=(2, 3, 4, 5),
 )
 PUBLISHED = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "DARTS": DARTS_V2}
+
+
+def load_genotype(name_or_path: str | os.PathLike) -> Genotype:
+    """A published genotype by name (`DARTS_V2`), a genotype.json, or a run directory with one."""
+    text = str(name_or_path)
+    if text in PUBLISHED:
+        return PUBLISHED[text]
+    path = Path(name_or_path)
+    if path.is_dir():
+        path = path / "genotype.json"
+        if not path.is_file():
+            raise GenotypeError(f"{name_or_path} is a directory without a genotype.json")
+    elif not path.exists():
+        close = difflib.get_close_matches(text, list(PUBLISHED), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise GenotypeError(
+            f"genotype {text!r} is neither a file nor a published genotype{hint}; published: "
+            f"{', '.join(PUBLISHED)}"
+        )
+    return Genotype.load(path)

@@ -1,0 +1,290 @@
+"""The retraining loop: a genotype trained from scratch with the DARTS protocol."""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import yaml
+
+from nasax.checkpoint import Checkpoints
+from nasax.config import Config, validate_config
+from nasax.data import (
+    Dataset,
+    batches,
+    check_batch_size,
+    epoch_order,
+    eval_batches,
+    load_dataset,
+    make_preprocess,
+)
+from nasax.errors import GenotypeError, RunDirError
+from nasax.io import atomic_write_json, atomic_write_text
+from nasax.optim import weight_optimizer, weight_schedule
+from nasax.progress import LoopProgress
+from nasax.rundir import MetricsLog, prepare_run_dir
+from nasax.runloop import (
+    Interrupted,
+    StopRequests,
+    check_resume_config,
+    evaluate,
+    flush_metrics,
+    peak_rss_mb,
+    prefetch,
+)
+from nasax.supernet.discrete import DiscreteNetwork, param_counts
+from nasax.supernet.genotypes import Genotype, load_genotype
+from nasax.supernet.spaces import get_space
+from nasax.train.trainer import Regularizers, Trainer, TrainState
+
+
+def build_trainer(config: Config, genotype: Genotype, dataset: Dataset) -> Trainer:
+    """The network, optimizer, preprocessing and regularisers a retraining run uses."""
+    t, m = config.train, config.model
+    steps_per_epoch = len(dataset.x_train) // t.batch_size
+    network = partial(
+        DiscreteNetwork,
+        genotype,
+        num_classes=dataset.num_classes,
+        channels=m.channels,
+        layers=m.layers,
+        in_channels=dataset.image_shape[-1],
+        stem_multiplier=m.stem_multiplier,
+        auxiliary=t.auxiliary and t.auxiliary_weight > 0,
+    )
+    augment = config.data.augment
+    return Trainer.create(
+        lambda rngs: network(rngs=rngs),
+        optimizer=weight_optimizer(config.optim.weights, t.epochs, steps_per_epoch),
+        learning_rate=weight_schedule(config.optim.weights, t.epochs, steps_per_epoch),
+        preprocess=make_preprocess(dataset.mean, dataset.std, augment.crop_padding, augment.flip),
+        regularizers=Regularizers(
+            t.drop_path, t.auxiliary_weight if t.auxiliary else 0.0, t.cutout
+        ),
+        steps_per_epoch=steps_per_epoch,
+        epochs=t.epochs,
+    )
+
+
+def _resolve_genotype(
+    config: Config, genotype: Genotype | str | None, run_dir: Path, resume: bool
+) -> Genotype:
+    """The genotype to train: given, named in the config, or (resuming) the run's own."""
+    if isinstance(genotype, str):
+        genotype = load_genotype(genotype)
+    if resume:
+        saved = Genotype.load(run_dir / "genotype.json")
+        if genotype is not None and genotype != saved:
+            raise RunDirError(
+                f"cannot resume {run_dir}: it trains a different genotype than the one given; "
+                "resume without --genotype or with the same one"
+            )
+        return saved
+    if genotype is None and config.train.genotype is not None:
+        genotype = load_genotype(config.train.genotype)
+    if genotype is None:
+        raise GenotypeError(
+            "no genotype to train: pass --genotype PATH_OR_NAME (a genotype.json, a search run "
+            "directory, or a published name such as DARTS_V2) or set train.genotype"
+        )
+    return genotype.validate()
+
+
+def run_train(
+    config: Config,
+    run_dir: str | Path,
+    *,
+    genotype: Genotype | str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Retrains a genotype from scratch as `config` says; returns the summary.
+
+    Args:
+        config: the validated config (its `train`, `model`, `data`, `optim` sections).
+        run_dir: where config.yaml, genotype.json, metrics.jsonl, checkpoints/ and
+            summary.json go.
+        genotype: a Genotype, a genotype.json path, a search run directory, or a
+            published name; default `train.genotype` (or, resuming, the run's own).
+        resume: continue from the last checkpoint in `run_dir`.
+        overwrite: delete an existing `run_dir` first.
+    """
+    wall_start = time.perf_counter()
+    t, rc = config.train, config.run
+    dataset = load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
+    check_batch_size(dataset, t.batch_size, len(dataset.x_train), "training set")
+    if resume:
+        run_dir = prepare_run_dir(run_dir, resume=True, overwrite=False)
+        genotype = _resolve_genotype(config, genotype, run_dir, resume=True)
+        check_resume_config(config, run_dir, ignore=("train.genotype",))
+    else:
+        genotype = _resolve_genotype(config, genotype, Path(run_dir), resume=False)
+        genotype.validate(get_space(config.model.space))
+        run_dir = prepare_run_dir(run_dir, resume=False, overwrite=overwrite)
+        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+        genotype.save(run_dir / "genotype.json")
+
+    trainer = build_trainer(config, genotype, dataset)
+    steps_per_epoch, total_steps = trainer.steps_per_epoch, trainer.steps_per_epoch * t.epochs
+    state = trainer.init(jax.random.PRNGKey(config.seed))
+    checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+    start_epoch, start_batch, elapsed_before = 0, 0, 0.0
+    if resume:
+        state, meta = checkpoints.restore(state)
+        start_epoch, start_batch, elapsed_before = meta["epoch"], meta["batch"], meta["elapsed"]
+        metrics_log.truncate_after(meta["step"])
+
+    counts = param_counts(trainer.module(state))
+    progress = LoopProgress(total_steps, t.epochs, enabled=rc.progress, label="train")
+    progress.log(
+        f"{dataset.name}: {len(dataset.x_train)} training images, {steps_per_epoch} steps per "
+        f"epoch; {counts['params']:,} parameters (+{counts['params_auxiliary']:,} auxiliary); "
+        "compiling the training step (cached for later runs)"
+    )
+    order = np.arange(len(dataset.x_train))
+    sample = next(batches(dataset.x_train, dataset.y_train, order, t.batch_size))
+    eval_sample = next(eval_batches(dataset.x_test, dataset.y_test, t.batch_size))
+    compile_start = time.perf_counter()
+    step_fn = jax.jit(trainer.step, donate_argnums=(0,)).lower(state, sample).compile()
+    eval_fn = jax.jit(trainer.evaluate).lower(state, eval_sample).compile()
+    compile_seconds = time.perf_counter() - compile_start
+    progress.log(f"compiled in {compile_seconds:.0f} s")
+
+    def save(epoch: int, batch: int, step: int) -> None:
+        elapsed = elapsed_before + time.perf_counter() - wall_start
+        checkpoints.save(
+            step, state, {"epoch": epoch, "batch": batch, "step": step, "elapsed": elapsed}
+        )
+
+    def test_eval() -> dict[str, float]:
+        return evaluate(eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size)
+
+    step = start_epoch * steps_per_epoch + start_batch
+    pending: list[dict[str, jax.Array]] = []
+    images, train_seconds = 0, 0.0
+    test: dict[str, float] = {}
+    try:
+        with progress, StopRequests() as stop:
+            progress.advance(step, start_epoch)
+            for epoch in range(start_epoch, t.epochs):
+                first = start_batch if epoch == start_epoch else 0
+                epoch_idx = epoch_order(order, config.seed, epoch, 0)
+                stream = prefetch(
+                    batches(dataset.x_train, dataset.y_train, epoch_idx, t.batch_size, first)
+                )
+                tick, since = time.perf_counter(), 0
+                for batch_index in range(first, steps_per_epoch):
+                    state, metrics = step_fn(state, next(stream))
+                    pending.append(metrics)
+                    step, since = step + 1, since + 1
+                    if step % rc.log_every == 0 or batch_index == steps_per_epoch - 1:
+                        record = flush_metrics(pending, epoch, step, kind="train")
+                        seconds = time.perf_counter() - tick
+                        record["images_per_sec"] = since * t.batch_size / seconds
+                        images, train_seconds = (
+                            images + since * t.batch_size,
+                            train_seconds + seconds,
+                        )
+                        metrics_log.write(record)
+                        progress.show(
+                            {k: record[k] for k in ("train_loss", "train_acc", "images_per_sec")}
+                        )
+                        tick, since = time.perf_counter(), 0
+                    progress.advance(step, epoch)
+                    if stop.signum is not None:
+                        pending.clear()
+                        save(epoch, batch_index + 1, step)
+                        raise Interrupted(
+                            f"interrupted at epoch {epoch + 1} step {step}; checkpoint saved in "
+                            f"{run_dir}; continue with nasax train CONFIG --resume --out {run_dir}"
+                        )
+                record = {"kind": "epoch", "epoch": epoch + 1, "step": step}
+                if epoch == t.epochs - 1 or (t.eval_every and (epoch + 1) % t.eval_every == 0):
+                    test = test_eval()
+                    record.update(test_loss=test["loss"], test_acc=test["accuracy"])
+                    progress.log(
+                        f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}, "
+                        f"loss {test['loss']:.4f}"
+                    )
+                metrics_log.write(record)
+                save(epoch + 1, 0, step)
+    finally:
+        checkpoints.close()
+
+    if not test:  # resumed after the last epoch's checkpoint
+        test = test_eval()
+    summary = {
+        "kind": "train",
+        "dataset": dataset.name,
+        "seed": config.seed,
+        "epochs": t.epochs,
+        "steps": step,
+        "batch_size": t.batch_size,
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        **counts,
+        "wall_seconds": elapsed_before + time.perf_counter() - wall_start,
+        "compile_seconds": compile_seconds,
+        "images_per_sec": images / train_seconds if train_seconds else None,
+        "peak_rss_mb": peak_rss_mb(),
+        "genotype": genotype.to_dict(),
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def load_train_run(
+    run_dir: str | Path,
+) -> tuple[Config, Genotype, Dataset, Trainer, TrainState, dict]:
+    """Config, genotype, data, trainer and the latest checkpointed state of a retraining run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    config_path, genotype_path = run_dir / "config.yaml", run_dir / "genotype.json"
+    if not config_path.is_file() or not genotype_path.is_file():
+        raise RunDirError(
+            f"{run_dir} is not a retraining run directory (it needs config.yaml and "
+            "genotype.json from nasax train)"
+        )
+    if not (run_dir / "checkpoints").is_dir() or (run_dir / "alphas.npz").exists():
+        kind = "a search run" if (run_dir / "alphas.npz").exists() else "a run without checkpoints"
+        raise RunDirError(
+            f"{run_dir} is {kind}, not a retraining run; retrain its cell first: "
+            f"nasax train CONFIG --genotype {genotype_path}"
+        )
+    config = validate_config(yaml.safe_load(config_path.read_text()), str(config_path))
+    genotype = Genotype.load(genotype_path)
+    dataset = load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
+    trainer = build_trainer(config, genotype, dataset)
+    checkpoints = Checkpoints(run_dir / "checkpoints", keep=config.run.checkpoint_keep)
+    try:
+        if checkpoints.latest_step() is None:
+            raise RunDirError(f"{run_dir}/checkpoints holds no checkpoint yet")
+        state, meta = checkpoints.restore(trainer.init(jax.random.PRNGKey(config.seed)))
+    finally:
+        checkpoints.close()
+    return config, genotype, dataset, trainer, state, meta
+
+
+def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
+    """Test loss and top-1 of the latest checkpoint of a finished or interrupted retraining."""
+    config, _, dataset, trainer, state, meta = load_train_run(run_dir)
+    eval_fn = jax.jit(trainer.evaluate)
+    test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, config.train.batch_size)
+    return {
+        "run_dir": str(run_dir),
+        "epoch": meta["epoch"],
+        "step": meta["step"],
+        "finished": meta["epoch"] == config.train.epochs,
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "examples": len(dataset.y_test),
+    }
+
+
+__all__ = ["build_trainer", "evaluate_run", "load_train_run", "run_train"]
