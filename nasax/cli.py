@@ -55,7 +55,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run_dir)
     state = "finished" if result["finished"] else "interrupted"
     print(
-        f"{args.run_dir} ({state}, epoch {result['epoch']}, step {result['step']}): "
+        f"{args.run_dir} ({state} after {result['epochs_done']} of {result['epochs']} epochs, "
+        f"step {result['step']}): "
         f"test top-1 {result['test_accuracy']:.4f}, loss {result['test_loss']:.4f} "
         f"on {result['examples']} images"
     )

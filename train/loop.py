@@ -278,9 +278,10 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
     test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, config.train.batch_size)
     return {
         "run_dir": str(run_dir),
-        "epoch": meta["epoch"],
+        "epochs_done": meta["epoch"],
+        "epochs": config.train.epochs,
         "step": meta["step"],
-        "finished": meta["epoch"] == config.train.epochs,
+        "finished": meta["epoch"] == config.train.epochs and meta["batch"] == 0,
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
         "examples": len(dataset.y_test),

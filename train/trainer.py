@@ -114,7 +114,7 @@ class Trainer(NamedTuple):
         params = optax.apply_updates(state.params, updates)
         metrics = {
             **metrics,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": self.learning_rate(state.step),
             "drop_path_rate": rate,
         }
