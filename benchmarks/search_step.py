@@ -16,28 +16,12 @@ import time
 
 import jax
 import numpy as np
+from common import random_dataset
 
 from nasax.config import validate_config
-from nasax.data import Dataset
 from nasax.runloop import count_leaves, peak_rss_mb
 from nasax.search.loop import build_setup
 from nasax.search.strategy import STRATEGIES
-
-
-def random_dataset(n: int, image: int, channels: int, classes: int, seed: int) -> Dataset:
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (n, image, image, channels), dtype=np.uint8)
-    y = rng.integers(0, classes, n).astype(np.int32)
-    return Dataset(
-        "random",
-        x,
-        y,
-        x[:8],
-        y[:8],
-        classes,
-        np.full(channels, 127.5, np.float32),
-        np.full(channels, 73.9, np.float32),
-    )
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import resource
 import signal
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,8 @@ import yaml
 from nasax.config import Config, validate_config
 from nasax.data import Batch, eval_batches
 from nasax.errors import NasaxError, NonFiniteError, RunDirError
+from nasax.progress import LoopProgress
+from nasax.rundir import MetricsLog
 
 
 class Interrupted(NasaxError):
@@ -144,3 +147,85 @@ def masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[s
         "correct": jnp.sum(correct * mask),
         "count": jnp.sum(mask),
     }
+
+
+class LoopResult(NamedTuple):
+    """Where an epoch loop ended and how fast it ran."""
+
+    state: Any
+    step: int
+    images: int
+    seconds: float
+
+
+def run_epochs(
+    state: Any,
+    step_fn: Callable[..., tuple[Any, dict[str, jax.Array]]],
+    epoch_batches: Callable[[int, int], Iterator[tuple[Batch, ...]]],
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    start: tuple[int, int],
+    log_every: int,
+    kind: str,
+    metrics_log: MetricsLog,
+    progress: LoopProgress,
+    save: Callable[[Any, int, int, int], None],
+    end_epoch: Callable[[Any, int, int], dict[str, Any]],
+    shown: Sequence[str],
+    resume_hint: str,
+) -> LoopResult:
+    """Runs jitted steps epoch by epoch with logging, checkpoints and Ctrl-C handling.
+
+    Metrics stay on the device until a log step, where they are averaged, checked for
+    NaN and written. Ctrl-C or SIGTERM saves a checkpoint after the current step and
+    raises `Interrupted`.
+
+    Args:
+        state: the state to start from.
+        step_fn: (state, *batches) -> (state, metrics), compiled.
+        epoch_batches: (epoch, first batch) -> iterator of the batches of each step.
+        start: (epoch, batch) to start at; (0, 0) for a fresh run.
+        kind: the `kind` of the per-step metric records.
+        save: save(state, epoch, batch, step) writes a checkpoint; `batch` 0 means the
+            epoch is complete.
+        end_epoch: end_epoch(state, epoch, step) -> extra fields of the epoch record.
+        shown: metric names the progress bar shows.
+        resume_hint: how to continue, for the message of an interrupted run.
+    """
+    start_epoch, start_batch = start
+    step = start_epoch * steps_per_epoch + start_batch
+    pending: list[dict[str, jax.Array]] = []
+    images, seconds_total = 0, 0.0
+    with progress, StopRequests() as stop:
+        progress.advance(step, start_epoch)
+        for epoch in range(start_epoch, epochs):
+            first = start_batch if epoch == start_epoch else 0
+            stream = epoch_batches(epoch, first)
+            tick, since = time.perf_counter(), 0
+            for batch_index in range(first, steps_per_epoch):
+                state, metrics = step_fn(state, *next(stream))
+                pending.append(metrics)
+                step, since = step + 1, since + 1
+                if step % log_every == 0 or batch_index == steps_per_epoch - 1:
+                    record = flush_metrics(pending, epoch, step, kind=kind)
+                    seconds = time.perf_counter() - tick
+                    record["images_per_sec"] = since * batch_size / seconds
+                    images, seconds_total = images + since * batch_size, seconds_total + seconds
+                    metrics_log.write(record)
+                    progress.show({k: record[k] for k in shown if k in record})
+                    tick, since = time.perf_counter(), 0
+                progress.advance(step, epoch)
+                if stop.signum is not None:
+                    pending.clear()
+                    save(state, epoch, batch_index + 1, step)
+                    raise Interrupted(
+                        f"interrupted at epoch {epoch + 1} step {step}; checkpoint saved; "
+                        f"{resume_hint}"
+                    )
+            record = {"kind": "epoch", "epoch": epoch + 1, "step": step}
+            record.update(end_epoch(state, epoch, step))
+            metrics_log.write(record)
+            save(state, epoch + 1, 0, step)
+    return LoopResult(state, step, images, seconds_total)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 from nasax.checkpoint import Checkpoints
 from nasax.config import Config
 from nasax.data import (
+    Batch,
     Dataset,
     batches,
     check_batch_size,
@@ -27,14 +29,12 @@ from nasax.optim import arch_optimizer, weight_optimizer, weight_schedule
 from nasax.progress import LoopProgress
 from nasax.rundir import MetricsLog, prepare_run_dir
 from nasax.runloop import (
-    Interrupted,
-    StopRequests,
     check_resume_config,
     count_leaves,
     evaluate,
-    flush_metrics,
     peak_rss_mb,
     prefetch,
+    run_epochs,
 )
 from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy
 from nasax.supernet.network import SearchNetwork
@@ -147,69 +147,60 @@ def run_search(
     compile_seconds = time.perf_counter() - compile_start
     progress.log(f"compiled in {compile_seconds:.0f} s")
 
-    def save(epoch: int, batch: int, step: int) -> None:
+    def save(state: Any, epoch: int, batch: int, step: int) -> None:
         elapsed = elapsed_before + time.perf_counter() - wall_start
         checkpoints.save(
             step, state, {"epoch": epoch, "batch": batch, "step": step, "elapsed": elapsed}
         )
 
-    step = start_epoch * steps_per_epoch + start_batch
-    pending: list[dict[str, jax.Array]] = []
-    images, search_seconds = 0, 0.0
-    test: dict[str, float] = {}
-    try:
-        with progress, StopRequests() as stop:
-            progress.advance(step, start_epoch)
-            for epoch in range(start_epoch, s.epochs):
-                train_order = epoch_order(train_idx, config.seed, epoch, 0)
-                val_order = epoch_order(val_idx, config.seed, epoch, 1)
-                first = start_batch if epoch == start_epoch else 0
-                stream = zip(
-                    prefetch(
-                        batches(dataset.x_train, dataset.y_train, train_order, s.batch_size, first)
-                    ),
-                    prefetch(
-                        batches(dataset.x_train, dataset.y_train, val_order, s.batch_size, first)
-                    ),
+    def epoch_batches(epoch: int, first: int) -> Iterator[tuple[Batch, Batch]]:
+        streams = [
+            prefetch(
+                batches(
+                    dataset.x_train,
+                    dataset.y_train,
+                    epoch_order(idx, config.seed, epoch, stream),
+                    s.batch_size,
+                    first,
                 )
-                tick, since = time.perf_counter(), 0
-                for batch_index in range(first, steps_per_epoch):
-                    train_batch, val_batch = next(stream)
-                    state, metrics = step_fn(state, train_batch, val_batch)
-                    pending.append(metrics)
-                    step, since = step + 1, since + 1
-                    last = batch_index == steps_per_epoch - 1
-                    if step % rc.log_every == 0 or last:
-                        record = flush_metrics(pending, epoch, step)
-                        seconds = time.perf_counter() - tick
-                        record["images_per_sec"] = since * s.batch_size / seconds
-                        images += since * s.batch_size
-                        search_seconds += seconds
-                        metrics_log.write(record)
-                        progress.show(_shown(record))
-                        tick, since = time.perf_counter(), 0
-                    progress.advance(step, epoch)
-                    if stop.signum is not None:
-                        pending.clear()
-                        save(epoch, batch_index + 1, step)
-                        raise Interrupted(
-                            f"interrupted at epoch {epoch + 1} step {step}; checkpoint saved in "
-                            f"{run_dir}; continue with --resume --out {run_dir}"
-                        )
-                genotype = strategy.derive(state)
-                genotype.save(run_dir / "genotype.json")
-                alphas.append(strategy.arch_weights(state))
-                record = {"kind": "epoch", "epoch": epoch + 1, "step": step}
-                last_epoch = epoch == s.epochs - 1
-                if last_epoch or (s.eval_every and (epoch + 1) % s.eval_every == 0):
-                    test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size)
-                    record.update(test_loss=test["loss"], test_acc=test["accuracy"])
-                    progress.log(
-                        f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}  "
-                        f"genotype normal {_short(genotype.normal)}"
-                    )
-                metrics_log.write(record)
-                save(epoch + 1, 0, step)
+            )
+            for stream, idx in enumerate((train_idx, val_idx))
+        ]
+        return zip(*streams)
+
+    test: dict[str, float] = {}
+
+    def end_epoch(state: Any, epoch: int, step: int) -> dict[str, Any]:
+        genotype = strategy.derive(state)
+        genotype.save(run_dir / "genotype.json")
+        alphas.append(strategy.arch_weights(state))
+        if epoch == s.epochs - 1 or (s.eval_every and (epoch + 1) % s.eval_every == 0):
+            test.update(evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size))
+            progress.log(
+                f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}  "
+                f"genotype normal {_short(genotype.normal)}"
+            )
+            return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
+        return {}
+
+    try:
+        state, step, images, search_seconds = run_epochs(
+            state,
+            step_fn,
+            epoch_batches,
+            epochs=s.epochs,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=s.batch_size,
+            start=(start_epoch, start_batch),
+            log_every=rc.log_every,
+            kind="search",
+            metrics_log=metrics_log,
+            progress=progress,
+            save=save,
+            end_epoch=end_epoch,
+            shown=("train_loss", "train_acc", "val_loss", "val_acc", "images_per_sec"),
+            resume_hint=f"continue with: nasax search CONFIG --resume --out {run_dir}",
+        )
     finally:
         checkpoints.close()
 
@@ -237,13 +228,8 @@ def run_search(
     return summary
 
 
-def _shown(record: dict[str, Any]) -> dict[str, float]:
-    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "images_per_sec")
-    return {k: record[k] for k in keys if k in record}
-
-
 def _short(cell: tuple) -> str:
     return " ".join(f"{op}<-{src}" for node in cell for op, src in node)
 
 
-__all__ = ["Interrupted", "build_setup", "flush_metrics", "run_search"]
+__all__ = ["build_setup", "run_search"]

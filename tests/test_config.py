@@ -60,7 +60,9 @@ def test_malformed_override_is_rejected():
 
 
 def test_shipped_configs_load_by_name_and_resolve_completely():
-    assert {"darts_digits", "darts_cifar10"} <= set(shipped_configs())
+    assert {"darts_digits", "darts_cifar10", "retrain_digits", "retrain_cifar10"} <= set(
+        shipped_configs()
+    )
     for name in shipped_configs():
         config = load_config(name)
         again = validate_config(config.to_dict())
@@ -88,6 +90,38 @@ def test_darts_cifar10_is_the_papers_search_protocol():
     assert (a.lr, a.betas, a.weight_decay) == (3e-4, (0.5, 0.999), 1e-3)
     assert c.search.train_portion == 0.5
     assert (c.data.augment.crop_padding, c.data.augment.flip) == (4, True)
+
+
+def test_retrain_cifar10_is_the_papers_retraining_protocol():
+    c = load_config("retrain_cifar10")
+    t, w = c.train, c.optim.weights
+    assert c.data.name == "tfds:cifar10"
+    assert (c.model.layers, c.model.channels) == (20, 36)
+    assert (t.epochs, t.batch_size, t.genotype) == (600, 96, "DARTS_V2")
+    assert (w.lr, w.lr_min, w.momentum, w.weight_decay, w.grad_clip, w.schedule) == (
+        0.025,
+        0.0,
+        0.9,
+        3e-4,
+        5.0,
+        "cosine",
+    )
+    assert (t.cutout, t.drop_path, t.auxiliary, t.auxiliary_weight) == (16, 0.2, True, 0.4)
+    assert (c.data.augment.crop_padding, c.data.augment.flip) == (4, True)
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"train": {"drop_path": 1.0}}, "train.drop_path"),
+        ({"train": {"cutout": -1}}, "train.cutout"),
+        ({"train": {"epoch": 3}}, "did you mean 'epochs'"),
+        ({"train": {"auxiliary": "maybe"}}, "train.auxiliary"),
+    ],
+)
+def test_bad_train_section_gives_one_clear_line(data, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        validate_config(data)
 
 
 def test_unknown_config_name_suggests_a_shipped_one(tmp_path):

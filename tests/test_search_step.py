@@ -136,7 +136,7 @@ def test_alpha_step_is_an_adam_step_on_the_validation_gradient(darts):
 
 def test_non_finite_metrics_stop_the_run_naming_the_step():
     from nasax.errors import NonFiniteError
-    from nasax.search.loop import flush_metrics
+    from nasax.runloop import flush_metrics
 
     pending = [{"train_loss": jnp.asarray(0.5)}, {"train_loss": jnp.asarray(jnp.nan)}]
     with pytest.raises(NonFiniteError, match=r"train_loss became nan at step 10 \(epoch 3\)"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import yaml
 from nasax.checkpoint import Checkpoints
 from nasax.config import Config, validate_config
 from nasax.data import (
+    Batch,
     Dataset,
     batches,
     check_batch_size,
@@ -28,13 +30,11 @@ from nasax.optim import weight_optimizer, weight_schedule
 from nasax.progress import LoopProgress
 from nasax.rundir import MetricsLog, prepare_run_dir
 from nasax.runloop import (
-    Interrupted,
-    StopRequests,
     check_resume_config,
     evaluate,
-    flush_metrics,
     peak_rss_mb,
     prefetch,
+    run_epochs,
 )
 from nasax.supernet.discrete import DiscreteNetwork, param_counts
 from nasax.supernet.genotypes import Genotype, load_genotype
@@ -155,69 +155,51 @@ def run_train(
     compile_seconds = time.perf_counter() - compile_start
     progress.log(f"compiled in {compile_seconds:.0f} s")
 
-    def save(epoch: int, batch: int, step: int) -> None:
+    def save(state: TrainState, epoch: int, batch: int, step: int) -> None:
         elapsed = elapsed_before + time.perf_counter() - wall_start
         checkpoints.save(
             step, state, {"epoch": epoch, "batch": batch, "step": step, "elapsed": elapsed}
         )
 
-    def test_eval() -> dict[str, float]:
-        return evaluate(eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size)
+    def epoch_batches(epoch: int, first: int) -> Iterator[tuple[Batch]]:
+        idx = epoch_order(order, config.seed, epoch, 0)
+        stream = prefetch(batches(dataset.x_train, dataset.y_train, idx, t.batch_size, first))
+        return ((batch,) for batch in stream)
 
-    step = start_epoch * steps_per_epoch + start_batch
-    pending: list[dict[str, jax.Array]] = []
-    images, train_seconds = 0, 0.0
     test: dict[str, float] = {}
+
+    def end_epoch(state: TrainState, epoch: int, step: int) -> dict[str, Any]:
+        if epoch == t.epochs - 1 or (t.eval_every and (epoch + 1) % t.eval_every == 0):
+            test.update(evaluate(eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size))
+            progress.log(
+                f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f}"
+            )
+            return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
+        return {}
+
     try:
-        with progress, StopRequests() as stop:
-            progress.advance(step, start_epoch)
-            for epoch in range(start_epoch, t.epochs):
-                first = start_batch if epoch == start_epoch else 0
-                epoch_idx = epoch_order(order, config.seed, epoch, 0)
-                stream = prefetch(
-                    batches(dataset.x_train, dataset.y_train, epoch_idx, t.batch_size, first)
-                )
-                tick, since = time.perf_counter(), 0
-                for batch_index in range(first, steps_per_epoch):
-                    state, metrics = step_fn(state, next(stream))
-                    pending.append(metrics)
-                    step, since = step + 1, since + 1
-                    if step % rc.log_every == 0 or batch_index == steps_per_epoch - 1:
-                        record = flush_metrics(pending, epoch, step, kind="train")
-                        seconds = time.perf_counter() - tick
-                        record["images_per_sec"] = since * t.batch_size / seconds
-                        images, train_seconds = (
-                            images + since * t.batch_size,
-                            train_seconds + seconds,
-                        )
-                        metrics_log.write(record)
-                        progress.show(
-                            {k: record[k] for k in ("train_loss", "train_acc", "images_per_sec")}
-                        )
-                        tick, since = time.perf_counter(), 0
-                    progress.advance(step, epoch)
-                    if stop.signum is not None:
-                        pending.clear()
-                        save(epoch, batch_index + 1, step)
-                        raise Interrupted(
-                            f"interrupted at epoch {epoch + 1} step {step}; checkpoint saved in "
-                            f"{run_dir}; continue with nasax train CONFIG --resume --out {run_dir}"
-                        )
-                record = {"kind": "epoch", "epoch": epoch + 1, "step": step}
-                if epoch == t.epochs - 1 or (t.eval_every and (epoch + 1) % t.eval_every == 0):
-                    test = test_eval()
-                    record.update(test_loss=test["loss"], test_acc=test["accuracy"])
-                    progress.log(
-                        f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}, "
-                        f"loss {test['loss']:.4f}"
-                    )
-                metrics_log.write(record)
-                save(epoch + 1, 0, step)
+        state, step, images, train_seconds = run_epochs(
+            state,
+            step_fn,
+            epoch_batches,
+            epochs=t.epochs,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=t.batch_size,
+            start=(start_epoch, start_batch),
+            log_every=rc.log_every,
+            kind="train",
+            metrics_log=metrics_log,
+            progress=progress,
+            save=save,
+            end_epoch=end_epoch,
+            shown=("train_loss", "train_acc", "images_per_sec"),
+            resume_hint=f"continue with: nasax train CONFIG --resume --out {run_dir}",
+        )
     finally:
         checkpoints.close()
 
     if not test:  # resumed after the last epoch's checkpoint
-        test = test_eval()
+        test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size)
     summary = {
         "kind": "train",
         "dataset": dataset.name,
