@@ -86,19 +86,28 @@ def depthwise_conv(
     """
     channels = x.shape[-1]
     kernel = kernel.astype(x.dtype)
-    groups = channels
-    if jax.default_backend() == "cpu" and channels <= CPU_DENSE_DEPTHWISE_MAX_CHANNELS:
-        kernel = kernel * jnp.eye(channels, dtype=x.dtype)  # (k, k, 1, C) -> (k, k, C, C)
-        groups = 1
-    return lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=(stride, stride),
-        padding=_pads(padding),
-        rhs_dilation=(dilation, dilation),
-        dimension_numbers=_DIMS,
-        feature_group_count=groups,
-    )
+
+    def conv(kernel: jax.Array, groups: int) -> jax.Array:
+        return lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=(stride, stride),
+            padding=_pads(padding),
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=_DIMS,
+            feature_group_count=groups,
+        )
+
+    def grouped(kernel: jax.Array) -> jax.Array:
+        return conv(kernel, channels)
+
+    def dense_diagonal(kernel: jax.Array) -> jax.Array:
+        return conv(kernel * jnp.eye(channels, dtype=x.dtype), 1)  # (k, k, 1, C) -> (k, k, C, C)
+
+    if channels > CPU_DENSE_DEPTHWISE_MAX_CHANNELS:
+        return grouped(kernel)
+    # Chosen when lowering for a platform, so exported programs carry the right form for each.
+    return lax.platform_dependent(kernel, cpu=dense_diagonal, default=grouped)
 
 
 def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
