@@ -34,8 +34,13 @@ class Checkpoints:
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2) -> None:
         self.directory = Path(directory).absolute()
+        # A save killed midway leaves only a temporary folder; it is never listed as a
+        # step, and the next run removes it.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False
+            max_to_keep=keep,
+            create=True,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 

@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nasax.runloop import Interrupted
 
         print(f"nasax: {e}", file=sys.stderr)
-        return 130 if isinstance(e, Interrupted) else 2
+        return e.exit_code if isinstance(e, Interrupted) else 2
     except KeyboardInterrupt:
         print("nasax: interrupted", file=sys.stderr)
         return 130

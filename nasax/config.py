@@ -153,6 +153,12 @@ class RunConfig(Section):
     out_dir: str = Field("runs", description="parent of run directories")
     log_every: int = Field(10, ge=1, description="steps between metric lines")
     checkpoint_keep: int = Field(2, ge=1, description="checkpoints kept")
+    checkpoint_minutes: float | None = Field(
+        30.0, gt=0, description="also checkpoint mid-epoch this often (null: epoch ends only)"
+    )
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="on a NaN/inf loss or gradient: stop the run, or skip the step"
+    )
     progress: bool = True
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nasax.errors import RunDirError
+from nasax.io import atomic_write_text
 
 
 def default_run_dir(out_dir: str, name: str) -> Path:
@@ -38,28 +39,35 @@ def prepare_run_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool) -
 
 
 class MetricsLog:
-    """Appends one JSON object per line to metrics.jsonl, flushed at each write."""
+    """Appends one JSON object per line to metrics.jsonl and keeps the records in memory.
+
+    The records go into every checkpoint, so a resumed run rewrites the file exactly as
+    it stood at that checkpoint, whatever a crash left behind.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self.records: list[dict[str, Any]] = []
 
-    def truncate_after(self, step: int) -> None:
-        """Drops lines logged after `step` (they belong to a run past its last checkpoint)."""
-        if not self.path.exists():
-            return
-        keep = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        self.path.write_text("".join(line + "\n" for line in keep))
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Replaces the log with `records` (from a checkpoint), atomically."""
+        self.records = [dict(r) for r in records]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
 
     def read(self) -> list[dict[str, Any]]:
+        """The records in the file; a line cut short by a crash is left out."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import yaml
 
+from nasax.checkpoint import Checkpoints
 from nasax.config import Config, validate_config
 from nasax.data import Batch, eval_batches
 from nasax.errors import NasaxError, NonFiniteError, RunDirError
@@ -25,6 +26,15 @@ from nasax.rundir import MetricsLog
 
 class Interrupted(NasaxError):
     """The run was stopped by a signal after saving a checkpoint."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + int(self.signum)
 
 
 class StopRequests:
@@ -116,25 +126,79 @@ def check_resume_config(config: Config, run_dir: Path, ignore: tuple[str, ...] =
             )
 
 
-def flush_metrics(
-    pending: list[dict[str, jax.Array]], epoch: int, step: int, kind: str = "search"
-) -> dict[str, Any]:
-    """Brings the pending step metrics to the host, averages them and checks they are finite."""
-    values = jax.device_get(pending)
-    pending.clear()
-    record: dict[str, Any] = {"kind": kind, "epoch": epoch + 1, "step": step}
-    for key in values[0]:
-        series = np.array([float(v[key]) for v in values])
-        if not np.all(np.isfinite(series)):
-            bad = step - len(series) + 1 + int(np.argmin(np.isfinite(series)))
+def pending_to_host(pending: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Step metrics as plain floats (for a checkpoint), fetched in one transfer."""
+    return [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
+
+
+def check_finite(
+    values: list[dict[str, float]], epoch: int, step: int, skip_nonfinite: bool = False
+) -> None:
+    """Raises NonFiniteError naming the first step whose metrics are not finite.
+
+    `values` are the metrics of the steps up to `step`. Steps a guarded step skipped
+    (`skipped` = 1) are expected to hold NaN and pass.
+    """
+    first = step - len(values) + 1
+    for offset, v in enumerate(values):
+        if skip_nonfinite and v.get("skipped", 0.0) > 0:
+            continue
+        bad = [k for k, x in v.items() if not np.isfinite(x)]
+        if bad:
             raise NonFiniteError(
-                f"{key} became {series[~np.isfinite(series)][0]} at step {bad} "
-                f"(epoch {epoch + 1}); "
+                f"{bad[0]} became {v[bad[0]]} at step {first + offset} (epoch {epoch + 1}); "
                 "the last checkpoint is kept; lower the learning rates (optim.weights.lr, "
-                "optim.arch.lr) or set optim.weights.grad_clip"
+                "optim.arch.lr), set optim.weights.grad_clip, or set run.nonfinite=skip to "
+                "skip such steps"
             )
-        record[key] = float(series.mean())
+
+
+def flush_metrics(
+    pending: list[dict[str, Any]],
+    epoch: int,
+    step: int,
+    kind: str = "search",
+    skip_nonfinite: bool = False,
+) -> dict[str, Any]:
+    """Brings the pending step metrics to the host, checks them and averages them.
+
+    With `skip_nonfinite`, steps that were skipped are left out of the averages and
+    counted in `skipped`.
+    """
+    values = pending_to_host(pending)
+    pending.clear()
+    check_finite(values, epoch, step, skip_nonfinite)
+    record: dict[str, Any] = {"kind": kind, "epoch": epoch + 1, "step": step}
+    kept = [v for v in values if not v.get("skipped", 0.0)] or values
+    for key in values[0]:
+        if key == "skipped":
+            record[key] = int(sum(v[key] for v in values))
+            continue
+        series = np.array([v[key] for v in kept])
+        finite = series[np.isfinite(series)]
+        record[key] = float(finite.mean()) if finite.size else float("nan")
     return record
+
+
+def skip_nonfinite_steps(
+    step_fn: Callable[..., tuple[Any, dict[str, jax.Array]]],
+) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
+    """Wraps a step so that a non-finite metric (loss, gradient norm) leaves the state as it was.
+
+    Only the `step` counter of the state advances, so the data and random numbers move
+    on; weights, optimizer and architecture states keep their last finite values. The
+    metrics gain `skipped` (1 for a skipped step). All of it stays inside the jitted step.
+    """
+
+    def guarded(state: Any, *batches: Batch) -> tuple[Any, dict[str, jax.Array]]:
+        new_state, metrics = step_fn(state, *batches)
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
+        kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+        if hasattr(kept, "_replace") and hasattr(kept, "step"):
+            kept = kept._replace(step=new_state.step)
+        return kept, {**metrics, "skipped": 1.0 - ok.astype(jnp.float32)}
+
+    return guarded
 
 
 def masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
@@ -167,37 +231,56 @@ def run_epochs(
     steps_per_epoch: int,
     batch_size: int,
     start: tuple[int, int],
+    pending: list[dict[str, float]] | None = None,
     log_every: int,
     kind: str,
     metrics_log: MetricsLog,
     progress: LoopProgress,
-    save: Callable[[Any, int, int, int], None],
+    save: Callable[[Any, dict[str, Any]], None],
     end_epoch: Callable[[Any, int, int], dict[str, Any]],
     shown: Sequence[str],
     resume_hint: str,
+    checkpoint_seconds: float | None = None,
+    skip_nonfinite: bool = False,
 ) -> LoopResult:
     """Runs jitted steps epoch by epoch with logging, checkpoints and Ctrl-C handling.
 
-    Metrics stay on the device until a log step, where they are averaged, checked for
-    NaN and written. Ctrl-C or SIGTERM saves a checkpoint after the current step and
-    raises `Interrupted`.
+    Metrics stay on the device until a log step, where they are checked for NaN,
+    averaged and written. A checkpoint is written at every epoch end, every
+    `checkpoint_seconds`, and on Ctrl-C or SIGTERM (then `Interrupted` is raised); it
+    never holds a state whose metrics were not finite.
 
     Args:
         state: the state to start from.
         step_fn: (state, *batches) -> (state, metrics), compiled.
         epoch_batches: (epoch, first batch) -> iterator of the batches of each step.
         start: (epoch, batch) to start at; (0, 0) for a fresh run.
+        pending: step metrics not logged yet when the run was checkpointed.
         kind: the `kind` of the per-step metric records.
-        save: save(state, epoch, batch, step) writes a checkpoint; `batch` 0 means the
-            epoch is complete.
+        save: save(state, meta) writes a checkpoint; `meta` holds the position
+            (`epoch`, `batch`, `step`; batch 0 means the epoch is complete), the
+            metrics logged so far and the pending ones.
         end_epoch: end_epoch(state, epoch, step) -> extra fields of the epoch record.
         shown: metric names the progress bar shows.
         resume_hint: how to continue, for the message of an interrupted run.
+        checkpoint_seconds: also checkpoint mid-epoch this often (None: never).
+        skip_nonfinite: `step_fn` skips non-finite steps (see `skip_nonfinite_steps`).
     """
     start_epoch, start_batch = start
     step = start_epoch * steps_per_epoch + start_batch
-    pending: list[dict[str, jax.Array]] = []
+    queued: list[dict[str, Any]] = list(pending or [])
     images, seconds_total = 0, 0.0
+    last_save = time.monotonic()
+
+    def checkpoint(state: Any, epoch: int, batch: int) -> None:
+        nonlocal last_save
+        host = pending_to_host(queued)
+        check_finite(host, epoch, step, skip_nonfinite)
+        queued[:] = host
+        position = {"epoch": epoch, "batch": batch, "step": step}
+        save(state, {**position, "metrics": metrics_log.records, "pending": host})
+        last_save = time.monotonic()
+
     with progress, StopRequests() as stop:
         progress.advance(step, start_epoch)
         for epoch in range(start_epoch, epochs):
@@ -206,10 +289,10 @@ def run_epochs(
             tick, since = time.perf_counter(), 0
             for batch_index in range(first, steps_per_epoch):
                 state, metrics = step_fn(state, *next(stream))
-                pending.append(metrics)
+                queued.append(metrics)
                 step, since = step + 1, since + 1
                 if step % log_every == 0 or batch_index == steps_per_epoch - 1:
-                    record = flush_metrics(pending, epoch, step, kind=kind)
+                    record = flush_metrics(queued, epoch, step, kind, skip_nonfinite)
                     seconds = time.perf_counter() - tick
                     record["images_per_sec"] = since * batch_size / seconds
                     images, seconds_total = images + since * batch_size, seconds_total + seconds
@@ -218,14 +301,59 @@ def run_epochs(
                     tick, since = time.perf_counter(), 0
                 progress.advance(step, epoch)
                 if stop.signum is not None:
-                    pending.clear()
-                    save(state, epoch, batch_index + 1, step)
+                    checkpoint(state, epoch, batch_index + 1)
+                    name = signal.Signals(stop.signum).name
                     raise Interrupted(
-                        f"interrupted at epoch {epoch + 1} step {step}; checkpoint saved; "
-                        f"{resume_hint}"
+                        f"stopped by {name} at epoch {epoch + 1} step {step}; checkpoint "
+                        f"saved; {resume_hint}",
+                        stop.signum,
                     )
+                due = (
+                    checkpoint_seconds is not None
+                    and time.monotonic() - last_save >= checkpoint_seconds
+                    and batch_index < steps_per_epoch - 1  # the epoch end saves anyway
+                )
+                if due:
+                    checkpoint(state, epoch, batch_index + 1)
             record = {"kind": "epoch", "epoch": epoch + 1, "step": step}
             record.update(end_epoch(state, epoch, step))
             metrics_log.write(record)
-            save(state, epoch + 1, 0, step)
+            checkpoint(state, epoch + 1, 0)
     return LoopResult(state, step, images, seconds_total)
+
+
+class Resumed(NamedTuple):
+    """Where a run starts: its state, (epoch, batch), unlogged metrics, seconds spent before."""
+
+    state: Any
+    start: tuple[int, int]
+    pending: list[dict[str, float]]
+    elapsed: float
+
+
+def restore_or_start(
+    checkpoints: Checkpoints, metrics_log: MetricsLog, fresh: Any, resume: bool
+) -> Resumed:
+    """The fresh state, or the latest checkpoint with metrics.jsonl rewritten to match it."""
+    if not resume:
+        return Resumed(fresh, (0, 0), [], 0.0)
+    if checkpoints.latest_step() is None:
+        raise RunDirError(
+            f"cannot resume: {checkpoints.directory} holds no complete checkpoint; "
+            "start over with --overwrite"
+        )
+    state, meta = checkpoints.restore(fresh)
+    metrics_log.restore(meta["metrics"])
+    return Resumed(state, (meta["epoch"], meta["batch"]), meta["pending"], meta["elapsed"])
+
+
+def checkpoint_writer(
+    checkpoints: Checkpoints, elapsed_before: float, wall_start: float
+) -> Callable[[Any, dict[str, Any]], None]:
+    """save(state, meta) for `run_epochs`, adding the wall seconds the run has taken."""
+
+    def save(state: Any, meta: dict[str, Any]) -> None:
+        elapsed = elapsed_before + time.perf_counter() - wall_start
+        checkpoints.save(meta["step"], state, {**meta, "elapsed": elapsed})
+
+    return save

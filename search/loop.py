@@ -30,11 +30,14 @@ from nasax.progress import LoopProgress
 from nasax.rundir import MetricsLog, prepare_run_dir
 from nasax.runloop import (
     check_resume_config,
+    checkpoint_writer,
     count_leaves,
     evaluate,
     peak_rss_mb,
     prefetch,
+    restore_or_start,
     run_epochs,
+    skip_nonfinite_steps,
 )
 from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy
 from nasax.supernet.network import SearchNetwork
@@ -123,13 +126,9 @@ def run_search(
     state = strategy.init(jax.random.PRNGKey(config.seed))
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
-    start_epoch, start_batch, elapsed_before = 0, 0, 0.0
-    if resume:
-        state, meta = checkpoints.restore(state)
-        start_epoch, start_batch = meta["epoch"], meta["batch"]
-        elapsed_before = meta["elapsed"]
-        metrics_log.truncate_after(meta["step"])
-    alphas = _AlphaHistory(run_dir / "alphas.npz", setup.space, keep_epochs=start_epoch)
+    resumed = restore_or_start(checkpoints, metrics_log, state, resume)
+    state = resumed.state
+    alphas = _AlphaHistory(run_dir / "alphas.npz", setup.space, keep_epochs=resumed.start[0])
 
     n_params = count_leaves(state.params) if hasattr(state, "params") else None
     progress = LoopProgress(
@@ -142,16 +141,11 @@ def run_search(
     sample = next(batches(dataset.x_train, dataset.y_train, train_idx, s.batch_size))
     eval_sample = next(eval_batches(dataset.x_test, dataset.y_test, s.batch_size))
     compile_start = time.perf_counter()
-    step_fn = jax.jit(strategy.step, donate_argnums=(0,)).lower(state, sample, sample).compile()
+    step = skip_nonfinite_steps(strategy.step) if rc.nonfinite == "skip" else strategy.step
+    step_fn = jax.jit(step, donate_argnums=(0,)).lower(state, sample, sample).compile()
     eval_fn = jax.jit(strategy.evaluate).lower(state, eval_sample).compile()
     compile_seconds = time.perf_counter() - compile_start
     progress.log(f"compiled in {compile_seconds:.0f} s")
-
-    def save(state: Any, epoch: int, batch: int, step: int) -> None:
-        elapsed = elapsed_before + time.perf_counter() - wall_start
-        checkpoints.save(
-            step, state, {"epoch": epoch, "batch": batch, "step": step, "elapsed": elapsed}
-        )
 
     def epoch_batches(epoch: int, first: int) -> Iterator[tuple[Batch, Batch]]:
         streams = [
@@ -191,14 +185,17 @@ def run_search(
             epochs=s.epochs,
             steps_per_epoch=steps_per_epoch,
             batch_size=s.batch_size,
-            start=(start_epoch, start_batch),
+            start=resumed.start,
+            pending=resumed.pending,
             log_every=rc.log_every,
             kind="search",
             metrics_log=metrics_log,
             progress=progress,
-            save=save,
+            save=checkpoint_writer(checkpoints, resumed.elapsed, wall_start),
             end_epoch=end_epoch,
             shown=("train_loss", "train_acc", "val_loss", "val_acc", "images_per_sec"),
+            checkpoint_seconds=60 * rc.checkpoint_minutes if rc.checkpoint_minutes else None,
+            skip_nonfinite=rc.nonfinite == "skip",
             resume_hint=f"continue with: nasax search CONFIG --resume --out {run_dir}",
         )
     finally:
@@ -218,7 +215,7 @@ def run_search(
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
         "params": n_params,
-        "wall_seconds": elapsed_before + time.perf_counter() - wall_start,
+        "wall_seconds": resumed.elapsed + time.perf_counter() - wall_start,
         "compile_seconds": compile_seconds,
         "images_per_sec": images / search_seconds if search_seconds else None,
         "peak_rss_mb": peak_rss_mb(),

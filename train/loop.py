@@ -31,10 +31,13 @@ from nasax.progress import LoopProgress
 from nasax.rundir import MetricsLog, prepare_run_dir
 from nasax.runloop import (
     check_resume_config,
+    checkpoint_writer,
     evaluate,
     peak_rss_mb,
     prefetch,
+    restore_or_start,
     run_epochs,
+    skip_nonfinite_steps,
 )
 from nasax.supernet.discrete import DiscreteNetwork, param_counts
 from nasax.supernet.genotypes import Genotype, load_genotype
@@ -133,11 +136,8 @@ def run_train(
     state = trainer.init(jax.random.PRNGKey(config.seed))
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
-    start_epoch, start_batch, elapsed_before = 0, 0, 0.0
-    if resume:
-        state, meta = checkpoints.restore(state)
-        start_epoch, start_batch, elapsed_before = meta["epoch"], meta["batch"], meta["elapsed"]
-        metrics_log.truncate_after(meta["step"])
+    resumed = restore_or_start(checkpoints, metrics_log, state, resume)
+    state = resumed.state
 
     counts = param_counts(trainer.module(state))
     progress = LoopProgress(total_steps, t.epochs, enabled=rc.progress, label="train")
@@ -150,16 +150,11 @@ def run_train(
     sample = next(batches(dataset.x_train, dataset.y_train, order, t.batch_size))
     eval_sample = next(eval_batches(dataset.x_test, dataset.y_test, t.batch_size))
     compile_start = time.perf_counter()
-    step_fn = jax.jit(trainer.step, donate_argnums=(0,)).lower(state, sample).compile()
+    step = skip_nonfinite_steps(trainer.step) if rc.nonfinite == "skip" else trainer.step
+    step_fn = jax.jit(step, donate_argnums=(0,)).lower(state, sample).compile()
     eval_fn = jax.jit(trainer.evaluate).lower(state, eval_sample).compile()
     compile_seconds = time.perf_counter() - compile_start
     progress.log(f"compiled in {compile_seconds:.0f} s")
-
-    def save(state: TrainState, epoch: int, batch: int, step: int) -> None:
-        elapsed = elapsed_before + time.perf_counter() - wall_start
-        checkpoints.save(
-            step, state, {"epoch": epoch, "batch": batch, "step": step, "elapsed": elapsed}
-        )
 
     def epoch_batches(epoch: int, first: int) -> Iterator[tuple[Batch]]:
         idx = epoch_order(order, config.seed, epoch, 0)
@@ -185,14 +180,17 @@ def run_train(
             epochs=t.epochs,
             steps_per_epoch=steps_per_epoch,
             batch_size=t.batch_size,
-            start=(start_epoch, start_batch),
+            start=resumed.start,
+            pending=resumed.pending,
             log_every=rc.log_every,
             kind="train",
             metrics_log=metrics_log,
             progress=progress,
-            save=save,
+            save=checkpoint_writer(checkpoints, resumed.elapsed, wall_start),
             end_epoch=end_epoch,
             shown=("train_loss", "train_acc", "images_per_sec"),
+            checkpoint_seconds=60 * rc.checkpoint_minutes if rc.checkpoint_minutes else None,
+            skip_nonfinite=rc.nonfinite == "skip",
             resume_hint=f"continue with: nasax train CONFIG --resume --out {run_dir}",
         )
     finally:
@@ -210,7 +208,7 @@ def run_train(
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
         **counts,
-        "wall_seconds": elapsed_before + time.perf_counter() - wall_start,
+        "wall_seconds": resumed.elapsed + time.perf_counter() - wall_start,
         "compile_seconds": compile_seconds,
         "images_per_sec": images / train_seconds if train_seconds else None,
         "peak_rss_mb": peak_rss_mb(),

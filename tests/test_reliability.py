@@ -1,0 +1,250 @@
+"""Nothing is lost: kill -9 at any moment, SIGTERM, NaN steps, determinism, malformed input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nasax import DARTS_V2, Genotype
+from nasax.checkpoint import Checkpoints
+from nasax.cli import main
+from nasax.config import load_config, validate_config
+from nasax.errors import ConfigError, GenotypeError
+from nasax.train import loop as train_loop
+from tests.test_train import TINY_TRAIN, train_args
+
+
+def last_checkpoint_arrays(run: Path) -> tuple[int, dict[str, np.ndarray]]:
+    checkpoints = Checkpoints(run / "checkpoints")
+    try:
+        step = checkpoints.latest_step()
+        return step, dict(checkpoints.manager.restore(step)["state"])
+    finally:
+        checkpoints.close()
+
+
+def metrics_without_timing(run: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "images_per_sec"} for r in records]
+
+
+def checkpoint_steps(run: Path) -> int:
+    """The highest complete checkpoint step (a folder being written has a tmp suffix)."""
+    folder = run / "checkpoints"
+    steps = [int(p.name) for p in folder.glob("*") if p.name.isdigit()] if folder.is_dir() else []
+    return max(steps, default=0)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    step_a, arrays_a = last_checkpoint_arrays(a)
+    step_b, arrays_b = last_checkpoint_arrays(b)
+    assert step_a == step_b
+    assert arrays_a.keys() == arrays_b.keys()
+    for key in arrays_a:
+        np.testing.assert_array_equal(arrays_a[key], arrays_b[key], err_msg=key)
+    assert metrics_without_timing(a) == metrics_without_timing(b)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_npz, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reliability") / "reference"
+    assert main(train_args(tiny_npz, out)) == 0
+    return out
+
+
+def test_kill_9_at_any_moment_loses_nothing(reference, tiny_npz, tmp_path):
+    """SIGKILL a retraining that checkpoints after every step, at random moments (also in
+    the middle of checkpoint writes), resume each time: the end equals an uninterrupted run."""
+    out = tmp_path / "killed"
+    every_step = ["--set", "run.checkpoint_minutes=1e-9", "--quiet"]
+    cmd = [sys.executable, "-m", "nasax.cli", *train_args(tiny_npz, out, *every_step)]
+    rng = random.Random(0)
+    kills, done = 0, 0
+    for _ in range(6):
+        resume = ["--resume"] if done else ["--overwrite"]
+        proc = subprocess.Popen([*cmd, *resume], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and checkpoint_steps(out) <= done:  # wait for progress
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is not None:
+            assert proc.returncode == 0, proc.communicate()[1]
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        # What a crash leaves: whole JSON files and a loadable last checkpoint.
+        for name in ("genotype.json", "summary.json"):
+            if (out / name).exists():
+                json.loads((out / name).read_text())
+        done = Checkpoints(out / "checkpoints").latest_step() or 0
+        if done:
+            assert last_checkpoint_arrays(out)[0] == done
+    else:
+        assert main(train_args(tiny_npz, out, "--resume", "--quiet")) == 0
+    assert kills >= 1
+    assert not [p for p in out.rglob("*") if "tmp" in p.name]
+    assert_same_run(reference, out)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(
+    reference, tiny_npz, tmp_path, monkeypatch, capsys
+):
+    real_prefetch = train_loop.prefetch
+    count = {"batches": 0}
+
+    def prefetch_then_terminate(it, size=2):
+        for batch in real_prefetch(it, size):
+            count["batches"] += 1
+            if count["batches"] == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    monkeypatch.setattr(train_loop, "prefetch", prefetch_then_terminate)
+    out = tmp_path / "terminated"
+    assert main(train_args(tiny_npz, out)) == 143
+    err = capsys.readouterr().err.strip()
+    assert "SIGTERM" in err and "--resume" in err and len(err.splitlines()) == 1
+    monkeypatch.setattr(train_loop, "prefetch", real_prefetch)
+    assert main(train_args(tiny_npz, out, "--resume")) == 0
+    assert_same_run(reference, out)
+
+
+def test_same_seed_gives_the_same_run_and_another_seed_does_not(reference, tiny_npz, tmp_path):
+    again, other = tmp_path / "again", tmp_path / "other"
+    assert main(train_args(tiny_npz, again)) == 0
+    assert_same_run(reference, again)
+    assert main(train_args(tiny_npz, other, "--set", "seed=1")) == 0
+    assert metrics_without_timing(other) != metrics_without_timing(reference)
+    summary = json.loads((again / "summary.json").read_text())
+    assert summary["seed"] == 0
+
+
+EXPLODE = ["--set", "optim.weights.lr=1e12", "--set", "optim.weights.grad_clip=null"]
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_only_finite_checkpoints(
+    tiny_npz, tmp_path, capsys
+):
+    out = tmp_path / "nan"
+    assert main(train_args(tiny_npz, out, *EXPLODE)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "became nan at step" in err or "became inf at step" in err
+    assert "optim.weights.lr" in err and "run.nonfinite=skip" in err
+    if Checkpoints(out / "checkpoints").latest_step() is not None:
+        _, arrays = last_checkpoint_arrays(out)
+        assert all(np.all(np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f")
+
+
+def test_skip_mode_skips_non_finite_steps_and_finishes(tiny_npz, tmp_path):
+    out = tmp_path / "skip"
+    assert main(train_args(tiny_npz, out, *EXPLODE, "--set", "run.nonfinite=skip")) == 0
+    steps = [r for r in metrics_without_timing(out) if r["kind"] == "train"]
+    assert sum(r["skipped"] for r in steps) > 0
+    _, arrays = last_checkpoint_arrays(out)
+    assert all(np.all(np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f")
+
+
+def test_resume_without_a_complete_checkpoint_says_so(tiny_npz, tmp_path, capsys):
+    out = tmp_path / "empty"
+    (out / "checkpoints" / "3.orbax-checkpoint-tmp-123").mkdir(parents=True)
+    config = load_config("retrain_digits", [*TINY_TRAIN, f"data.name=npz:{tiny_npz}"])
+    config.train.genotype = "DARTS_V2"
+    (out / "config.yaml").write_text(config.to_yaml())
+    (out / "genotype.json").write_text(DARTS_V2.to_json())
+    assert main(train_args(tiny_npz, out, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "no complete checkpoint" in err and "--overwrite" in err
+
+
+# ---------------------------------------------------------------- malformed input, at random
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+SECTION_KEYS = {
+    "data": ["name", "data_dir", "num_classes", "augment"],
+    "model": ["space", "channels", "layers", "stem_multiplier"],
+    "search": ["strategy", "epochs", "batch_size", "train_portion", "darts", "discretizer"],
+    "train": ["genotype", "epochs", "batch_size", "drop_path", "cutout", "auxiliary"],
+    "optim": ["weights", "arch"],
+    "run": ["out_dir", "log_every", "checkpoint_minutes", "nonfinite", "progress"],
+}
+sections = st.sampled_from(sorted(SECTION_KEYS)).flatmap(
+    lambda name: st.tuples(
+        st.just(name),
+        json_values
+        | st.dictionaries(
+            st.sampled_from([*SECTION_KEYS[name], "bogus"]), json_values, min_size=1, max_size=3
+        ),
+    )
+)
+configs = st.lists(
+    sections | st.tuples(st.sampled_from(["name", "seed", "extra"]), json_values),
+    min_size=1,
+    max_size=4,
+).map(dict)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs)
+def test_malformed_configs_give_one_line_naming_the_key(data):
+    try:
+        validate_config(data, "cfg.yaml")
+    except ConfigError as e:
+        message = str(e)
+        assert "\n" not in message and message.startswith("cfg.yaml: ")
+        assert any(key in message for key in data), message
+
+
+def mutate(draw, value):
+    """Replaces one random place in a JSON-like value with another random value."""
+    if isinstance(value, dict) and value and draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(value)))
+        return {**value, key: mutate(draw, value[key])}
+    if isinstance(value, list) and value and draw(st.booleans()):
+        i = draw(st.integers(0, len(value) - 1))
+        return [*value[:i], mutate(draw, value[i]), *value[i + 1 :]]
+    return draw(
+        json_values
+        | st.integers(-3, 9)
+        | st.sampled_from(["sep_conv_3x3", "none", "conv_7x7"])
+        | st.just([])
+    )
+
+
+@st.composite
+def malformed_genotypes(draw):
+    data = DARTS_V2.to_dict()
+    for _ in range(draw(st.integers(1, 3))):
+        data = mutate(draw, data)
+    return data
+
+
+@settings(max_examples=400, deadline=None)
+@given(malformed_genotypes())
+def test_malformed_genotypes_give_one_line_naming_the_field(data):
+    try:
+        Genotype.from_dict(data).validate()
+    except GenotypeError as e:
+        message = str(e)
+        assert "\n" not in message
+        fields = ("space", "normal", "reduce", "keys", "genotype must be")
+        assert any(f in message for f in fields), message
