@@ -20,7 +20,7 @@ from nasax.supernet.cells import (
 )
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.network import Stem, linear
-from nasax.supernet.ops import BatchNorm, Conv
+from nasax.supernet.ops import BatchNorm, Conv, param_keys
 
 
 def cell_wiring(genotype: Genotype, kind: str) -> tuple[list[tuple[int, int]], list[str]]:
@@ -59,6 +59,7 @@ class DiscreteCell(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         genotype.validate()
+        rngs = param_keys(rngs)
         wiring, ops = cell_wiring(genotype, kind)
         _, concat = genotype.cell(kind)
         plan = CellPlan(c_prev_prev, c_prev, channels, kind == "reduce", reduction_prev)
@@ -91,6 +92,7 @@ class AuxiliaryHead(nnx.Module):
     """
 
     def __init__(self, c_in: int, num_classes: int, rngs: nnx.Rngs) -> None:
+        rngs = param_keys(rngs)
         self.conv1 = Conv(c_in, 128, 1, rngs=rngs)
         self.bn1 = BatchNorm(128, True)
         self.conv2 = Conv(128, 768, 2, rngs=rngs)
@@ -135,6 +137,7 @@ class DiscreteNetwork(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         genotype.validate()
+        rngs = param_keys(rngs)
         self.genotype = genotype
         self.stem = Stem(in_channels, stem_multiplier * channels, rngs)
         n_normal = len(genotype.normal_concat)

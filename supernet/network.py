@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nasax.supernet.cells import Cell, MixedEdge, plan_cells
-from nasax.supernet.ops import BatchNorm, Conv, torch_default_init
+from nasax.supernet.ops import BatchNorm, Conv, param_keys, torch_default_init
 from nasax.supernet.spaces import SearchSpace
 
 CELL_KINDS = ("normal", "reduce")
@@ -62,6 +62,7 @@ class SearchNetwork(nnx.Module):
         stem_multiplier: int = 3,
         rngs: nnx.Rngs,
     ) -> None:
+        rngs = param_keys(rngs)
         self.space = space
         self.stem = Stem(in_channels, stem_multiplier * channels, rngs)
         nodes = space.n_nodes

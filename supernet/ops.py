@@ -62,6 +62,27 @@ def register_op(name: str, **flags: bool) -> Callable:
     return wrap
 
 
+class ParamKeys:
+    """Parameter keys drawn from one key with a Python counter; stands in for `nnx.Rngs`.
+
+    Module constructors only call `.params()`. `nnx.Rngs` keeps its counter in a
+    Variable, and under tracing (`nnx.eval_shape`, `jit`) each draw then costs time
+    proportional to everything traced so far, which made building a supernet quadratic.
+    """
+
+    def __init__(self, key: jax.Array) -> None:
+        self.key, self.count = key, 0
+
+    def params(self) -> jax.Array:
+        self.count += 1
+        return jax.random.fold_in(self.key, self.count)
+
+
+def param_keys(rngs: nnx.Rngs | ParamKeys) -> ParamKeys:
+    """One draw from `rngs`, turned into a cheap key sequence for a whole network."""
+    return rngs if isinstance(rngs, ParamKeys) else ParamKeys(rngs.params())
+
+
 def build_op(name: str, channels: int, stride: int, affine: bool, rngs: nnx.Rngs) -> Op:
     """Builds the registered op `name`."""
     return OPS.get(name).factory(channels, stride, affine, rngs)
