@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -42,6 +43,38 @@ from nasax.runloop import (
 from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy
 from nasax.supernet.network import SearchNetwork
 from nasax.supernet.spaces import get_space
+
+_COMPILED: dict[str, tuple[Any, Any]] = {}
+"""Compiled (step, evaluate) programs of this process by `program_key`, newest last."""
+_COMPILED_KEEP = 2
+
+
+def program_key(config: Config, dataset: Dataset, steps_per_epoch: int) -> str:
+    """Everything the compiled search programs depend on, so a later run in the same
+    process (a resume, another trial) reuses them instead of compiling again.
+
+    The seed and the `run` section (apart from `nonfinite`) only change the state or
+    the host side, not the programs.
+    """
+    resolved = config.to_dict()
+    for key in ("name", "seed", "run"):
+        resolved.pop(key)
+    return json.dumps(
+        {
+            "config": resolved,
+            "nonfinite": config.run.nonfinite,
+            "data": [
+                list(dataset.image_shape),
+                str(dataset.x_train.dtype),
+                dataset.num_classes,
+                np.asarray(dataset.mean).tolist(),
+                np.asarray(dataset.std).tolist(),
+            ],
+            "steps_per_epoch": steps_per_epoch,
+            "devices": [str(d) for d in jax.devices()],
+        },
+        sort_keys=True,
+    )
 
 
 def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> SearchSetup:
@@ -141,9 +174,16 @@ def run_search(
     sample = next(batches(dataset.x_train, dataset.y_train, train_idx, s.batch_size))
     eval_sample = next(eval_batches(dataset.x_test, dataset.y_test, s.batch_size))
     compile_start = time.perf_counter()
-    step = skip_nonfinite_steps(strategy.step) if rc.nonfinite == "skip" else strategy.step
-    step_fn = jax.jit(step, donate_argnums=(0,)).lower(state, sample, sample).compile()
-    eval_fn = jax.jit(strategy.evaluate).lower(state, eval_sample).compile()
+    key = program_key(config, dataset, steps_per_epoch)
+    if key not in _COMPILED:
+        step = skip_nonfinite_steps(strategy.step) if rc.nonfinite == "skip" else strategy.step
+        _COMPILED[key] = (
+            jax.jit(step, donate_argnums=(0,)).lower(state, sample, sample).compile(),
+            jax.jit(strategy.evaluate).lower(state, eval_sample).compile(),
+        )
+        while len(_COMPILED) > _COMPILED_KEEP:
+            _COMPILED.pop(next(iter(_COMPILED)))
+    step_fn, eval_fn = _COMPILED[key]
     compile_seconds = time.perf_counter() - compile_start
     progress.log(f"compiled in {compile_seconds:.0f} s")
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import yaml
 
 from nasax.checkpoint import Checkpoints
 from nasax.cli import main
+from nasax.search import loop as search_loop
 from nasax.supernet.genotypes import Genotype
 from tests.conftest import TINY
 
@@ -100,23 +98,27 @@ def test_bad_input_exits_2_with_one_line(tmp_path, tiny_npz, capsys, sets, fragm
     assert fragment in err and len(err.splitlines()) == 1
 
 
-def test_interrupted_search_resumes_to_the_uninterrupted_result(finished_run, tiny_npz, tmp_path):
+def test_interrupted_search_resumes_to_the_uninterrupted_result(
+    finished_run, tiny_npz, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "interrupted"
-    env = dict(os.environ)
-    cmd = [sys.executable, "-m", "nasax.cli", *search_args(tiny_npz, out, "--quiet")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
-    while not (out / "genotype.json").exists():  # the first epoch has ended
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=600)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the interrupt arrived")
-    assert proc.returncode == 130, err
-    assert "--resume" in err
-    assert main([*search_args(tiny_npz, out, "--resume")]) == 0
+    real_prefetch = search_loop.prefetch
+    drawn = {"batches": 0}
+
+    def prefetch_then_interrupt(it, size=2):
+        for batch in real_prefetch(it, size):
+            drawn["batches"] += 1
+            if drawn["batches"] == 12:  # both streams of the second epoch: a real SIGINT
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    monkeypatch.setattr(search_loop, "prefetch", prefetch_then_interrupt)
+    assert main(search_args(tiny_npz, out)) == 130
+    err = capsys.readouterr().err
+    assert "SIGINT" in err and "--resume" in err
+    assert (out / "genotype.json").exists() and not (out / "summary.json").exists()
+    monkeypatch.setattr(search_loop, "prefetch", real_prefetch)
+    assert main(search_args(tiny_npz, out, "--resume")) == 0
 
     a, b = finished_run, out
     assert (a / "genotype.json").read_text() == (b / "genotype.json").read_text()
@@ -140,4 +142,3 @@ def test_interrupted_search_resumes_to_the_uninterrupted_result(finished_run, ti
         return [{k: v for k, v in json.loads(x).items() if k != "images_per_sec"} for x in lines]
 
     assert untimed(a) == untimed(b)
-
