@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
 import numpy as np
 
 from nasax.data import Dataset
+from nasax.runloop import peak_rss_mb
 
 
 def random_dataset(n: int, image: int, channels: int, classes: int, seed: int) -> Dataset:
@@ -14,3 +22,64 @@ def random_dataset(n: int, image: int, channels: int, classes: int, seed: int) -
     y = rng.integers(0, classes, n).astype(np.int32)
     mean, std = np.full(channels, 127.5, np.float32), np.full(channels, 73.9, np.float32)
     return Dataset("random", x, y, x[:8], y[:8], classes, mean, std)
+
+
+def batch_pool(data: Dataset, batch: int, n: int = 4) -> list[dict]:
+    """`n` device-resident batches cut from the start of the training set."""
+    return [
+        jax.device_put(
+            {
+                "image": data.x_train[i * batch : (i + 1) * batch],
+                "label": data.y_train[i * batch : (i + 1) * batch],
+            }
+        )
+        for i in range(n)
+    ]
+
+
+def time_step(
+    step_fn: Callable,
+    state: Any,
+    inputs: Callable[[int], tuple],
+    *,
+    batch: int,
+    warmup: int,
+    steps: int,
+) -> tuple[Any, dict]:
+    """Compiles `step_fn` (donating the state), runs it, and returns the timing figures.
+
+    `inputs(i)` gives the batches of step `i`. The median step time counts the steps
+    after `warmup`; each step is timed until its `train_loss` reaches the host.
+    """
+    t0 = time.perf_counter()
+    step = jax.jit(step_fn, donate_argnums=(0,)).lower(state, *inputs(0)).compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for it in range(warmup + steps):
+        t0 = time.perf_counter()
+        state, metrics = step(state, *inputs(it))
+        loss = float(metrics["train_loss"])  # blocks until the step is done
+        if it >= warmup:
+            times.append(time.perf_counter() - t0)
+        if not np.isfinite(loss):
+            raise FloatingPointError("non-finite loss")
+    med = statistics.median(times)
+    figures = {
+        "steps": steps,
+        "warmup": warmup,
+        "images_per_sec": round(batch / med, 3),
+        "step_ms": round(1e3 * med, 1),
+        "step_ms_min": round(1e3 * min(times), 1),
+        "compile_s": round(compile_s, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    return state, figures
+
+
+def environment() -> dict:
+    """Where the figures were measured."""
+    return {
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }

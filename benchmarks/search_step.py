@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import time
 
 import jax
-import numpy as np
-from common import random_dataset
+from common import batch_pool, environment, random_dataset, time_step
 
 from nasax.config import validate_config
-from nasax.runloop import count_leaves, peak_rss_mb
+from nasax.runloop import count_leaves
 from nasax.search.loop import build_setup
 from nasax.search.strategy import STRATEGIES
 
@@ -50,45 +46,24 @@ def main(argv: list[str] | None = None) -> dict:
     setup = build_setup(config, data, steps_per_epoch=100)
     strategy = STRATEGIES.get(args.strategy)(setup, config.search.strategy_options())
     state = strategy.init(jax.random.PRNGKey(args.seed))
-    pool = [
-        {
-            "image": data.x_train[i * args.batch : (i + 1) * args.batch],
-            "label": data.y_train[i * args.batch : (i + 1) * args.batch],
-        }
-        for i in range(4)
-    ]
-    pool = [jax.device_put(b) for b in pool]
-
-    t0 = time.perf_counter()
-    step = jax.jit(strategy.step, donate_argnums=(0,)).lower(state, pool[0], pool[1]).compile()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for it in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
-        state, metrics = step(state, pool[(2 * it) % 4], pool[(2 * it + 1) % 4])
-        loss = float(metrics["train_loss"])  # blocks until the step is done
-        if it >= args.warmup:
-            times.append(time.perf_counter() - t0)
-        if not np.isfinite(loss):
-            raise FloatingPointError("non-finite loss")
-    med = statistics.median(times)
+    pool = batch_pool(data, args.batch)
+    state, figures = time_step(
+        strategy.step,
+        state,
+        lambda it: (pool[(2 * it) % 4], pool[(2 * it + 1) % 4]),
+        batch=args.batch,
+        warmup=args.warmup,
+        steps=args.steps,
+    )
     out = {
         "bench": f"{args.strategy}_search_step_nasax",
         "channels": args.channels,
         "layers": args.layers,
         "batch": args.batch,
         "image": args.image,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "images_per_sec": round(args.batch / med, 3),
-        "step_ms": round(1e3 * med, 1),
-        "step_ms_min": round(1e3 * min(times), 1),
-        "compile_s": round(compile_s, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **figures,
         "params": count_leaves(state.params),
-        "backend": jax.default_backend(),
-        "jax": jax.__version__,
-        "python": platform.python_version(),
+        **environment(),
     }
     print(json.dumps(out), flush=True)
     return out

@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import time
 
 import jax
-import numpy as np
-from common import random_dataset
+from common import batch_pool, environment, random_dataset, time_step
 
 from nasax.config import load_config
-from nasax.runloop import peak_rss_mb
 from nasax.supernet.discrete import param_counts
 from nasax.supernet.genotypes import load_genotype
 from nasax.train.loop import build_trainer
@@ -53,29 +48,15 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = build_trainer(config, load_genotype(args.genotype), data)
     state = trainer.init(jax.random.PRNGKey(args.seed))
     counts = param_counts(trainer.module(state))
-    pool = [
-        jax.device_put(
-            {
-                "image": data.x_train[i * args.batch : (i + 1) * args.batch],
-                "label": data.y_train[i * args.batch : (i + 1) * args.batch],
-            }
-        )
-        for i in range(4)
-    ]
-
-    t0 = time.perf_counter()
-    step = jax.jit(trainer.step, donate_argnums=(0,)).lower(state, pool[0]).compile()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for it in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
-        state, metrics = step(state, pool[it % 4])
-        loss = float(metrics["train_loss"])  # blocks until the step is done
-        if it >= args.warmup:
-            times.append(time.perf_counter() - t0)
-        if not np.isfinite(loss):
-            raise FloatingPointError("non-finite loss")
-    med = statistics.median(times)
+    pool = batch_pool(data, args.batch)
+    state, figures = time_step(
+        trainer.step,
+        state,
+        lambda it: (pool[it % 4],),
+        batch=args.batch,
+        warmup=args.warmup,
+        steps=args.steps,
+    )
     out = {
         "bench": "train_step_nasax",
         "genotype": args.genotype,
@@ -83,17 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
         "layers": args.layers,
         "batch": args.batch,
         "image": args.image,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "images_per_sec": round(args.batch / med, 3),
-        "step_ms": round(1e3 * med, 1),
-        "step_ms_min": round(1e3 * min(times), 1),
-        "compile_s": round(compile_s, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **figures,
         **counts,
-        "backend": jax.default_backend(),
-        "jax": jax.__version__,
-        "python": platform.python_version(),
+        **environment(),
     }
     print(json.dumps(out), flush=True)
     return out

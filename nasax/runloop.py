@@ -17,7 +17,7 @@ import optax
 import yaml
 
 from nasax.checkpoint import Checkpoints
-from nasax.config import Config, validate_config
+from nasax.config import Config, RunConfig, validate_config
 from nasax.data import Batch, eval_batches
 from nasax.errors import NasaxError, NonFiniteError, RunDirError
 from nasax.progress import LoopProgress
@@ -201,6 +201,18 @@ def skip_nonfinite_steps(
     return guarded
 
 
+def guard_step(
+    step_fn: Callable[..., tuple[Any, dict[str, jax.Array]]], run: RunConfig
+) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
+    """The step as `run.nonfinite` asks: as it is (`stop`) or skipping bad steps (`skip`)."""
+    return skip_nonfinite_steps(step_fn) if run.nonfinite == "skip" else step_fn
+
+
+def is_eval_epoch(epoch: int, epochs: int, eval_every: int) -> bool:
+    """Whether epoch `epoch` (from 0) ends with a test evaluation: every `eval_every`, the last."""
+    return epoch == epochs - 1 or bool(eval_every and (epoch + 1) % eval_every == 0)
+
+
 def masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     """Summed loss and correct count over the real (mask=1) examples of a padded batch."""
     mask = mask.astype(jnp.float32)
@@ -232,7 +244,7 @@ def run_epochs(
     batch_size: int,
     start: tuple[int, int],
     pending: list[dict[str, float]] | None = None,
-    log_every: int,
+    run: RunConfig,
     kind: str,
     metrics_log: MetricsLog,
     progress: LoopProgress,
@@ -240,15 +252,13 @@ def run_epochs(
     end_epoch: Callable[[Any, int, int], dict[str, Any]],
     shown: Sequence[str],
     resume_hint: str,
-    checkpoint_seconds: float | None = None,
-    skip_nonfinite: bool = False,
 ) -> LoopResult:
     """Runs jitted steps epoch by epoch with logging, checkpoints and Ctrl-C handling.
 
-    Metrics stay on the device until a log step, where they are checked for NaN,
-    averaged and written. A checkpoint is written at every epoch end, every
-    `checkpoint_seconds`, and on Ctrl-C or SIGTERM (then `Interrupted` is raised); it
-    never holds a state whose metrics were not finite.
+    Metrics stay on the device until a log step (`run.log_every`), where they are
+    checked for NaN, averaged and written. A checkpoint is written at every epoch end,
+    every `run.checkpoint_minutes`, and on Ctrl-C or SIGTERM (then `Interrupted` is
+    raised); it never holds a state whose metrics were not finite.
 
     Args:
         state: the state to start from.
@@ -256,6 +266,7 @@ def run_epochs(
         epoch_batches: (epoch, first batch) -> iterator of the batches of each step.
         start: (epoch, batch) to start at; (0, 0) for a fresh run.
         pending: step metrics not logged yet when the run was checkpointed.
+        run: the config's `run` section; `step_fn` must come from `guard_step(.., run)`.
         kind: the `kind` of the per-step metric records.
         save: save(state, meta) writes a checkpoint; `meta` holds the position
             (`epoch`, `batch`, `step`; batch 0 means the epoch is complete), the
@@ -263,9 +274,9 @@ def run_epochs(
         end_epoch: end_epoch(state, epoch, step) -> extra fields of the epoch record.
         shown: metric names the progress bar shows.
         resume_hint: how to continue, for the message of an interrupted run.
-        checkpoint_seconds: also checkpoint mid-epoch this often (None: never).
-        skip_nonfinite: `step_fn` skips non-finite steps (see `skip_nonfinite_steps`).
     """
+    log_every, skip_nonfinite = run.log_every, run.nonfinite == "skip"
+    checkpoint_seconds = 60 * run.checkpoint_minutes if run.checkpoint_minutes else None
     start_epoch, start_batch = start
     step = start_epoch * steps_per_epoch + start_batch
     queued: list[dict[str, Any]] = list(pending or [])

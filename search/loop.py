@@ -34,11 +34,12 @@ from nasax.runloop import (
     checkpoint_writer,
     count_leaves,
     evaluate,
+    guard_step,
+    is_eval_epoch,
     peak_rss_mb,
     prefetch,
     restore_or_start,
     run_epochs,
-    skip_nonfinite_steps,
 )
 from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy
 from nasax.supernet.network import SearchNetwork
@@ -176,7 +177,7 @@ def run_search(
     compile_start = time.perf_counter()
     key = program_key(config, dataset, steps_per_epoch)
     if key not in _COMPILED:
-        step = skip_nonfinite_steps(strategy.step) if rc.nonfinite == "skip" else strategy.step
+        step = guard_step(strategy.step, rc)
         _COMPILED[key] = (
             jax.jit(step, donate_argnums=(0,)).lower(state, sample, sample).compile(),
             jax.jit(strategy.evaluate).lower(state, eval_sample).compile(),
@@ -208,7 +209,7 @@ def run_search(
         genotype = strategy.derive(state)
         genotype.save(run_dir / "genotype.json")
         alphas.append(strategy.arch_weights(state))
-        if epoch == s.epochs - 1 or (s.eval_every and (epoch + 1) % s.eval_every == 0):
+        if is_eval_epoch(epoch, s.epochs, s.eval_every):
             test.update(evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size))
             progress.log(
                 f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}  "
@@ -227,15 +228,13 @@ def run_search(
             batch_size=s.batch_size,
             start=resumed.start,
             pending=resumed.pending,
-            log_every=rc.log_every,
+            run=rc,
             kind="search",
             metrics_log=metrics_log,
             progress=progress,
             save=checkpoint_writer(checkpoints, resumed.elapsed, wall_start),
             end_epoch=end_epoch,
             shown=("train_loss", "train_acc", "val_loss", "val_acc", "images_per_sec"),
-            checkpoint_seconds=60 * rc.checkpoint_minutes if rc.checkpoint_minutes else None,
-            skip_nonfinite=rc.nonfinite == "skip",
             resume_hint=f"continue with: nasax search CONFIG --resume --out {run_dir}",
         )
     finally:

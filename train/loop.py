@@ -33,11 +33,12 @@ from nasax.runloop import (
     check_resume_config,
     checkpoint_writer,
     evaluate,
+    guard_step,
+    is_eval_epoch,
     peak_rss_mb,
     prefetch,
     restore_or_start,
     run_epochs,
-    skip_nonfinite_steps,
 )
 from nasax.supernet.discrete import DiscreteNetwork, param_counts
 from nasax.supernet.genotypes import Genotype, load_genotype
@@ -150,7 +151,7 @@ def run_train(
     sample = next(batches(dataset.x_train, dataset.y_train, order, t.batch_size))
     eval_sample = next(eval_batches(dataset.x_test, dataset.y_test, t.batch_size))
     compile_start = time.perf_counter()
-    step = skip_nonfinite_steps(trainer.step) if rc.nonfinite == "skip" else trainer.step
+    step = guard_step(trainer.step, rc)
     step_fn = jax.jit(step, donate_argnums=(0,)).lower(state, sample).compile()
     eval_fn = jax.jit(trainer.evaluate).lower(state, eval_sample).compile()
     compile_seconds = time.perf_counter() - compile_start
@@ -164,7 +165,7 @@ def run_train(
     test: dict[str, float] = {}
 
     def end_epoch(state: TrainState, epoch: int, step: int) -> dict[str, Any]:
-        if epoch == t.epochs - 1 or (t.eval_every and (epoch + 1) % t.eval_every == 0):
+        if is_eval_epoch(epoch, t.epochs, t.eval_every):
             test.update(evaluate(eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size))
             progress.log(
                 f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f}"
@@ -182,15 +183,13 @@ def run_train(
             batch_size=t.batch_size,
             start=resumed.start,
             pending=resumed.pending,
-            log_every=rc.log_every,
+            run=rc,
             kind="train",
             metrics_log=metrics_log,
             progress=progress,
             save=checkpoint_writer(checkpoints, resumed.elapsed, wall_start),
             end_epoch=end_epoch,
             shown=("train_loss", "train_acc", "images_per_sec"),
-            checkpoint_seconds=60 * rc.checkpoint_minutes if rc.checkpoint_minutes else None,
-            skip_nonfinite=rc.nonfinite == "skip",
             resume_hint=f"continue with: nasax train CONFIG --resume --out {run_dir}",
         )
     finally:
