@@ -8,6 +8,7 @@ from typing import NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from nasax.supernet.ops import OPS, BatchNorm, FactorizedReduce, ReLUConvBN, build_op
 
@@ -25,34 +26,126 @@ class MixedEdge(nnx.Module):
 
     Ops that output zeros (`none`) are not computed: their weight still enters the
     softmax that made `weights`, but adds nothing to the sum.
+
+    Args:
+        op_names: the space's ops, in the order of the weight rows.
+        channels: channels in and out.
+        stride: 2 on the edges of a reduction cell that leave its inputs.
+        rngs: parameter keys.
+        partial_channels: K of PC-DARTS: only the first C/K channels go through the ops,
+            the rest bypass them (max-pooled at stride 2) and a channel shuffle mixes
+            the two parts. 1 is a plain DARTS edge.
+        pool_norms: follow the ops flagged `norm_on_mixed_edge` (DARTS' pools) with a
+            non-affine BatchNorm; spaces like NAS-Bench-201 do not.
     """
 
-    def __init__(self, op_names: Sequence[str], channels: int, stride: int, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        op_names: Sequence[str],
+        channels: int,
+        stride: int,
+        rngs: nnx.Rngs,
+        *,
+        partial_channels: int = 1,
+        pool_norms: bool = True,
+    ) -> None:
+        if partial_channels < 1 or channels % partial_channels:
+            raise ValueError(
+                f"partial_channels={partial_channels} must be >= 1 and divide the edge's "
+                f"{channels} channels; pick a K that divides model.channels"
+            )
+        c = channels // partial_channels
         specs = [OPS.get(name) for name in op_names]
+        self.n_ops = len(specs)
         self.positions = tuple(k for k, spec in enumerate(specs) if not spec.zero)
-        self.ops = nnx.List(
-            [build_op(op_names[k], channels, stride, False, rngs) for k in self.positions]
-        )
+        self.ops = nnx.List([build_op(op_names[k], c, stride, False, rngs) for k in self.positions])
         self.norms = nnx.List(
             [
-                BatchNorm(channels, False) if specs[k].norm_on_mixed_edge else None
+                BatchNorm(c, False) if pool_norms and specs[k].norm_on_mixed_edge else None
                 for k in self.positions
             ]
         )
         self.stride = stride
+        self.partial_channels = partial_channels
         self.droppable = False
 
-    def __call__(self, x: jax.Array, weights: jax.Array | None, train: bool) -> jax.Array:
+    def _op(self, j: int, x: jax.Array, train: bool) -> jax.Array:
+        y = self.ops[j](x, train)
+        return y if self.norms[j] is None else self.norms[j](y, train)
+
+    def _zeros(self, x: jax.Array) -> jax.Array:
+        return jnp.zeros_like(x[:, :: self.stride, :: self.stride, :])
+
+    def _mixed(self, x: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
         out = None
-        for k, op, bn in zip(self.positions, self.ops, self.norms):
-            y = op(x, train)
-            if bn is not None:
-                y = bn(y, train)
-            term = weights[k] * y
+        for j, k in enumerate(self.positions):
+            term = weights[k] * self._op(j, x, train)
             out = term if out is None else out + term
-        if out is None:  # only zero ops on this edge
-            out = jnp.zeros_like(x[:, :: self.stride, :: self.stride, :])
-        return out
+        return self._zeros(x) if out is None else out
+
+    def _single(
+        self, x: jax.Array, weights: jax.Array | None, path: jax.Array, train: bool
+    ) -> jax.Array:
+        """Computes only op `path` (`lax.switch` through `nnx.switch`, so BN statistics of
+        the chosen op are updated and the others left alone).
+
+        With `weights` (GDAS' straight-through one-hot) the output is
+        ``weights[path] * op(x) + sum of the other weights``: the same value as the
+        weighted sum of a one-hot, and every weight still gets a gradient.
+        """
+        position = {k: j for j, k in enumerate(self.positions)}
+
+        def branch(k: int) -> Callable[[MixedEdge, jax.Array], jax.Array]:
+            if k in position:
+                return lambda edge, x: edge._op(position[k], x, train)
+            return lambda edge, x: edge._zeros(x)
+
+        y = nnx.switch(path, [branch(k) for k in range(self.n_ops)], self, x)
+        if weights is None:
+            return y
+        chosen = weights[path]
+        return chosen * y + (jnp.sum(weights) - chosen).astype(y.dtype)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        weights: jax.Array | None,
+        train: bool,
+        path: jax.Array | None = None,
+    ) -> jax.Array:
+        """The edge's output.
+
+        Args:
+            x: NHWC input.
+            weights: (ops,) op weights; None only with `path` (a plain single path).
+            train: training mode.
+            path: optional int scalar: compute only this op (GDAS, random search, ENAS).
+        """
+        k = self.partial_channels
+        if k > 1:
+            c = x.shape[-1] // k
+            x, bypass = x[..., :c], x[..., c:]
+        if path is None:
+            y = self._mixed(x, weights, train)
+        else:
+            y = self._single(x, weights, path, train)
+        if k > 1:
+            if self.stride == 2:
+                bypass = max_pool_2x2(bypass)
+            y = channel_shuffle(jnp.concatenate([y, bypass], axis=-1), k)
+        return y
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pool at stride 2; odd sizes round up like the stride-2 ops."""
+    pads = ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0))
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), pads)
+
+
+def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
+    """ShuffleNet's channel shuffle on NHWC: channel g*(C/groups)+i moves to i*groups+g."""
+    *lead, c = x.shape
+    return x.reshape(*lead, groups, c // groups).swapaxes(-1, -2).reshape(*lead, c)
 
 
 class CellPlan(NamedTuple):
@@ -165,6 +258,9 @@ class Cell(nnx.Module):
         train: bool,
         drop_rate: jax.Array | float | None = None,
         rng: jax.Array | None = None,
+        *,
+        paths: jax.Array | None = None,
+        edge_weights: jax.Array | None = None,
     ) -> jax.Array:
         """Runs the cell.
 
@@ -175,6 +271,8 @@ class Cell(nnx.Module):
             drop_rate: drop-path rate for the droppable edges, used in training when
                 `rng` is given.
             rng: key for drop path; each edge folds in its index.
+            paths: optional (edges,) int op index per mixed edge: compute only that op.
+            edge_weights: optional (edges,) factor on each edge's output (PC-DARTS' beta).
         """
         dropping = train and rng is not None and drop_rate is not None
         states = [self.pre0(s0, train), self.pre1(s1, train)]
@@ -184,7 +282,13 @@ class Cell(nnx.Module):
                 if target != node:
                     continue
                 edge = self.edges[i]
-                y = edge(states[src], None if weights is None else weights[i], train)
+                w = None if weights is None else weights[i]
+                if paths is None:
+                    y = edge(states[src], w, train)
+                else:
+                    y = edge(states[src], w, train, path=paths[i])
+                if edge_weights is not None:
+                    y = edge_weights[i] * y
                 if dropping and edge.droppable:
                     y = drop_path(y, drop_rate, jax.random.fold_in(rng, i))
                 acc = y if acc is None else acc + y

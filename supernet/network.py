@@ -60,6 +60,8 @@ class SearchNetwork(nnx.Module):
         num_classes: int,
         in_channels: int = 3,
         stem_multiplier: int = 3,
+        partial_channels: int = 1,
+        edge_normalization: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
         rngs = param_keys(rngs)
@@ -69,7 +71,14 @@ class SearchNetwork(nnx.Module):
         concat = tuple(range(space.n_inputs, space.n_inputs + nodes))
 
         def make_edge(i: int, c: int, stride: int, rngs: nnx.Rngs) -> MixedEdge:
-            return MixedEdge(space.ops, c, stride, rngs)
+            return MixedEdge(
+                space.ops,
+                c,
+                stride,
+                rngs,
+                partial_channels=partial_channels,
+                pool_norms=space.pool_norms,
+            )
 
         plans = plan_cells(stem_multiplier * channels, channels, layers, nodes)
         self.cells = nnx.List(
@@ -79,19 +88,68 @@ class SearchNetwork(nnx.Module):
         shape = (space.n_edges, space.n_ops)
         self.alpha_normal = ArchParam(1e-3 * jax.random.normal(rngs.params(), shape))
         self.alpha_reduce = ArchParam(1e-3 * jax.random.normal(rngs.params(), shape))
+        if edge_normalization:
+            self.beta_normal = ArchParam(1e-3 * jax.random.normal(rngs.params(), shape[:1]))
+            self.beta_reduce = ArchParam(1e-3 * jax.random.normal(rngs.params(), shape[:1]))
+        self.edge_normalization = edge_normalization
 
     def alphas(self) -> dict[str, jax.Array]:
         """The architecture parameters by cell kind."""
         return {"normal": self.alpha_normal[...], "reduce": self.alpha_reduce[...]}
 
+    def edge_weights(self) -> dict[str, jax.Array]:
+        """PC-DARTS' edge weights: the betas softmaxed over the edges entering each node."""
+        return {
+            kind: node_softmax(getattr(self, f"beta_{kind}")[...], self.space)
+            for kind in CELL_KINDS
+        }
+
     def __call__(
-        self, x: jax.Array, *, train: bool, weights: dict[str, jax.Array] | None = None
+        self,
+        x: jax.Array,
+        *,
+        train: bool,
+        weights: dict[str, jax.Array] | None = None,
+        paths: dict[str, jax.Array] | None = None,
+        edge_weights: dict[str, jax.Array] | None = None,
     ) -> jax.Array:
-        """Logits for NHWC images `x`; `weights` maps cell kind to (edges, ops) op weights."""
-        if weights is None:
+        """Logits for NHWC images `x`.
+
+        Args:
+            x: NHWC images.
+            train: training mode.
+            weights: cell kind -> (edges, ops) op weights; default: softmax of the alphas.
+                With `paths` it may be None (each edge runs its path op as is).
+            paths: cell kind -> (edges,) op index per edge: single-path forward.
+            edge_weights: cell kind -> (edges,) edge factors; default: the normalised
+                betas when the network was built with `edge_normalization`.
+        """
+        if weights is None and paths is None:
             weights = {kind: jax.nn.softmax(a, axis=-1) for kind, a in self.alphas().items()}
+        if edge_weights is None and self.edge_normalization:
+            edge_weights = self.edge_weights()
         s0 = s1 = self.stem(x, train)
         for cell in self.cells:
             kind = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, cell(s0, s1, weights[kind], train)
+            s0, s1 = (
+                s1,
+                cell(
+                    s0,
+                    s1,
+                    None if weights is None else weights[kind],
+                    train,
+                    paths=None if paths is None else paths[kind],
+                    edge_weights=None if edge_weights is None else edge_weights[kind],
+                ),
+            )
         return self.classifier(jnp.mean(s1, axis=(1, 2)))
+
+
+def node_softmax(beta: jax.Array, space: SearchSpace) -> jax.Array:
+    """Softmax of per-edge scores over the edges that enter the same node."""
+    return jnp.concatenate(
+        [
+            jax.nn.softmax(beta[edges.start : edges.stop])
+            for edges in map(space.node_edges, range(space.n_nodes))
+        ]
+    )

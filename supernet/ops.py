@@ -397,6 +397,20 @@ for _size in (3, 5):
     _register_sep_conv(_size)
     _register_dil_conv(_size)
 
+
+# ------------------------------------------------------------------ NAS-Bench-201's convs
+
+
+def _register_nor_conv(size: int) -> None:
+    def factory(c: int, stride: int, affine: bool, rngs: nnx.Rngs) -> Op:
+        return ReLUConvBN(c, c, size, stride, size // 2, affine, rngs)
+
+    register_op(f"nor_conv_{size}x{size}")(factory)
+
+
+for _size in (1, 3):
+    _register_nor_conv(_size)
+
 __all__ = [
     "OPS",
     "BatchNorm",

@@ -22,6 +22,7 @@ class SearchSpace:
         n_inputs: input nodes of a cell (2 in DARTS: the two previous cells).
         n_nodes: intermediate nodes.
         edges_per_node: incoming edges a derived cell keeps per node (None: all of them).
+        pool_norms: mixed edges follow pooling ops with a non-affine BatchNorm (DARTS).
     """
 
     name: str
@@ -29,6 +30,7 @@ class SearchSpace:
     n_inputs: int = 2
     n_nodes: int = 4
     edges_per_node: int | None = 2
+    pool_norms: bool = True
 
     @cached_property
     def edges(self) -> tuple[tuple[int, int], ...]:
