@@ -94,7 +94,7 @@ def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> Searc
     augment = config.data.augment
     return SearchSetup(
         space=space,
-        network=lambda rngs: network(rngs=rngs),
+        network=lambda rngs, **options: network(rngs=rngs, **options),
         weight_optimizer=weight_optimizer(config.optim.weights, epochs, steps_per_epoch),
         arch_optimizer=arch_optimizer(config.optim.arch),
         learning_rate=weight_schedule(config.optim.weights, epochs, steps_per_epoch),

@@ -33,7 +33,8 @@ class SearchSetup(NamedTuple):
 
     Attributes:
         space: the search space.
-        network: builds the supernet from an `nnx.Rngs`.
+        network: builds the supernet from an `nnx.Rngs` and keyword options of the
+            network (e.g. `partial_channels`, `edge_normalization`).
         weight_optimizer: optax transformation for the network weights.
         arch_optimizer: optax transformation for the architecture parameters.
         learning_rate: weight learning rate as a function of the step (for logging).
@@ -42,7 +43,7 @@ class SearchSetup(NamedTuple):
     """
 
     space: SearchSpace
-    network: Callable[[nnx.Rngs], SearchNetwork]
+    network: Callable[..., SearchNetwork]
     weight_optimizer: optax.GradientTransformation
     arch_optimizer: optax.GradientTransformation
     learning_rate: Callable[[jax.Array], jax.Array]
@@ -167,9 +168,18 @@ def split_supernet(model: SearchNetwork) -> tuple[nnx.GraphDef, nnx.State, nnx.S
 
 
 def alphas_of(arch: nnx.State) -> dict[str, jax.Array]:
-    """{"normal": ..., "reduce": ...} raw architecture parameters from the arch state."""
+    """Raw architecture parameters by cell kind ({"normal": ..., "reduce": ...} in DARTS)."""
+    return _by_kind(arch, "alpha_")
+
+
+def betas_of(arch: nnx.State) -> dict[str, jax.Array]:
+    """PC-DARTS' raw edge scores by cell kind (empty without edge normalisation)."""
+    return _by_kind(arch, "beta_")
+
+
+def _by_kind(arch: nnx.State, prefix: str) -> dict[str, jax.Array]:
     pure = nnx.to_pure_dict(arch)
-    return {"normal": pure["alpha_normal"], "reduce": pure["alpha_reduce"]}
+    return {k.removeprefix(prefix): v for k, v in pure.items() if k.startswith(prefix)}
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
