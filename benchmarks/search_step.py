@@ -4,6 +4,9 @@ Random data of the given shape (as the PyTorch reference benchmark uses), so the
 figures compare with `shared/bench/torch_darts_ref.py` run with the same flags:
 
     python benchmarks/search_step.py --channels 16 --layers 8 --batch 64 --image 32
+
+Other strategies and spaces: `--strategy gdas`, `--space nb201`, and strategy options
+as config overrides, e.g. `--set search.pcdarts.arch_warmup_epochs=0`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import jax
 from common import batch_pool, environment, random_dataset, time_step
 
-from nasax.config import validate_config
+from nasax.config import apply_overrides, validate_config
 from nasax.runloop import count_leaves
 from nasax.search.loop import build_setup
 from nasax.search.strategy import STRATEGIES
@@ -25,6 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--strategy", default="darts")
+    ap.add_argument("--space", default="darts")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--batch", type=int, default=64)
@@ -36,12 +41,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    config = validate_config(
-        {
-            "model": {"channels": args.channels, "layers": args.layers},
-            "search": {"strategy": args.strategy, "batch_size": args.batch, "epochs": 1},
-        }
-    )
+    base = {
+        "model": {"space": args.space, "channels": args.channels, "layers": args.layers},
+        "search": {"strategy": args.strategy, "batch_size": args.batch, "epochs": 1},
+    }
+    config = validate_config(apply_overrides(base, args.set))
     data = random_dataset(4 * args.batch, args.image, args.in_channels, args.classes, args.seed)
     setup = build_setup(config, data, steps_per_epoch=100)
     strategy = STRATEGIES.get(args.strategy)(setup, config.search.strategy_options())
@@ -57,6 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     out = {
         "bench": f"{args.strategy}_search_step_nasax",
+        "space": args.space,
+        "options": config.search.options,
         "channels": args.channels,
         "layers": args.layers,
         "batch": args.batch,

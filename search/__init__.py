@@ -1,6 +1,13 @@
 """Search strategies, the discretizer and the search loop (`nasax.search`)."""
 
-from nasax.search import darts  # noqa: F401  (registers the strategy)
+from nasax.search import (  # noqa: F401  (importing registers the strategies)
+    darts,
+    drnas,
+    gdas,
+    pcdarts,
+    random_ws,
+    snas,
+)
 from nasax.search.discretize import derive_cell, derive_genotype
 from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy, register_strategy
 

@@ -42,6 +42,7 @@ from nasax.runloop import (
     run_epochs,
 )
 from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy
+from nasax.supernet.genotypes import Genotype
 from nasax.supernet.network import SearchNetwork
 from nasax.supernet.spaces import get_space
 
@@ -100,6 +101,8 @@ def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> Searc
         learning_rate=weight_schedule(config.optim.weights, epochs, steps_per_epoch),
         preprocess=make_preprocess(dataset.mean, dataset.std, augment.crop_padding, augment.flip),
         max_skip_connect=config.search.discretizer.max_skip_connect,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
     )
 
 
@@ -204,12 +207,24 @@ def run_search(
         return zip(*streams)
 
     test: dict[str, float] = {}
+    derived: dict[str, Genotype] = {}
+
+    def select_batches() -> Iterator[Batch]:
+        """The validation half in a fixed order, for strategies that score candidates."""
+        return batches(dataset.x_train, dataset.y_train, val_idx, s.batch_size)
+
+    def current_genotype(state: Any) -> Genotype:
+        if strategy.select is not None:
+            return strategy.select(state, select_batches())
+        return strategy.derive(state)
 
     def end_epoch(state: Any, epoch: int, step: int) -> dict[str, Any]:
-        genotype = strategy.derive(state)
-        genotype.save(run_dir / "genotype.json")
+        evaluating = is_eval_epoch(epoch, s.epochs, s.eval_every)
         alphas.append(strategy.arch_weights(state))
-        if is_eval_epoch(epoch, s.epochs, s.eval_every):
+        if strategy.select is None or evaluating:  # selection costs a sweep of candidates
+            genotype = derived["latest"] = current_genotype(state)
+            genotype.save(run_dir / "genotype.json")
+        if evaluating:
             test.update(evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size))
             progress.log(
                 f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}  "
@@ -242,7 +257,8 @@ def run_search(
 
     if not test:  # resumed after the last epoch's checkpoint: evaluate what we have
         test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size)
-    genotype = strategy.derive(state)
+    genotype = derived.get("latest") or current_genotype(state)
+    genotype.save(run_dir / "genotype.json")
     summary = {
         "kind": "search",
         "strategy": s.strategy,

@@ -40,6 +40,8 @@ class SearchSetup(NamedTuple):
         learning_rate: weight learning rate as a function of the step (for logging).
         preprocess: preprocess(images, rng, train) -> normalised float images.
         max_skip_connect: discretizer cap on skip connections in the normal cell.
+        epochs: search epochs (for schedules such as temperature annealing).
+        steps_per_epoch: search steps per epoch.
     """
 
     space: SearchSpace
@@ -49,6 +51,8 @@ class SearchSetup(NamedTuple):
     learning_rate: Callable[[jax.Array], jax.Array]
     preprocess: Callable[[jax.Array, jax.Array, bool], jax.Array]
     max_skip_connect: int | None = None
+    epochs: int = 1
+    steps_per_epoch: int = 1
 
 
 class Strategy(NamedTuple):
@@ -60,6 +64,9 @@ class Strategy(NamedTuple):
         evaluate: (state, batch with mask) -> summed metrics (`loss_sum`, `correct`, `count`).
         derive: state -> Genotype.
         arch_weights: state -> {name: array} of architecture weights to record per epoch.
+        select: optional (state, validation batches) -> Genotype, for strategies that
+            pick their cell by scoring candidates on held-out data (random search with
+            weight sharing); the loop calls it instead of `derive` on evaluation epochs.
     """
 
     init: Callable[[jax.Array], Any]
@@ -67,6 +74,7 @@ class Strategy(NamedTuple):
     evaluate: Callable[[Any, Batch], Metrics]
     derive: Callable[[Any], Genotype]
     arch_weights: Callable[[Any], dict[str, np.ndarray]]
+    select: Callable[[Any, list[Batch]], Genotype] | None = None
 
 
 StrategyBuilder = Callable[[SearchSetup, BaseModel], Strategy]
@@ -101,21 +109,33 @@ class SupernetState(NamedTuple):
 
 
 class Supernet(NamedTuple):
-    """Functional access to a supernet: its graph and a forward over explicit state."""
+    """Functional access to a supernet: its graph and a forward over explicit state.
+
+    Attributes:
+        graphdef: the network's structure.
+        setup: the shared search setup.
+        build: rngs -> a fresh network (`setup.network` with the strategy's options).
+    """
 
     graphdef: nnx.GraphDef
     setup: SearchSetup
+    build: Callable[[nnx.Rngs], SearchNetwork]
 
     @classmethod
-    def create(cls, setup: SearchSetup) -> Supernet:
-        abstract = nnx.eval_shape(lambda: setup.network(nnx.Rngs(0)))
+    def create(cls, setup: SearchSetup, **network_options: Any) -> Supernet:
+        """A supernet of `setup`, built with `network_options` (e.g. `partial_channels`)."""
+
+        def build(rngs: nnx.Rngs) -> SearchNetwork:
+            return setup.network(rngs, **network_options)
+
+        abstract = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
         graphdef, *_ = split_supernet(abstract)
-        return cls(graphdef, setup)
+        return cls(graphdef, setup, build)
 
     def init(self, rng: jax.Array) -> SupernetState:
         """Fresh weights and alphas from `rng`, and both optimizers' states."""
         init_rng, state_rng = jax.random.split(rng)
-        _, arch, params, stats = split_supernet(self.setup.network(nnx.Rngs(params=init_rng)))
+        _, arch, params, stats = split_supernet(self.build(nnx.Rngs(params=init_rng)))
         return SupernetState(
             step=jnp.zeros((), jnp.int32),
             rng=state_rng,
@@ -134,11 +154,12 @@ class Supernet(NamedTuple):
         x: jax.Array,
         *,
         train: bool,
-        weights: dict[str, jax.Array] | None = None,
+        **forward: Any,
     ) -> tuple[jax.Array, nnx.State]:
-        """Logits and the updated BN statistics."""
+        """Logits and the updated BN statistics; `forward` goes to the network's call
+        (`weights`, `paths`, `edge_weights`)."""
         model = nnx.merge(self.graphdef, arch, params, batch_stats, copy=True)
-        logits = model(x, train=train, weights=weights)
+        logits = model(x, train=train, **forward)
         return logits, nnx.state(model, nnx.BatchStat)
 
     def loss(
@@ -148,17 +169,19 @@ class Supernet(NamedTuple):
         arch: nnx.State,
         x: jax.Array,
         labels: jax.Array,
-        weights: dict[str, jax.Array] | None = None,
+        **forward: Any,
     ) -> tuple[jax.Array, tuple[jax.Array, nnx.State]]:
         """Training-mode cross-entropy with (accuracy, updated BN statistics) as aux."""
-        logits, stats = self.apply(params, batch_stats, arch, x, train=True, weights=weights)
+        logits, stats = self.apply(params, batch_stats, arch, x, train=True, **forward)
         loss, accuracy = cross_entropy(logits, labels)
         return loss, (accuracy, stats)
 
-    def evaluate(self, state: SupernetState, batch: Batch) -> Metrics:
+    def evaluate(self, state: SupernetState, batch: Batch, **forward: Any) -> Metrics:
         """Summed loss and correct count over the real examples of a padded batch."""
         x = self.setup.preprocess(batch["image"], state.rng, False)
-        logits, _ = self.apply(state.params, state.batch_stats, state.arch, x, train=False)
+        logits, _ = self.apply(
+            state.params, state.batch_stats, state.arch, x, train=False, **forward
+        )
         return masked_sums(logits, batch["label"], batch["mask"])
 
 

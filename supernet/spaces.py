@@ -23,6 +23,7 @@ class SearchSpace:
         n_nodes: intermediate nodes.
         edges_per_node: incoming edges a derived cell keeps per node (None: all of them).
         pool_norms: mixed edges follow pooling ops with a non-affine BatchNorm (DARTS).
+        derive_none: a derived cell may hold `none` on an edge (NAS-Bench-201).
     """
 
     name: str
@@ -31,6 +32,7 @@ class SearchSpace:
     n_nodes: int = 4
     edges_per_node: int | None = 2
     pool_norms: bool = True
+    derive_none: bool = False
 
     @cached_property
     def edges(self) -> tuple[tuple[int, int], ...]:

@@ -1,0 +1,48 @@
+"""PC-DARTS (Xu et al., 2020): partial channel connections and edge normalisation.
+
+Each mixed edge sends 1/K of its channels through the ops and bypasses the rest (a
+channel shuffle mixes them); per-node softmaxed edge weights beta scale each edge and,
+with the op weights, decide which edges the discretizer keeps. The alphas and betas
+start training after a warm-up (15 epochs in the paper), while the weights train from
+the start.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nasax.errors import ConfigError
+from nasax.search.relaxed import Relaxation, relaxed_strategy, softmax_weights
+from nasax.search.strategy import SearchSetup, Strategy, register_strategy
+
+
+class PcDartsOptions(BaseModel):
+    """The `search.pcdarts` section (paper defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partial_channels: int = Field(4, ge=1, description="K: 1/K of the channels enter the ops")
+    arch_warmup_epochs: int = Field(15, ge=0, description="epochs before alphas/betas train")
+    edge_normalization: bool = True
+
+
+@register_strategy("pcdarts", PcDartsOptions)
+def make_pcdarts(setup: SearchSetup, options: PcDartsOptions) -> Strategy:
+    """Builds PC-DARTS over the supernet of `setup`."""
+    if options.arch_warmup_epochs >= setup.epochs:
+        raise ConfigError(
+            f"search.pcdarts.arch_warmup_epochs={options.arch_warmup_epochs} leaves no epoch "
+            f"to train the architecture in search.epochs={setup.epochs}; lower it or add epochs"
+        )
+    return relaxed_strategy(
+        setup,
+        Relaxation(
+            sample=lambda alphas, rng, step: {"weights": softmax_weights(alphas)},
+            weights=softmax_weights,
+        ),
+        network_options={
+            "partial_channels": options.partial_channels,
+            "edge_normalization": options.edge_normalization,
+        },
+        arch_warmup_epochs=options.arch_warmup_epochs,
+    )

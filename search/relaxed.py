@@ -1,0 +1,245 @@
+"""The first-order bilevel step shared by the relaxation strategies (GDAS, SNAS, DrNAS,
+PC-DARTS): only how architecture parameters become the supernet's op weights differs.
+
+A `Relaxation` says that; `relaxed_strategy` turns it into a `Strategy` whose step is
+one jitted program: an architecture step on the validation batch (skipped by `lax.cond`
+during a warm-up), then a weight step on the training batch under the updated
+architecture, each with a fresh sample of the relaxation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax import lax
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from nasax.data import Batch
+from nasax.search.discretize import derive_genotype
+from nasax.search.strategy import (
+    Metrics,
+    SearchSetup,
+    Strategy,
+    Supernet,
+    SupernetState,
+    alphas_of,
+    betas_of,
+)
+from nasax.supernet.genotypes import Genotype
+from nasax.supernet.network import node_softmax
+
+Forward = dict[str, Any]
+"""Keyword arguments of the supernet's call: `weights`, `paths`, `edge_weights`."""
+
+
+class Relaxation(NamedTuple):
+    """How a strategy turns architecture parameters into a forward of the supernet.
+
+    Attributes:
+        sample: (alphas by kind, rng, step) -> forward kwargs for a training-mode pass;
+            differentiable in the alphas.
+        weights: alphas by kind -> deterministic (edges, ops) op weights by kind, used to
+            evaluate the supernet and to derive the genotype.
+        eval_forward: alphas by kind -> forward kwargs for evaluation (default: the
+            mixed forward with `weights`).
+        penalty: optional alphas by kind -> regulariser added to the architecture loss.
+        metrics: optional step -> extra scalars to log (e.g. the temperature).
+    """
+
+    sample: Callable[[dict[str, jax.Array], jax.Array, jax.Array], Forward]
+    weights: Callable[[dict[str, jax.Array]], dict[str, jax.Array]]
+    eval_forward: Callable[[dict[str, jax.Array]], Forward] | None = None
+    penalty: Callable[[dict[str, jax.Array]], jax.Array] | None = None
+    metrics: Callable[[jax.Array], Metrics] | None = None
+
+
+class Annealing(BaseModel):
+    """A temperature schedule over the search epochs (value per epoch, first to last)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tau_max: float = Field(10.0, gt=0, description="temperature of the first epoch")
+    tau_min: float = Field(0.1, gt=0, description="temperature of the last epoch")
+    anneal: str = Field("linear", pattern="^(linear|exponential)$")
+
+    @model_validator(mode="after")
+    def _order(self) -> Annealing:
+        if self.tau_min > self.tau_max:
+            raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau_max ({self.tau_max})")
+        return self
+
+
+def temperature(options: Annealing, setup: SearchSetup) -> Callable[[jax.Array], jax.Array]:
+    """tau(step): steps through the epochs from `tau_max` to `tau_min`, linearly as in GDAS
+    or geometrically."""
+    last = max(setup.epochs - 1, 1)
+    hi, lo = options.tau_max, options.tau_min
+
+    def tau(step: jax.Array) -> jax.Array:
+        progress = jnp.minimum(step // setup.steps_per_epoch, last) / last
+        if options.anneal == "linear":
+            return hi - (hi - lo) * progress
+        return hi * (lo / hi) ** progress
+
+    return tau
+
+
+def gumbel(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Gumbel(0, 1) noise, redrawn (a bounded number of times) until every value is finite.
+
+    -log(-log(u)) overflows when u rounds to 0 or 1; GDAS resamples such draws.
+    """
+
+    def draw(carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple:
+        key, _, tries = carry
+        key, sub = jax.random.split(key)
+        return key, jax.random.gumbel(sub, shape), tries + 1
+
+    def bad(carry: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+        _, g, tries = carry
+        return jnp.logical_and(~jnp.all(jnp.isfinite(g)), tries < 100)
+
+    _, g, _ = lax.while_loop(bad, draw, draw((rng, jnp.zeros(shape), jnp.zeros((), jnp.int32))))
+    return g
+
+
+def softmax_weights(alphas: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """DARTS' op weights: the softmax of each edge's alphas."""
+    return {kind: jax.nn.softmax(a, axis=-1) for kind, a in alphas.items()}
+
+
+def relaxed_strategy(
+    setup: SearchSetup,
+    relaxation: Relaxation,
+    *,
+    network_options: dict[str, Any] | None = None,
+    arch_warmup_epochs: int = 0,
+    joint: bool = False,
+) -> Strategy:
+    """A first-order bilevel strategy over `relaxation`.
+
+    Args:
+        setup: the shared search setup.
+        relaxation: how alphas become op weights.
+        network_options: keyword options for the supernet (e.g. partial channels).
+        arch_warmup_epochs: epochs in which only the weights train (PC-DARTS).
+        joint: update weights and alphas together on the training batch (SNAS'
+            single-level objective) instead of alternating with the validation batch.
+    """
+    net = Supernet.create(setup, **(network_options or {}))
+    warmup_steps = arch_warmup_epochs * setup.steps_per_epoch
+    Aux = tuple[jax.Array, nnx.State]
+
+    def loss(
+        params: nnx.State,
+        arch: nnx.State,
+        stats: nnx.State,
+        x: jax.Array,
+        labels: jax.Array,
+        rng: jax.Array,
+        step: jax.Array,
+    ) -> tuple[jax.Array, Aux]:
+        """Cross-entropy under a fresh sample of the relaxation."""
+        forward = relaxation.sample(alphas_of(arch), rng, step)
+        return net.loss(params, stats, arch, x, labels, **forward)
+
+    def regularised(params: nnx.State, arch: nnx.State, *args: jax.Array) -> tuple[jax.Array, Aux]:
+        """`loss` plus the relaxation's penalty on the alphas: the architecture objective."""
+        value, aux = loss(params, arch, *args)
+        if relaxation.penalty is not None:
+            value = value + relaxation.penalty(alphas_of(arch))
+        return value, aux
+
+    ArchOut = tuple[nnx.State, optax.OptState, nnx.State, jax.Array, jax.Array]
+
+    def arch_step(state: SupernetState, x: jax.Array, labels: jax.Array, rng: jax.Array) -> ArchOut:
+        grad_fn = jax.value_and_grad(regularised, argnums=1, has_aux=True)
+        (val_loss, (val_acc, stats)), grads = grad_fn(
+            state.params, state.arch, state.batch_stats, x, labels, rng, state.step
+        )
+        updates, arch_opt = setup.arch_optimizer.update(grads, state.arch_opt, state.arch)
+        return optax.apply_updates(state.arch, updates), arch_opt, stats, val_loss, val_acc
+
+    def frozen_arch(
+        state: SupernetState, x: jax.Array, labels: jax.Array, rng: jax.Array
+    ) -> ArchOut:
+        """Warm-up: alphas unchanged; the validation loss is still measured for the log."""
+        val_loss, (val_acc, _) = loss(
+            state.params, state.arch, state.batch_stats, x, labels, rng, state.step
+        )
+        return state.arch, state.arch_opt, state.batch_stats, val_loss, val_acc
+
+    def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        train_rng, val_rng, train_sample, val_sample = jax.random.split(rng, 4)
+        x_train = setup.preprocess(train["image"], train_rng, True)
+        batch_args = (state.batch_stats, x_train, train["label"], train_sample, state.step)
+        if joint:
+            grad_fn = jax.value_and_grad(regularised, argnums=(0, 1), has_aux=True)
+            (train_loss, (train_acc, stats)), (grads, arch_grads) = grad_fn(
+                state.params, state.arch, *batch_args
+            )
+            updates, arch_opt = setup.arch_optimizer.update(arch_grads, state.arch_opt, state.arch)
+            arch = optax.apply_updates(state.arch, updates)
+            val_loss, val_acc = train_loss, train_acc
+        else:
+            x_val = setup.preprocess(val["image"], val_rng, True)
+            args = (state, x_val, val["label"], val_sample)
+            if warmup_steps:
+                arch, arch_opt, stats, val_loss, val_acc = lax.cond(
+                    state.step >= warmup_steps, arch_step, frozen_arch, *args
+                )
+            else:
+                arch, arch_opt, stats, val_loss, val_acc = arch_step(*args)
+            grad_fn = jax.value_and_grad(loss, has_aux=True)
+            (train_loss, (train_acc, stats)), grads = grad_fn(
+                state.params, arch, stats, *batch_args[1:]
+            )
+        updates, weight_opt = setup.weight_optimizer.update(grads, state.weight_opt, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "grad_norm": optax.tree.norm(grads),
+            "lr": setup.learning_rate(state.step),
+        }
+        if relaxation.metrics is not None:
+            metrics.update(relaxation.metrics(state.step))
+        new_state = SupernetState(
+            state.step + 1, state.rng, params, stats, arch, weight_opt, arch_opt
+        )
+        return new_state, metrics
+
+    def evaluate(state: SupernetState, batch: Batch) -> Metrics:
+        alphas = alphas_of(state.arch)
+        if relaxation.eval_forward is not None:
+            return net.evaluate(state, batch, **relaxation.eval_forward(alphas))
+        return net.evaluate(state, batch, weights=relaxation.weights(alphas))
+
+    def derive(state: SupernetState) -> Genotype:
+        weights = relaxation.weights(alphas_of(state.arch))
+        betas = betas_of(state.arch)
+        return derive_genotype(
+            {k: np.asarray(w) for k, w in weights.items()},
+            setup.space,
+            max_skip_connect=setup.max_skip_connect,
+            edge_strength={k: np.asarray(node_softmax(b, setup.space)) for k, b in betas.items()}
+            or None,
+        )
+
+    def arch_weights(state: SupernetState) -> dict[str, np.ndarray]:
+        raw = {f"alpha_{k}": a for k, a in alphas_of(state.arch).items()}
+        raw |= {f"beta_{k}": b for k, b in betas_of(state.arch).items()}
+        return {k: np.asarray(v) for k, v in raw.items()}
+
+    return Strategy(
+        init=net.init, step=step, evaluate=evaluate, derive=derive, arch_weights=arch_weights
+    )

@@ -1,0 +1,197 @@
+"""The relaxation strategies' building blocks, checked by hand: single-path edges, partial
+channels, Gumbel and Dirichlet samples, temperature schedules, random cells."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from nasax.config import validate_config
+from nasax.errors import ConfigError
+from nasax.search.drnas import concentration, dirichlet_kl, dirichlet_mean
+from nasax.search.gdas import hard_gumbel
+from nasax.search.random_ws import paths_genotype, sample_paths
+from nasax.search.relaxed import Annealing, gumbel, temperature
+from nasax.search.strategy import SearchSetup
+from nasax.supernet.cells import MixedEdge, channel_shuffle
+from nasax.supernet.network import node_softmax
+from nasax.supernet.ops import register_op
+from nasax.supernet.spaces import DARTS_SPACE, SPACES, SearchSpace
+
+CALLS: list[int] = []
+
+
+class _Probe(nnx.Module):
+    """An op that records each time it really runs (a host callback) and adds `tag`."""
+
+    def __init__(self, tag: int) -> None:
+        self.tag = tag
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        jax.debug.callback(lambda: CALLS.append(self.tag))
+        return x + self.tag
+
+
+for _tag in (1, 2, 3):
+    register_op(f"probe_{_tag}")(lambda c, stride, affine, rngs, t=_tag: _Probe(t))
+PROBE_SPACE = SPACES.register(
+    "probe", SearchSpace(name="probe", ops=("none", "probe_1", "probe_2", "probe_3"))
+)
+
+
+def _edge(**kw) -> MixedEdge:
+    return MixedEdge(PROBE_SPACE.ops, 4, 1, nnx.Rngs(0), **kw)
+
+
+def test_single_path_edge_runs_only_the_chosen_op():
+    edge = _edge()
+    x = jnp.zeros((1, 2, 2, 4))
+    run = nnx.jit(lambda edge, x, w, p: edge(x, w, False, path=p))
+    one_hot = jnp.array([0.0, 0.0, 1.0, 0.0])
+    for path, expected in ((1, [1]), (2, [2]), (3, [3]), (0, [])):
+        CALLS.clear()
+        y = run(edge, x, one_hot, jnp.asarray(path))
+        jax.block_until_ready(y)
+        assert expected == CALLS
+        # One-hot straight-through weights: the output is weights[path] * op(x) + the rest.
+        value = one_hot[path] * (float(expected[0]) if expected else 0.0) + 1.0 - one_hot[path]
+        np.testing.assert_allclose(y, np.full(x.shape, value))
+    CALLS.clear()
+    jax.block_until_ready(nnx.jit(lambda edge, x: edge(x, jnp.ones(4) / 4, False))(edge, x))
+    assert sorted(CALLS) == [1, 2, 3]  # the mixed edge runs every op but `none`
+
+
+def test_single_path_gradient_reaches_every_weight():
+    edge = _edge()
+    x = jnp.ones((1, 2, 2, 4))
+    grad = jax.grad(lambda w: edge(x, w, False, path=jnp.asarray(2)).sum())(jnp.eye(4)[2])
+    # d/dw[path] = sum(op(x)) = 16 * 3; the others enter as constants: d/dw[k] = 16.
+    np.testing.assert_allclose(grad, [16.0, 16.0, 48.0, 16.0])
+
+
+def test_partial_channel_edge_splits_bypasses_and_shuffles():
+    edge = MixedEdge(("none", "skip_connect"), 4, 1, nnx.Rngs(0), partial_channels=2)
+    x = jnp.arange(4.0).reshape(1, 1, 1, 4) + 1  # channels a=1, b=2, c=3, d=4
+    y = edge(x, jnp.array([0.0, 0.5]), False)
+    # a, b through the ops (0.5 * identity), c, d bypassed; shuffle with 2 groups: a c b d.
+    np.testing.assert_allclose(y[0, 0, 0], [0.5, 3.0, 1.0, 4.0])
+    np.testing.assert_allclose(channel_shuffle(jnp.arange(6.0), 3), [0, 2, 4, 1, 3, 5])
+
+
+def test_partial_channel_edge_max_pools_the_bypass_at_stride_2():
+    edge = MixedEdge(("none", "max_pool_3x3"), 4, 2, nnx.Rngs(0), partial_channels=4)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 4))
+    y = edge(x, jnp.array([1.0, 0.0]), True)
+    assert y.shape == (2, 3, 3, 4)
+    # Channel 0 went through the ops (weight 0 -> zeros); channels 1..3 are 2x2 max pools
+    # (odd sizes padded at the far edge), shuffled to positions 1..3 for K = 4.
+    np.testing.assert_allclose(y[..., 0], 0.0)
+    np.testing.assert_allclose(y[:, 0, 0, 1:], jnp.max(x[:, :2, :2, 1:], axis=(1, 2)))
+    np.testing.assert_allclose(y[:, 2, 2, 1:], x[:, 4, 4, 1:])
+    with pytest.raises(ValueError, match="partial_channels=3"):
+        MixedEdge(("skip_connect",), 4, 1, nnx.Rngs(0), partial_channels=3)
+
+
+def test_edge_normalisation_softmaxes_over_each_nodes_incoming_edges():
+    beta = jnp.arange(14.0)
+    weights = node_softmax(beta, DARTS_SPACE)
+    for node in range(4):
+        edges = DARTS_SPACE.node_edges(node)
+        np.testing.assert_allclose(
+            weights[edges.start : edges.stop], jax.nn.softmax(beta[edges.start : edges.stop])
+        )
+
+
+def test_hard_gumbel_is_one_hot_with_the_soft_samples_gradient():
+    alpha = jax.random.normal(jax.random.PRNGKey(1), (14, 8))
+    rng = jax.random.PRNGKey(2)
+    weights, index = hard_gumbel(alpha, rng, jnp.asarray(0.5))
+    np.testing.assert_allclose(weights, jax.nn.one_hot(index, 8), atol=1e-6)
+    probe = jax.random.normal(jax.random.PRNGKey(3), (14, 8))
+    g = gumbel(rng, alpha.shape)
+
+    def soft(a: jax.Array) -> jax.Array:
+        return jnp.sum(probe * jax.nn.softmax((jax.nn.log_softmax(a) + g) / 0.5))
+
+    hard_grad = jax.grad(lambda a: jnp.sum(probe * hard_gumbel(a, rng, jnp.asarray(0.5))[0]))
+    np.testing.assert_allclose(hard_grad(alpha), jax.grad(soft)(alpha), rtol=1e-5, atol=1e-6)
+
+
+def test_temperature_anneals_from_tau_max_to_tau_min_by_epoch():
+    setup = SearchSetup(*[None] * 6, epochs=5, steps_per_epoch=10)
+    linear = temperature(Annealing(tau_max=10.0, tau_min=0.1), setup)
+    assert [float(linear(jnp.asarray(s))) for s in (0, 9, 10, 20, 49, 500)] == pytest.approx(
+        [10.0, 10.0, 7.525, 5.05, 0.1, 0.1], rel=1e-5
+    )
+    geometric = temperature(Annealing(tau_max=1.0, tau_min=0.01, anneal="exponential"), setup)
+    assert float(geometric(jnp.asarray(20))) == pytest.approx(0.1, rel=1e-5)
+
+
+def test_drnas_samples_lie_on_the_simplex_and_train_the_concentration():
+    alpha = jax.random.normal(jax.random.PRNGKey(0), (14, 8))
+    samples = jax.random.dirichlet(jax.random.PRNGKey(1), concentration(alpha), (64, 14))
+    assert bool(jnp.all(samples >= 0))
+    np.testing.assert_allclose(samples.sum(-1), 1.0, rtol=1e-5)
+    grad = jax.grad(
+        lambda a: jax.random.dirichlet(jax.random.PRNGKey(1), concentration(a))[:, 0].sum()
+    )(alpha)
+    assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).sum()) > 0
+    mean = dirichlet_mean({"normal": alpha})["normal"]
+    np.testing.assert_allclose(mean.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_dirichlet_kl_matches_a_monte_carlo_estimate():
+    from scipy.stats import dirichlet
+
+    conc = np.array([2.0, 0.7, 1.3, 4.0])
+    x = dirichlet.rvs(conc, size=200_000, random_state=0)
+    mc = np.mean(dirichlet.logpdf(x.T, conc) - dirichlet.logpdf(x.T, np.full(4, 1.5)))
+    assert float(dirichlet_kl(jnp.asarray(conc), 1.5)) == pytest.approx(mc, rel=0.02)
+    assert float(dirichlet_kl(jnp.full(4, 1.5), 1.5)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_random_cells_are_valid_genotypes_with_two_inputs_per_node():
+    sample = jax.jit(jax.vmap(lambda k: sample_paths(k, DARTS_SPACE, ("normal", "reduce"))))
+    paths = sample(jax.random.split(jax.random.PRNGKey(0), 200))
+    none = DARTS_SPACE.ops.index("none")
+    seen_ops = set()
+    for i in range(200):
+        cells = {k: np.asarray(p[i]) for k, p in paths.items()}
+        genotype = paths_genotype(cells, DARTS_SPACE).validate()
+        for kind in ("normal", "reduce"):
+            assert np.sum(cells[kind] != none) == 8  # two kept edges for each of 4 nodes
+            nodes, _ = genotype.cell(kind)
+            assert all(len({src for _, src in node}) == 2 for node in nodes)
+            seen_ops |= {op for node in nodes for op, _ in node}
+    assert seen_ops == set(DARTS_SPACE.ops) - {"none"}
+
+
+@pytest.mark.parametrize(
+    "section, fragment",
+    [
+        ({"strategy": "gdas", "gdas": {"tau_min": 20.0}}, "tau_min"),
+        ({"strategy": "snas", "snas": {"anneal": "cosine"}}, "anneal"),
+        ({"strategy": "drnas", "drnas": {"regularizer": "l1"}}, "regularizer"),
+        ({"strategy": "pcdarts", "pcdarts": {"partial_channel": 4}}, "partial_channel"),
+        ({"strategy": "random_ws", "random_ws": {"candidates": 0}}, "candidates"),
+    ],
+)
+def test_strategy_sections_reject_bad_values_naming_the_key(section, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        validate_config({"search": section})
+
+
+def test_pcdarts_refuses_a_warmup_that_leaves_no_architecture_epochs(tiny_npz):
+    from nasax.data import load_dataset
+    from nasax.search.loop import build_setup
+    from nasax.search.strategy import STRATEGIES
+
+    config = validate_config(
+        {"data": {"name": f"npz:{tiny_npz}"}, "search": {"strategy": "pcdarts", "epochs": 10}}
+    )
+    setup = build_setup(config, load_dataset(config.data.name), steps_per_epoch=4)
+    with pytest.raises(ConfigError, match="arch_warmup_epochs=15"):
+        STRATEGIES.get("pcdarts")(setup, config.search.strategy_options())
