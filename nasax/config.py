@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,11 @@ from nasax.registry import Registry
 
 STRATEGY_OPTIONS: Registry[type[BaseModel]] = Registry("search strategy")
 """Strategy name -> pydantic model of its own config section (`search.<name>`)."""
+
+MODEL_CHECKS: Registry[Callable[[ModelConfig], None]] = Registry("model check")
+"""Checks of the `model` section, registered by the code that builds models (the
+supernet checks the space name and what the space's skeleton accepts); each raises
+ValueError with a message naming the key."""
 
 
 class Section(BaseModel):
@@ -44,8 +50,8 @@ class DataConfig(Section):
 class ModelConfig(Section):
     space: str = "darts"
     channels: int = Field(16, ge=2, description="C of the first cell (even)")
-    layers: int = Field(8, ge=1, description="number of cells")
-    stem_multiplier: int = Field(3, ge=1)
+    layers: int = Field(8, ge=1, description="number of cells (nb201: cells per stage)")
+    stem_multiplier: int = Field(3, ge=1, description="stem channels / C (nb201: 1)")
 
     @model_validator(mode="after")
     def _even_channels(self) -> ModelConfig:
@@ -53,6 +59,12 @@ class ModelConfig(Section):
             raise ValueError(
                 f"model.channels must be even (factorized reduce), got {self.channels}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _fits_the_space(self) -> ModelConfig:
+        for name in MODEL_CHECKS:
+            MODEL_CHECKS.get(name)(self)
         return self
 
 

@@ -1,5 +1,22 @@
-"""Genotypes for users: the type, the published DARTS cells, and loading by name or path."""
+"""Genotypes for users: the type, the published DARTS and NAS-Bench-201 cells, and loading
+by name, arch string or path."""
 
-from nasax.supernet.genotypes import DARTS_V1, DARTS_V2, PUBLISHED, Genotype, load_genotype
+from nasax.supernet.genotypes import (
+    DARTS_V1,
+    DARTS_V2,
+    NB201_LARGEST,
+    NB201_RESNET,
+    PUBLISHED,
+    Genotype,
+    load_genotype,
+)
 
-__all__ = ["DARTS_V1", "DARTS_V2", "PUBLISHED", "Genotype", "load_genotype"]
+__all__ = [
+    "DARTS_V1",
+    "DARTS_V2",
+    "NB201_LARGEST",
+    "NB201_RESNET",
+    "PUBLISHED",
+    "Genotype",
+    "load_genotype",
+]

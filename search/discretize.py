@@ -19,6 +19,10 @@ def derive_cell(
     PC-DARTS' edge normalisation, when given); ties go to the lower input index. The
     kept edges are listed strongest first, as the DARTS reference does.
 
+    A space that keeps every edge (`edges_per_node=None`, NAS-Bench-201) lists them by
+    input index, so `edge_strength` has no effect there; a space with `derive_none`
+    takes the argmax over every op, `none` included (NAS-Bench-201's DARTS derivation).
+
     Args:
         weights: (edges, ops) op weights, e.g. the softmax of the alphas.
         space: the search space the weights belong to.
@@ -30,14 +34,16 @@ def derive_cell(
             f"weights have shape {weights.shape}; space {space.name!r} needs "
             f"({space.n_edges}, {space.n_ops})"
         )
-    candidates = [k for k, op in enumerate(space.ops) if op != "none"]
+    candidates = [k for k, op in enumerate(space.ops) if space.derive_none or op != "none"]
     scale = np.ones(space.n_edges) if edge_strength is None else np.asarray(edge_strength)
     nodes = []
     for node in range(space.n_nodes):
         ids = list(space.node_edges(node))
         best_op = {e: candidates[int(np.argmax(weights[e, candidates]))] for e in ids}
         strength = {e: weights[e, best_op[e]] * scale[e] for e in ids}
-        keep = sorted(ids, key=lambda e: -strength[e])[: space.edges_per_node or len(ids)]
+        keep = ids
+        if space.edges_per_node is not None:
+            keep = sorted(ids, key=lambda e: -strength[e])[: space.edges_per_node]
         nodes.append(tuple((space.ops[best_op[e]], space.edges[e][1]) for e in keep))
     return tuple(nodes)
 
@@ -48,7 +54,8 @@ def cap_skip_connect(
     """Derives a cell with at most `max_skip` skip connections (P-DARTS).
 
     While the derived cell has too many, the weakest chosen skip_connect is struck off
-    (its weight set to zero) and the cell is derived again.
+    (its weight set to zero) and the cell is derived again; where every edge is kept
+    (NAS-Bench-201) that edge takes its next-best op instead.
     """
     if "skip_connect" not in space.ops:
         return derive_cell(weights, space, edge_strength)
@@ -77,20 +84,27 @@ def derive_genotype(
     max_skip_connect: int | None = None,
     edge_strength: dict[str, np.ndarray] | None = None,
 ) -> Genotype:
-    """A Genotype from per-kind (edges, ops) weights, concatenating every intermediate node.
+    """A Genotype from per-kind (edges, ops) weights: one cell per cell kind of the space,
+    each outputting the space's `concat` nodes (every intermediate node in DARTS, the
+    last one in NAS-Bench-201).
 
     Args:
-        weights: {"normal": ..., "reduce": ...} op weights (softmax of the alphas in DARTS).
+        weights: cell kind -> (edges, ops) op weights (softmax of the alphas in DARTS):
+            {"normal": ..., "reduce": ...} in DARTS, {"normal": ...} in NAS-Bench-201.
         space: the search space.
         max_skip_connect: cap on skip connections in the normal cell (None: no cap).
         edge_strength: optional per-kind (edges,) edge weights (PC-DARTS' beta).
     """
     strength = edge_strength or {}
-    normal = (
-        derive_cell(weights["normal"], space, strength.get("normal"))
-        if max_skip_connect is None
-        else cap_skip_connect(weights["normal"], space, max_skip_connect, strength.get("normal"))
-    )
-    reduce = derive_cell(weights["reduce"], space, strength.get("reduce"))
-    concat = tuple(range(space.n_inputs, space.n_inputs + space.n_nodes))
-    return Genotype(normal, concat, reduce, concat, space=space.name)
+    cells: dict[str, tuple[tuple[Node, ...], tuple[int, ...]]] = {
+        "normal": ((), ()),
+        "reduce": ((), ()),
+    }
+    for kind in space.cell_kinds:
+        cap = max_skip_connect if kind == "normal" else None
+        if cap is None:
+            nodes = derive_cell(weights[kind], space, strength.get(kind))
+        else:
+            nodes = cap_skip_connect(weights[kind], space, cap, strength.get(kind))
+        cells[kind] = (nodes, space.concat)
+    return Genotype(*cells["normal"], *cells["reduce"], space=space.name)

@@ -43,7 +43,7 @@ from nasax.runloop import (
 )
 from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy
 from nasax.supernet.genotypes import Genotype
-from nasax.supernet.network import SearchNetwork
+from nasax.supernet.skeletons import skeleton_of
 from nasax.supernet.spaces import get_space
 
 _COMPILED: dict[str, tuple[Any, Any]] = {}
@@ -83,7 +83,7 @@ def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> Searc
     """The space, supernet and optimizers a strategy needs, from the config."""
     space = get_space(config.model.space)
     network = partial(
-        SearchNetwork,
+        skeleton_of(space).search_network,
         space,
         channels=config.model.channels,
         layers=config.model.layers,

@@ -1,17 +1,30 @@
 """Search spaces, primitive ops, cells and networks (`nasax.supernet`)."""
 
-from nasax.supernet.cells import Cell, CellPlan, FixedEdge, MixedEdge, plan_cells
+from nasax.supernet.cells import Cell, CellPlan, FixedEdge, MixedEdge, PlainCell, plan_cells
 from nasax.supernet.discrete import DiscreteCell, DiscreteNetwork
-from nasax.supernet.genotypes import DARTS_V1, DARTS_V2, Genotype, load_genotype
+from nasax.supernet.genotypes import (
+    DARTS_V1,
+    DARTS_V2,
+    NB201_LARGEST,
+    NB201_RESNET,
+    Genotype,
+    load_genotype,
+)
+from nasax.supernet.nb201 import NB201Cell, NB201Network, NB201SearchNetwork
 from nasax.supernet.network import ArchParam, SearchNetwork
 from nasax.supernet.ops import OPS, register_op
-from nasax.supernet.spaces import DARTS_SPACE, SPACES, SearchSpace, get_space
+from nasax.supernet.skeletons import SKELETONS, Skeleton, skeleton_of
+from nasax.supernet.spaces import DARTS_SPACE, NB201_SPACE, SPACES, SearchSpace, get_space
 
 __all__ = [
     "DARTS_SPACE",
     "DARTS_V1",
     "DARTS_V2",
+    "NB201_LARGEST",
+    "NB201_RESNET",
+    "NB201_SPACE",
     "OPS",
+    "SKELETONS",
     "SPACES",
     "ArchParam",
     "Cell",
@@ -21,10 +34,16 @@ __all__ = [
     "FixedEdge",
     "Genotype",
     "MixedEdge",
+    "NB201Cell",
+    "NB201Network",
+    "NB201SearchNetwork",
+    "PlainCell",
     "SearchNetwork",
     "SearchSpace",
+    "Skeleton",
     "get_space",
     "load_genotype",
     "plan_cells",
     "register_op",
+    "skeleton_of",
 ]

@@ -274,23 +274,113 @@ class Cell(nnx.Module):
             paths: optional (edges,) int op index per mixed edge: compute only that op.
             edge_weights: optional (edges,) factor on each edge's output (PC-DARTS' beta).
         """
-        dropping = train and rng is not None and drop_rate is not None
         states = [self.pre0(s0, train), self.pre1(s1, train)]
-        for node in range(self.n_nodes):
-            acc = None
-            for i, (target, src) in enumerate(self.wiring):
-                if target != node:
-                    continue
-                edge = self.edges[i]
-                w = None if weights is None else weights[i]
-                if paths is None:
-                    y = edge(states[src], w, train)
-                else:
-                    y = edge(states[src], w, train, path=paths[i])
-                if edge_weights is not None:
-                    y = edge_weights[i] * y
-                if dropping and edge.droppable:
-                    y = drop_path(y, drop_rate, jax.random.fold_in(rng, i))
-                acc = y if acc is None else acc + y
-            states.append(acc)
+        states = run_nodes(
+            states,
+            self.edges,
+            self.wiring,
+            self.n_nodes,
+            weights,
+            train,
+            drop_rate,
+            rng,
+            paths=paths,
+            edge_weights=edge_weights,
+        )
         return jnp.concatenate([states[i] for i in self.concat], axis=-1)
+
+
+def run_nodes(
+    inputs: Sequence[jax.Array],
+    edges: Sequence[Edge],
+    wiring: Sequence[tuple[int, int]],
+    n_nodes: int,
+    weights: jax.Array | None,
+    train: bool,
+    drop_rate: jax.Array | float | None = None,
+    rng: jax.Array | None = None,
+    *,
+    paths: jax.Array | None = None,
+    edge_weights: jax.Array | None = None,
+) -> list[jax.Array]:
+    """The states of a cell: its inputs, then each intermediate node as the sum of its edges.
+
+    Shared by every cell shape, so mixed and fixed edges, single paths, edge weights and
+    drop path behave the same in all of them. Arguments are as in `Cell.__call__`;
+    `wiring[i]` is edge i's (node, source), sources counting the inputs first.
+    """
+    dropping = train and rng is not None and drop_rate is not None
+    states = list(inputs)
+    for node in range(n_nodes):
+        acc = None
+        for i, (target, src) in enumerate(wiring):
+            if target != node:
+                continue
+            edge = edges[i]
+            w = None if weights is None else weights[i]
+            if paths is None:
+                y = edge(states[src], w, train)
+            else:
+                y = edge(states[src], w, train, path=paths[i])
+            if edge_weights is not None:
+                y = edge_weights[i] * y
+            if dropping and edge.droppable:
+                y = drop_path(y, drop_rate, jax.random.fold_in(rng, i))
+            acc = y if acc is None else acc + y
+        states.append(acc)
+    return states
+
+
+class PlainCell(nnx.Module):
+    """A cell with one input taken as it is (no preprocessing) and stride-1 edges.
+
+    NAS-Bench-201's cell: node i sums its edges from the input and earlier nodes; the
+    output is the concatenation of the `concat` states (there: just the last node), so
+    with one node in `concat` the cell keeps its channel count.
+
+    Args:
+        channels: C of the input and of every node.
+        wiring: (node, source) per edge; source 0 is the input, 1.. the nodes.
+        make_edge: builds edge `i` of `wiring` given (i, channels, stride, rngs).
+        concat: state indices (0 is the input) that form the output.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        wiring: Sequence[tuple[int, int]],
+        make_edge: Callable[[int, int, int, nnx.Rngs], Edge],
+        concat: Sequence[int],
+        rngs: nnx.Rngs,
+    ) -> None:
+        self.wiring = tuple(wiring)
+        self.edges = nnx.List([make_edge(i, channels, 1, rngs) for i in range(len(self.wiring))])
+        self.n_nodes = max(node for node, _ in self.wiring) + 1
+        self.concat = tuple(concat)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        weights: jax.Array | None,
+        train: bool,
+        drop_rate: jax.Array | float | None = None,
+        rng: jax.Array | None = None,
+        *,
+        paths: jax.Array | None = None,
+        edge_weights: jax.Array | None = None,
+    ) -> jax.Array:
+        """Runs the cell on NHWC `x`; the other arguments are as in `Cell.__call__`."""
+        states = run_nodes(
+            [x],
+            self.edges,
+            self.wiring,
+            self.n_nodes,
+            weights,
+            train,
+            drop_rate,
+            rng,
+            paths=paths,
+            edge_weights=edge_weights,
+        )
+        outputs = [states[i] for i in self.concat]
+        return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)

@@ -137,6 +137,13 @@ class DiscreteNetwork(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         genotype.validate()
+        kinds = genotype.resolve_space().cell_kinds
+        if kinds != ("normal", "reduce"):
+            raise ValueError(
+                f"DiscreteNetwork stacks normal and reduction cells; space {genotype.space!r} "
+                f"has {list(kinds)}: build it with its skeleton's network "
+                "(nasax.supernet.skeleton_of(space).discrete_network)"
+            )
         rngs = param_keys(rngs)
         self.genotype = genotype
         self.stem = Stem(in_channels, stem_multiplier * channels, rngs)

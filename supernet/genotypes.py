@@ -21,7 +21,10 @@ Node = tuple[tuple[str, int], ...]
 class Genotype:
     """A normal and a reduction cell, each a list of nodes plus the nodes it concatenates.
 
-    Input index 0 and 1 are the cell's inputs, 2.. the intermediate nodes in order.
+    Input index 0 and 1 are the cell's inputs, 2.. the intermediate nodes in order (in
+    a space with one input, 0 is the input and 1.. the nodes). A space with one cell
+    kind (NAS-Bench-201) keeps its cell in `normal` and leaves `reduce` empty; such
+    genotypes print as NAS-Bench-201 strings (`to_arch_string`).
     """
 
     normal: tuple[Node, ...]
@@ -40,18 +43,72 @@ class Genotype:
 
     def validate(self, space: SearchSpace | None = None) -> Genotype:
         """Checks the genotype fits `space` (default: its own); returns it or raises."""
-        if space is None:
-            if self.space not in SPACES:
-                raise GenotypeError(f"genotype: {SPACES.unknown_message(self.space)}")
-            space = SPACES.get(self.space)
+        space = self.resolve_space() if space is None else space
         if self.space != space.name:
             raise GenotypeError(
                 f"genotype is for space {self.space!r}, but the search space is {space.name!r}"
             )
         for kind in ("normal", "reduce"):
             nodes, concat = self.cell(kind)
-            _check_cell(kind, nodes, concat, space)
+            if kind in space.cell_kinds:
+                _check_cell(kind, nodes, concat, space)
+            elif nodes or concat:
+                raise GenotypeError(
+                    f"genotype.{kind}: space {space.name!r} has no {kind} cell (its cells: "
+                    f"{', '.join(space.cell_kinds)}); leave {kind} and {kind}_concat empty"
+                )
         return self
+
+    def resolve_space(self) -> SearchSpace:
+        """The registered search space this genotype names."""
+        if self.space not in SPACES:
+            raise GenotypeError(f"genotype: {SPACES.unknown_message(self.space)}")
+        return SPACES.get(self.space)
+
+    def to_arch_string(self) -> str:
+        """The NAS-Bench-201 string of a one-cell genotype, e.g.
+        ``|nor_conv_3x3~0|+|skip_connect~0|none~1|+|...~0|...~1|...~2|``: nodes joined
+        by ``+``, each listing ``op~input`` per incoming edge, inputs in order."""
+        space = self.resolve_space()
+        if len(space.cell_kinds) != 1:
+            raise GenotypeError(
+                f"the arch string form holds one cell; space {space.name!r} has "
+                f"{' and '.join(space.cell_kinds)} cells"
+            )
+        nodes, _ = self.cell(space.cell_kinds[0])
+        return "+".join(
+            "|" + "".join(f"{op}~{src}|" for op, src in sorted(node, key=lambda e: e[1]))
+            for node in nodes
+        )
+
+    @classmethod
+    def from_arch_string(cls, text: str, space: str = "nb201") -> Genotype:
+        """Parses and validates a NAS-Bench-201 string (see `to_arch_string`) for `space`."""
+        if not isinstance(text, str):
+            raise GenotypeError(f"arch string must be a string, got {type(text).__name__}")
+        if space not in SPACES:
+            raise GenotypeError(f"arch string: {SPACES.unknown_message(space)}")
+        target = SPACES.get(space)
+        if len(target.cell_kinds) != 1:
+            raise GenotypeError(
+                f"the arch string form holds one cell; space {space!r} has "
+                f"{' and '.join(target.cell_kinds)} cells"
+            )
+        nodes = tuple(_parse_arch_node(n, part) for n, part in enumerate(text.strip().split("+")))
+        empty: tuple[Node, ...] = ()
+        cells = {kind: (empty, ()) for kind in ("normal", "reduce")}
+        cells[target.cell_kinds[0]] = (nodes, target.concat)
+        genotype = cls(*cells["normal"], *cells["reduce"], space=space)
+        try:
+            return genotype.validate(target)
+        except GenotypeError as e:
+            raise GenotypeError(f"arch string {text.strip()!r}: {e}") from None
+
+    def __str__(self) -> str:
+        """The NAS-Bench-201 string for a one-cell space's genotype, else the repr."""
+        if self.space in SPACES and len(SPACES.get(self.space).cell_kinds) == 1:
+            return self.to_arch_string()
+        return repr(self)
 
     def to_dict(self) -> dict[str, Any]:
         def nodes(cell: tuple[Node, ...]) -> list[list[list[Any]]]:
@@ -149,6 +206,24 @@ def _parse_nodes(field: str, value: Any) -> tuple[Node, ...]:
     return tuple(nodes)
 
 
+def _parse_arch_node(n: int, part: str) -> Node:
+    """One ``|op~input|op~input|`` node of an arch string."""
+    if len(part) < 2 or not part.startswith("|") or not part.endswith("|"):
+        raise GenotypeError(
+            f"arch string node {n} is {part!r}; each node looks like |op~input|op~input| and "
+            "nodes are joined by '+', e.g. |nor_conv_3x3~0|+|skip_connect~0|none~1|"
+        )
+    edges = []
+    for item in part[1:-1].split("|"):
+        op, sep, src = item.partition("~")
+        if not sep or not op or not src.isdigit():
+            raise GenotypeError(
+                f"arch string node {n}: edge {item!r} must look like op~input (e.g. skip_connect~0)"
+            )
+        edges.append((op, int(src)))
+    return tuple(edges)
+
+
 def _check_cell(
     kind: str, nodes: tuple[Node, ...], concat: tuple[int, ...], space: SearchSpace
 ) -> None:
@@ -156,6 +231,7 @@ def _check_cell(
         raise GenotypeError(
             f"genotype.{kind} has {len(nodes)} nodes; space {space.name!r} has {space.n_nodes}"
         )
+    allowed = [o for o in space.ops if space.derive_none or o != "none"]
     for n, node in enumerate(nodes):
         want = space.edges_per_node or space.n_inputs + n
         if len(node) != want:
@@ -163,8 +239,7 @@ def _check_cell(
                 f"genotype.{kind}[{n}] has {len(node)} edges; space {space.name!r} keeps {want}"
             )
         for op, src in node:
-            if op not in space.ops or op == "none":
-                allowed = [o for o in space.ops if o != "none"]
+            if op not in allowed:
                 raise GenotypeError(
                     f"genotype.{kind}[{n}]: op {op!r} is not in space {space.name!r}; "
                     f"allowed: {', '.join(allowed)}"
@@ -174,7 +249,18 @@ def _check_cell(
                     f"genotype.{kind}[{n}]: input index {src} out of range; node {n} can read "
                     f"0..{space.n_inputs + n - 1}"
                 )
+        sources = sorted(src for _, src in node)
+        if space.edges_per_node is None and sources != list(range(want)):
+            raise GenotypeError(
+                f"genotype.{kind}[{n}] reads inputs {sources}; space {space.name!r} keeps every "
+                f"edge, so node {n} reads each of 0..{want - 1} once"
+            )
     n_states = space.n_inputs + space.n_nodes
+    if space.cell_output == "last" and concat != space.concat:
+        raise GenotypeError(
+            f"genotype.{kind}_concat is {list(concat)}; cells of space {space.name!r} output "
+            f"their last node, so it must be {list(space.concat)}"
+        )
     if not concat or any(not 0 <= i < n_states for i in concat) or len(set(concat)) != len(concat):
         raise GenotypeError(
             f"genotype.{kind}_concat {list(concat)} must list distinct node indices in "
@@ -236,14 +322,31 @@ DARTS_V2 = Genotype(
     ),
     reduce_concat=(2, 3, 4, 5),
 )
-PUBLISHED = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "DARTS": DARTS_V2}
+# NAS-Bench-201 cells (Dong & Yang, ICLR 2020): the ResNet of its space (two 3x3 convs
+# and a skip, as in a basic block) and its largest network (a 3x3 conv on every edge).
+NB201_RESNET = Genotype.from_arch_string(
+    "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"
+)
+NB201_LARGEST = Genotype.from_arch_string(
+    "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+)
+PUBLISHED = {
+    "DARTS_V1": DARTS_V1,
+    "DARTS_V2": DARTS_V2,
+    "DARTS": DARTS_V2,
+    "NB201_RESNET": NB201_RESNET,
+    "NB201_LARGEST": NB201_LARGEST,
+}
 
 
 def load_genotype(name_or_path: str | os.PathLike) -> Genotype:
-    """A published genotype by name (`DARTS_V2`), a genotype.json, or a run directory with one."""
+    """A published genotype by name (`DARTS_V2`), a NAS-Bench-201 arch string
+    (`|nor_conv_3x3~0|+|...|`), a genotype.json, or a run directory with one."""
     text = str(name_or_path)
     if text in PUBLISHED:
         return PUBLISHED[text]
+    if text.lstrip().startswith("|"):
+        return Genotype.from_arch_string(text)
     path = Path(name_or_path)
     if path.is_dir():
         path = path / "genotype.json"
@@ -253,7 +356,7 @@ def load_genotype(name_or_path: str | os.PathLike) -> Genotype:
         close = difflib.get_close_matches(text, list(PUBLISHED), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise GenotypeError(
-            f"genotype {text!r} is neither a file nor a published genotype{hint}; published: "
-            f"{', '.join(PUBLISHED)}"
+            f"genotype {text!r} is neither a file, a NAS-Bench-201 arch string, nor a published "
+            f"genotype{hint}; published: {', '.join(PUBLISHED)}"
         )
     return Genotype.load(path)

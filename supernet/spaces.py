@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 from nasax.registry import Registry
 
@@ -23,7 +24,14 @@ class SearchSpace:
         n_nodes: intermediate nodes.
         edges_per_node: incoming edges a derived cell keeps per node (None: all of them).
         pool_norms: mixed edges follow pooling ops with a non-affine BatchNorm (DARTS).
-        derive_none: a derived cell may hold `none` on an edge (NAS-Bench-201).
+        cell_kinds: the kinds of searched cell, each with its own architecture parameters
+            (DARTS: normal and reduction cells; NAS-Bench-201 has one kind).
+        cell_output: "concat": a cell outputs the concatenation of its intermediate
+            nodes (DARTS); "last": it outputs its last node (NAS-Bench-201).
+        derive_none: the discretizer may put `none` on an edge (NAS-Bench-201 takes the
+            argmax over every op); DARTS never picks it.
+        skeleton: name of the macro skeleton that stacks the cells into networks
+            (see `nasax.supernet.skeletons`).
     """
 
     name: str
@@ -32,7 +40,10 @@ class SearchSpace:
     n_nodes: int = 4
     edges_per_node: int | None = 2
     pool_norms: bool = True
+    cell_kinds: tuple[str, ...] = ("normal", "reduce")
+    cell_output: Literal["concat", "last"] = "concat"
     derive_none: bool = False
+    skeleton: str = "darts"
 
     @cached_property
     def edges(self) -> tuple[tuple[int, int], ...]:
@@ -48,6 +59,12 @@ class SearchSpace:
     @property
     def n_ops(self) -> int:
         return len(self.ops)
+
+    @property
+    def concat(self) -> tuple[int, ...]:
+        """Indices (counting inputs) of the nodes that form a cell's output."""
+        first = self.n_inputs if self.cell_output == "concat" else self.n_inputs + self.n_nodes - 1
+        return tuple(range(first, self.n_inputs + self.n_nodes))
 
     def node_edges(self, node: int) -> range:
         """Indices of the edges entering intermediate node `node`."""
@@ -69,6 +86,25 @@ DARTS_OPS = (
 )
 
 DARTS_SPACE = SPACES.register("darts", SearchSpace(name="darts", ops=DARTS_OPS))
+
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+"""NAS-Bench-201's ops, in its order (Dong & Yang, ICLR 2020)."""
+
+NB201_SPACE = SPACES.register(
+    "nb201",
+    SearchSpace(
+        name="nb201",
+        ops=NB201_OPS,
+        n_inputs=1,
+        n_nodes=3,
+        edges_per_node=None,
+        pool_norms=False,
+        cell_kinds=("normal",),
+        cell_output="last",
+        derive_none=True,
+        skeleton="nb201",
+    ),
+)
 
 
 def get_space(name: str) -> SearchSpace:

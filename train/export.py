@@ -30,8 +30,8 @@ from nasax.checkpoint import flatten_state, unflatten_state
 from nasax.data import normalize
 from nasax.errors import RunDirError
 from nasax.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from nasax.supernet.discrete import DiscreteNetwork
 from nasax.supernet.genotypes import Genotype
+from nasax.supernet.skeletons import skeleton_of
 from nasax.train.loop import load_train_run
 
 FORMAT = "nasax-model"
@@ -46,7 +46,7 @@ def _network_kwargs(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_inference(
-    module: DiscreteNetwork, image_shape: tuple[int, ...], mean: np.ndarray, std: np.ndarray
+    module: nnx.Module, image_shape: tuple[int, ...], mean: np.ndarray, std: np.ndarray
 ) -> bytes:
     """Serialises raw images (float32, any batch size) -> logits with the weights inside."""
     graphdef, state = nnx.split(module)
@@ -129,8 +129,9 @@ def read_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def load_model(model_dir: str | os.PathLike) -> DiscreteNetwork:
-    """The network of an exported folder with its trained weights (eval with `train=False`).
+def load_model(model_dir: str | os.PathLike) -> nnx.Module:
+    """The network of an exported folder with its trained weights (eval with `train=False`):
+    a `DiscreteNetwork`, or the discrete network of the genotype space's skeleton.
 
     It takes images normalised with the folder's `model.json` mean and std; see
     `read_manifest`, or `preprocess_for` for a ready function.
@@ -139,7 +140,8 @@ def load_model(model_dir: str | os.PathLike) -> DiscreteNetwork:
     manifest = read_manifest(model_dir)
     genotype = Genotype.load(model_dir / "genotype.json")
     kwargs = _network_kwargs(manifest)
-    abstract = nnx.eval_shape(lambda: DiscreteNetwork(genotype, **kwargs, rngs=nnx.Rngs(0)))
+    network = skeleton_of(genotype.resolve_space()).discrete_network
+    abstract = nnx.eval_shape(lambda: network(genotype, **kwargs, rngs=nnx.Rngs(0)))
     graphdef, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
     like = {"params": params, "batch_stats": stats}
     target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flatten_state(like).items()}

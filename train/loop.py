@@ -24,7 +24,7 @@ from nasax.data import (
     load_dataset,
     make_preprocess,
 )
-from nasax.errors import GenotypeError, RunDirError
+from nasax.errors import ConfigError, GenotypeError, RunDirError
 from nasax.io import atomic_write_json, atomic_write_text
 from nasax.optim import weight_optimizer, weight_schedule
 from nasax.progress import LoopProgress
@@ -40,18 +40,31 @@ from nasax.runloop import (
     restore_or_start,
     run_epochs,
 )
-from nasax.supernet.discrete import DiscreteNetwork, param_counts
+from nasax.supernet.discrete import param_counts
 from nasax.supernet.genotypes import Genotype, load_genotype
+from nasax.supernet.skeletons import skeleton_of
 from nasax.supernet.spaces import get_space
 from nasax.train.trainer import Regularizers, Trainer, TrainState
 
 
+def check_train_config(config: Config) -> None:
+    """Refuses `train` options the space's skeleton cannot build, before a run starts."""
+    space = get_space(config.model.space)
+    t = config.train
+    if t.auxiliary and t.auxiliary_weight > 0 and not skeleton_of(space).auxiliary:
+        raise ConfigError(
+            f"train.auxiliary: the {space.skeleton} network of space {space.name!r} has no "
+            "auxiliary head; set train.auxiliary=false"
+        )
+
+
 def build_trainer(config: Config, genotype: Genotype, dataset: Dataset) -> Trainer:
-    """The network, optimizer, preprocessing and regularisers a retraining run uses."""
+    """The network, optimizer, preprocessing and regularisers a retraining run uses; the
+    network comes from the skeleton of the genotype's space."""
     t, m = config.train, config.model
     steps_per_epoch = len(dataset.x_train) // t.batch_size
     network = partial(
-        DiscreteNetwork,
+        skeleton_of(genotype.resolve_space()).discrete_network,
         genotype,
         num_classes=dataset.num_classes,
         channels=m.channels,
@@ -119,6 +132,7 @@ def run_train(
     """
     wall_start = time.perf_counter()
     t, rc = config.train, config.run
+    check_train_config(config)
     dataset = load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
     check_batch_size(dataset, t.batch_size, len(dataset.x_train), "training set")
     if resume:
@@ -267,4 +281,4 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
     }
 
 
-__all__ = ["build_trainer", "evaluate_run", "load_train_run", "run_train"]
+__all__ = ["build_trainer", "check_train_config", "evaluate_run", "load_train_run", "run_train"]

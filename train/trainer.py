@@ -12,7 +12,6 @@ from flax import nnx
 
 from nasax.data import Batch
 from nasax.runloop import masked_sums
-from nasax.supernet.discrete import DiscreteNetwork
 from nasax.train.regularizers import cutout, drop_path_rate
 
 Metrics = dict[str, jax.Array]
@@ -49,7 +48,7 @@ class Trainer(NamedTuple):
     """
 
     graphdef: nnx.GraphDef
-    network: Callable[[nnx.Rngs], DiscreteNetwork]
+    network: Callable[[nnx.Rngs], nnx.Module]
     optimizer: optax.GradientTransformation
     learning_rate: Callable[[jax.Array], jax.Array]
     preprocess: Callable[[jax.Array, jax.Array, bool], jax.Array]
@@ -58,7 +57,7 @@ class Trainer(NamedTuple):
     epochs: int
 
     @classmethod
-    def create(cls, network: Callable[[nnx.Rngs], DiscreteNetwork], **kwargs: Any) -> Trainer:
+    def create(cls, network: Callable[[nnx.Rngs], nnx.Module], **kwargs: Any) -> Trainer:
         """Builds the trainer; the network's structure comes from `eval_shape` (no allocation)."""
         abstract = nnx.eval_shape(lambda: network(nnx.Rngs(0)))
         graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
@@ -78,7 +77,7 @@ class Trainer(NamedTuple):
             opt=self.optimizer.init(params),
         )
 
-    def module(self, state: TrainState) -> DiscreteNetwork:
+    def module(self, state: TrainState) -> nnx.Module:
         """The network with the weights of `state` (a copy; the state is not aliased)."""
         return nnx.merge(self.graphdef, state.params, state.batch_stats, copy=True)
 

@@ -1,0 +1,73 @@
+"""Macro skeletons by name: how the cells of a space are stacked into networks.
+
+A search space names its skeleton (`SearchSpace.skeleton`); the skeleton gives the
+search network (mixed edges) and the discrete network a genotype is retrained as,
+so the search and training loops build any space's networks without knowing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from flax import nnx
+
+from nasax.config import MODEL_CHECKS, ModelConfig
+from nasax.registry import Registry
+from nasax.supernet.discrete import DiscreteNetwork
+from nasax.supernet.nb201 import NB201Network, NB201SearchNetwork
+from nasax.supernet.network import SearchNetwork
+from nasax.supernet.spaces import SPACES, SearchSpace
+
+
+class Skeleton(NamedTuple):
+    """A macro skeleton.
+
+    Attributes:
+        search_network: ``(space, *, channels, layers, num_classes, in_channels,
+            stem_multiplier, partial_channels, edge_normalization, rngs)`` -> a module
+            with `SearchNetwork`'s interface.
+        discrete_network: ``(genotype, *, num_classes, channels, layers, in_channels,
+            stem_multiplier, auxiliary, rngs)`` -> a module with `DiscreteNetwork`'s
+            interface.
+        stem_multiplier: the only stem multiplier it builds (None: any).
+        auxiliary: its discrete network can have an auxiliary head.
+    """
+
+    search_network: Callable[..., nnx.Module]
+    discrete_network: Callable[..., nnx.Module]
+    stem_multiplier: int | None = None
+    auxiliary: bool = True
+
+
+SKELETONS: Registry[Skeleton] = Registry("macro skeleton")
+SKELETONS.register("darts", Skeleton(SearchNetwork, DiscreteNetwork))
+SKELETONS.register(
+    "nb201",
+    Skeleton(NB201SearchNetwork, NB201Network, stem_multiplier=1, auxiliary=False),
+)
+
+
+def skeleton_of(space: SearchSpace | str) -> Skeleton:
+    """The skeleton that builds networks of `space` (a SearchSpace or a registered name)."""
+    space = SPACES.get(space) if isinstance(space, str) else space
+    return SKELETONS.get(space.skeleton)
+
+
+def check_model(model: ModelConfig) -> None:
+    """Config check: `model.space` is registered and its skeleton accepts the model section."""
+    if model.space not in SPACES:
+        raise ValueError(f"model.space: {SPACES.unknown_message(model.space)}")
+    space = SPACES.get(model.space)
+    fixed = skeleton_of(space).stem_multiplier
+    if fixed is not None and model.stem_multiplier != fixed:
+        raise ValueError(
+            f"model.stem_multiplier is {model.stem_multiplier}, but the {space.skeleton} "
+            f"skeleton of space {space.name!r} builds only {fixed}; set "
+            f"model.stem_multiplier={fixed}"
+        )
+
+
+MODEL_CHECKS.register("search space", check_model)
+
+__all__ = ["SKELETONS", "Skeleton", "check_model", "skeleton_of"]
