@@ -23,7 +23,8 @@ def _search(args: argparse.Namespace) -> int:
     summary = run_search(config, run_dir, resume=args.resume, overwrite=args.overwrite)
     print(
         f"search finished: test accuracy {summary['test_accuracy']:.4f}, "
-        f"{summary['wall_seconds']:.0f} s; genotype in {run_dir}/genotype.json"
+        f"{summary['wall_seconds']:.0f} s; genotype in {run_dir}/genotype.json\n"
+        f"  {summary['genotype_text']}"
     )
     return 0
 

@@ -228,7 +228,7 @@ def run_search(
             test.update(evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size))
             progress.log(
                 f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}  "
-                f"genotype normal {_short(genotype.normal)}"
+                f"genotype {_describe(genotype)}"
             )
             return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
         return {}
@@ -275,13 +275,18 @@ def run_search(
         "images_per_sec": images / search_seconds if search_seconds else None,
         "peak_rss_mb": peak_rss_mb(),
         "genotype": genotype.to_dict(),
+        "genotype_text": _describe(genotype),
     }
     atomic_write_json(run_dir / "summary.json", summary)
     return summary
 
 
-def _short(cell: tuple) -> str:
-    return " ".join(f"{op}<-{src}" for node in cell for op, src in node)
+def _describe(genotype: Genotype) -> str:
+    """One line: the arch string of one-cell spaces (NAS-Bench-201 can look it up), else
+    the normal cell's `op<-input` pairs."""
+    if len(get_space(genotype.space).cell_kinds) == 1:
+        return genotype.to_arch_string()
+    return "normal " + " ".join(f"{op}<-{src}" for node in genotype.normal for op, src in node)
 
 
 __all__ = ["build_setup", "run_search"]
