@@ -4,6 +4,8 @@ Random data of the given shape (as the PyTorch reference benchmark uses), so the
 figures compare with `shared/bench/torch_darts_ref.py` run with the same flags:
 
     python benchmarks/search_step.py --channels 16 --layers 8 --batch 64 --image 32
+
+`--set` takes config overrides as the CLI does, e.g. `--set search.darts.order=2`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import jax
 from common import batch_pool, environment, random_dataset, time_step
 
-from nasax.config import validate_config
+from nasax.config import apply_overrides, validate_config
 from nasax.runloop import count_leaves
 from nasax.search.loop import build_setup
 from nasax.search.strategy import STRATEGIES
@@ -34,13 +36,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     args = ap.parse_args(argv)
 
     config = validate_config(
-        {
-            "model": {"channels": args.channels, "layers": args.layers},
-            "search": {"strategy": args.strategy, "batch_size": args.batch, "epochs": 1},
-        }
+        apply_overrides(
+            {
+                "model": {"channels": args.channels, "layers": args.layers},
+                "search": {"strategy": args.strategy, "batch_size": args.batch, "epochs": 1},
+            },
+            args.set,
+        )
     )
     data = random_dataset(4 * args.batch, args.image, args.in_channels, args.classes, args.seed)
     setup = build_setup(config, data, steps_per_epoch=100)
@@ -61,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         "layers": args.layers,
         "batch": args.batch,
         "image": args.image,
+        "options": config.search.options,
         **figures,
         "params": count_leaves(state.params),
         **environment(),
