@@ -29,7 +29,6 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--strategy", default="darts")
     ap.add_argument("--space", default="darts")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--batch", type=int, default=64)
@@ -39,6 +38,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, as the CLI's --set",
+    )
     args = ap.parse_args(argv)
 
     base = {

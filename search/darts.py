@@ -1,16 +1,20 @@
-"""First-order DARTS (Liu et al., 2019): alternate an architecture step and a weight step.
+"""DARTS (Liu et al., 2019): alternate an architecture step and a weight step.
 
 Each search step is one jitted program: the alphas take an Adam step on the gradient
 of the validation loss, then the weights take an SGD step on the training loss under
-the updated alphas. Op weights are the softmax of the alphas.
+the updated alphas. Op weights are the softmax of the alphas. First order takes the
+validation gradient at the current weights; second order takes it through one virtual
+weight step (`nasax.search.unrolled`).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import jax
 import numpy as np
 import optax
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nasax.data import Batch
 from nasax.search.discretize import derive_genotype
@@ -23,13 +27,37 @@ from nasax.search.strategy import (
     alphas_of,
     register_strategy,
 )
+from nasax.search.unrolled import unrolled_arch_grad
 from nasax.supernet.genotypes import Genotype
 
 
 class DartsOptions(BaseModel):
-    """The `search.darts` section. First order has no knobs of its own yet."""
+    """The `search.darts` section: first or second order, and how second order is taken."""
 
     model_config = ConfigDict(extra="forbid")
+
+    order: Literal[1, 2] = Field(
+        1, description="1: alpha gradient at the current weights; 2: through a virtual step"
+    )
+    hessian: Literal["exact", "finite_difference"] = Field(
+        "exact",
+        description="order 2: jax.grad through the optax update, or DARTS's finite differences",
+    )
+    unrolled_lr: float | None = Field(
+        None, gt=0, description="order 2: virtual step learning rate (null: the scheduled one)"
+    )
+
+    @model_validator(mode="after")
+    def _second_order_knobs_need_order_2(self) -> DartsOptions:
+        """hessian and unrolled_lr shape the virtual step, which only order 2 takes."""
+        if self.order == 1:
+            for key, value in (("hessian", self.hessian), ("unrolled_lr", self.unrolled_lr)):
+                if value != DartsOptions.model_fields[key].default:
+                    raise ValueError(
+                        f"search.darts.{key}={value!r} only applies to second-order DARTS; "
+                        "set search.darts.order=2 or drop it"
+                    )
+        return self
 
 
 def op_weights(state: SupernetState) -> dict[str, np.ndarray]:
@@ -39,7 +67,12 @@ def op_weights(state: SupernetState) -> dict[str, np.ndarray]:
 
 @register_strategy("darts", DartsOptions)
 def make_darts(setup: SearchSetup, options: DartsOptions) -> Strategy:
-    """Builds first-order DARTS over the supernet of `setup`."""
+    """Builds DARTS of `options.order` over the supernet of `setup`.
+
+    Second order reports the validation loss and accuracy of the virtual weights w'
+    (what its alpha step minimises), and commits only the BN statistics of the real
+    weight step: the virtual and unrolled forwards only exist to take the gradient.
+    """
     net = Supernet.create(setup)
 
     def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
@@ -48,10 +81,24 @@ def make_darts(setup: SearchSetup, options: DartsOptions) -> Strategy:
         x_train = setup.preprocess(train["image"], train_rng, True)
         x_val = setup.preprocess(val["image"], val_rng, True)
 
-        arch_grad_fn = jax.value_and_grad(net.loss, argnums=2, has_aux=True)
-        (val_loss, (val_acc, stats)), arch_grad = arch_grad_fn(
-            state.params, state.batch_stats, state.arch, x_val, val["label"]
-        )
+        if options.order == 1:
+            arch_grad_fn = jax.value_and_grad(net.loss, argnums=2, has_aux=True)
+            (val_loss, (val_acc, stats)), arch_grad = arch_grad_fn(
+                state.params, state.batch_stats, state.arch, x_val, val["label"]
+            )
+        else:
+            arch_grad, (val_loss, val_acc) = unrolled_arch_grad(
+                net,
+                setup,
+                state,
+                x_train,
+                train["label"],
+                x_val,
+                val["label"],
+                hessian=options.hessian,
+                xi=options.unrolled_lr,
+            )
+            stats = state.batch_stats
         updates, arch_opt = setup.arch_optimizer.update(arch_grad, state.arch_opt, state.arch)
         arch = optax.apply_updates(state.arch, updates)
 

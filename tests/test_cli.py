@@ -56,7 +56,7 @@ def test_search_writes_a_complete_run_directory(finished_run):
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     resolved = yaml.safe_load((finished_run / "config.yaml").read_text())
     assert resolved["search"]["epochs"] == 2 and resolved["model"]["channels"] == 4
-    assert resolved["search"]["darts"] == {}
+    assert resolved["search"]["darts"] == {"order": 1, "hessian": "exact", "unrolled_lr": None}
     assert resolved["optim"]["weights"]["lr"] == 0.025  # defaults are written out
 
 

@@ -18,7 +18,7 @@ from nasax.errors import ConfigError
         ({"optim": {"weights": {"schedule": "step"}}}, ["optim.weights.schedule", "'cosine'"]),
         ({"optim": {"arch": {"betas": [0.5, 1.5]}}}, ["optim.arch.betas"]),
         ({"model": {"channels": 5}}, ["model.channels", "even"]),
-        ({"search": {"darts": {"order": 2}}}, ["search.darts.order"]),
+        ({"search": {"darts": {"order": 3}}}, ["search.darts.order", "1 or 2", "got 3"]),
         ({"search": {"gdas": {"tau": 1}}}, ["search.gdas"]),
         ({"data": {"augment": {"flipp": True}}}, ["data.augment.flipp", "'flip'"]),
         ({"run": {"log_every": -1}}, ["run.log_every"]),

@@ -1,0 +1,128 @@
+"""Second-order DARTS: the architecture gradient through one virtual weight step.
+
+The virtual step is the real weight optimizer's update on the training batch,
+w'(α) = w + U(∇w L_train(w, α)), so it carries momentum and weight decay as the DARTS
+reference's `_compute_unrolled_model` does, and its new optimizer state is dropped. The
+architecture gradient is d/dα L_val(w'(α), α), either exact (`jax.grad` through the
+network gradient and the optax update) or with the reference's finite-difference
+Hessian-vector product.
+
+Unlike the reference, the virtual step also clips the gradient when `grad_clip` is set:
+it is the step the optimizer would really take, and differentiating the optax chain
+as it is keeps one definition of the step. While the gradient norm is below the clip
+(the usual case) both are the same; above it, the exact gradient includes the clip's
+Jacobian, and the finite-difference form pulls the validation gradient back through
+the same update (`jax.vjp` of the optimizer alone), so both forms agree.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from nasax.search.strategy import SearchSetup, Supernet, SupernetState
+
+Hessian = Literal["exact", "finite_difference"]
+
+FD_RADIUS = 0.01
+"""Norm of the weight perturbation of the finite-difference Hessian-vector product (DARTS's r)."""
+
+
+def virtual_weight_step(
+    setup: SearchSetup,
+    state: SupernetState,
+    grads: nnx.State,
+    xi: float | None = None,
+) -> nnx.State:
+    """The weights one real optimizer step from `state` would give for `grads`.
+
+    The weight optimizer's new state is dropped: only the real weight step commits it.
+    With `xi` set, the update is rescaled from `setup.learning_rate(state.step)` to
+    `xi`: exact for optimizers whose last transformation scales by the learning rate,
+    as long as the optimizer's step count equals `state.step` (steps skipped under
+    `run.nonfinite=skip` leave it behind, which shifts the scale at epoch boundaries).
+    """
+    updates, _ = setup.weight_optimizer.update(grads, state.weight_opt, state.params)
+    if xi is not None:
+        lr = setup.learning_rate(state.step)
+        scale = jnp.where(lr > 0, xi / jnp.where(lr > 0, lr, 1.0), 0.0)
+        updates = jax.tree.map(lambda u: (scale * u).astype(u.dtype), updates)
+    return optax.apply_updates(state.params, updates)
+
+
+def unrolled_arch_grad(
+    net: Supernet,
+    setup: SearchSetup,
+    state: SupernetState,
+    x_train: jax.Array,
+    y_train: jax.Array,
+    x_val: jax.Array,
+    y_val: jax.Array,
+    *,
+    hessian: Hessian = "exact",
+    xi: float | None = None,
+) -> tuple[nnx.State, tuple[jax.Array, jax.Array]]:
+    """The second-order DARTS architecture gradient d/dα L_val(w'(α), α).
+
+    Every forward runs in training mode (batch statistics, as the reference does) from
+    `state.batch_stats`; none of their BN statistic updates is returned, so the caller
+    commits only those of its real weight step.
+
+    Args:
+        net: the supernet; only `net.loss` is called, so a strategy with its own loss
+            can pass any object with the same `loss` signature.
+        setup: gives the weight optimizer of the virtual step and the learning rate.
+        state: current weights, BN statistics, alphas and weight optimizer state.
+        x_train, y_train: the weight-step batch (preprocessed images, labels).
+        x_val, y_val: the architecture-step batch.
+        hessian: "exact" differentiates through the virtual step with `jax.grad`;
+            "finite_difference" replaces the mixed second derivative of L_train by a
+            central difference of arch gradients at w ± ε·u, ε = 0.01/‖u‖ (DARTS).
+        xi: the virtual step's learning rate; None uses the scheduled one (DARTS's eta).
+
+    Returns:
+        (gradient w.r.t. the arch state, (validation loss, validation accuracy) at w').
+    """
+    stats = state.batch_stats
+
+    def weight_grads(arch: nnx.State) -> nnx.State:
+        """∇w L_train(w, α): the gradient the virtual step takes."""
+        return jax.grad(net.loss, has_aux=True)(state.params, stats, arch, x_train, y_train)[0]
+
+    if hessian == "exact":
+
+        def unrolled_loss(arch: nnx.State) -> tuple[jax.Array, jax.Array]:
+            unrolled = virtual_weight_step(setup, state, weight_grads(arch), xi)
+            loss, (accuracy, _) = net.loss(unrolled, stats, arch, x_val, y_val)
+            return loss, accuracy
+
+        (val_loss, val_acc), arch_grad = jax.value_and_grad(unrolled_loss, has_aux=True)(state.arch)
+        return arch_grad, (val_loss, val_acc)
+    if hessian != "finite_difference":
+        raise ValueError(f"hessian must be 'exact' or 'finite_difference', got {hessian!r}")
+
+    def arch_grads(params: nnx.State) -> nnx.State:
+        """∇α L_train(params, α) at perturbed weights."""
+        grad_fn = jax.grad(net.loss, argnums=2, has_aux=True)
+        return grad_fn(params, stats, state.arch, x_train, y_train)[0]
+
+    unrolled, pullback = jax.vjp(
+        lambda g: virtual_weight_step(setup, state, g, xi), weight_grads(state.arch)
+    )
+    (val_loss, (val_acc, _)), (v, direct) = jax.value_and_grad(
+        net.loss, argnums=(0, 2), has_aux=True
+    )(unrolled, stats, state.arch, x_val, y_val)
+    # u = (∂w'/∂g)ᵀ v is the validation gradient pulled back through the optimizer
+    # update alone (no network): -ξ·v for SGD with momentum and weight decay, plus the
+    # clip's Jacobian when clipping is active. The implicit term (∂g/∂α)ᵀ u is the
+    # derivative of ∇α L_train(w, α) along u, taken by central differences.
+    (u,) = pullback(v)
+    eps = FD_RADIUS / jnp.maximum(optax.tree.norm(u), jnp.finfo(jnp.float32).tiny)
+    g_plus = arch_grads(optax.tree.add_scale(state.params, eps, u))
+    g_minus = arch_grads(optax.tree.add_scale(state.params, -eps, u))
+    arch_grad = jax.tree.map(lambda d, p, m: d + (p - m) / (2 * eps), direct, g_plus, g_minus)
+    return arch_grad, (val_loss, val_acc)
