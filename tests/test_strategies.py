@@ -27,16 +27,16 @@ CALLS: list[int] = []
 class _Probe(nnx.Module):
     """An op that records each time it really runs (a host callback) and adds `tag`."""
 
-    def __init__(self, tag: int) -> None:
-        self.tag = tag
+    def __init__(self, tag: int, stride: int) -> None:
+        self.tag, self.stride = tag, stride
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         jax.debug.callback(lambda: CALLS.append(self.tag))
-        return x + self.tag
+        return x[:, :: self.stride, :: self.stride, :] + self.tag
 
 
 for _tag in (1, 2, 3):
-    register_op(f"probe_{_tag}")(lambda c, stride, affine, rngs, t=_tag: _Probe(t))
+    register_op(f"probe_{_tag}")(lambda c, stride, affine, rngs, t=_tag: _Probe(t, stride))
 PROBE_SPACE = SPACES.register(
     "probe", SearchSpace(name="probe", ops=("none", "probe_1", "probe_2", "probe_3"))
 )
@@ -195,3 +195,25 @@ def test_pcdarts_refuses_a_warmup_that_leaves_no_architecture_epochs(tiny_npz):
     setup = build_setup(config, load_dataset(config.data.name), steps_per_epoch=4)
     with pytest.raises(ConfigError, match="arch_warmup_epochs=15"):
         STRATEGIES.get("pcdarts")(setup, config.search.strategy_options())
+
+
+def test_a_gdas_forward_runs_one_op_per_edge_of_every_cell():
+    from nasax.search.gdas import hard_gumbel
+    from nasax.supernet.network import SearchNetwork
+
+    net = SearchNetwork(PROBE_SPACE, channels=4, layers=3, num_classes=3, rngs=nnx.Rngs(0))
+    alphas = {k: jnp.zeros((14, 4)).at[:, 0].set(-30.0) for k in ("normal", "reduce")}
+    drawn = {
+        k: hard_gumbel(a, jax.random.PRNGKey(i), 1.0) for i, (k, a) in enumerate(alphas.items())
+    }
+    forward = {
+        "weights": {k: w for k, (w, _) in drawn.items()},
+        "paths": {k: p for k, (_, p) in drawn.items()},
+    }
+    CALLS.clear()
+    run = nnx.jit(lambda net, x: net(x, train=True, **forward))
+    jax.block_until_ready(run(net, jnp.ones((2, 8, 8, 3))))
+    # `none` is all but never drawn at alpha -30: each of 3 cells x 14 edges runs one op.
+    kinds = ("normal", "reduce", "reduce")  # layers=3: cells 1 and 2 reduce
+    expected = sorted(int(t) for k in kinds for t in drawn[k][1])
+    assert sorted(CALLS) == expected and len(CALLS) == 42
