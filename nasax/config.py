@@ -140,6 +140,7 @@ class WeightOptimConfig(Section):
     weight_decay: float = Field(3e-4, ge=0)
     grad_clip: float | None = Field(5.0, gt=0, description="global-norm clip (null: none)")
     schedule: Literal["cosine", "constant"] = "cosine"
+    nesterov: bool = Field(False, description="Nesterov momentum (PyTorch's formulation)")
 
 
 class ArchOptimConfig(Section):

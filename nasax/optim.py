@@ -39,7 +39,11 @@ def weight_optimizer(
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
     parts += [
         optax.add_decayed_weights(cfg.weight_decay),
-        optax.sgd(weight_schedule(cfg, epochs, steps_per_epoch), momentum=cfg.momentum or None),
+        optax.sgd(
+            weight_schedule(cfg, epochs, steps_per_epoch),
+            momentum=cfg.momentum or None,
+            nesterov=cfg.nesterov,
+        ),
     ]
     return optax.chain(*parts)
 
