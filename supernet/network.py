@@ -64,6 +64,12 @@ class SearchNetwork(nnx.Module):
         edge_normalization: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
+        if space.skeleton != "darts":
+            raise ValueError(
+                f"SearchNetwork stacks DARTS cells; space {space.name!r} uses the "
+                f"{space.skeleton!r} skeleton: build it with "
+                "nasax.supernet.skeleton_of(space).search_network"
+            )
         rngs = param_keys(rngs)
         self.space = space
         self.stem = Stem(in_channels, stem_multiplier * channels, rngs)
