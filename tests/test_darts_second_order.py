@@ -231,25 +231,30 @@ def test_second_order_step_is_an_adam_step_on_the_unrolled_gradient(tiny, oracle
 
 def test_virtual_step_is_the_reference_sgd_step(tiny):
     setup, state, w = tiny.setup, tiny.state1, tiny.config.optim.weights
-    rng = np.random.default_rng(1)
     buf = optax.tree.get(state.weight_opt, "trace")
-    virtual_step = jax.jit(partial(virtual_weight_step, setup), static_argnums=2)
-    reference = jax.jit(
-        partial(
-            reference_virtual_step,
-            clip=w.grad_clip,
-            weight_decay=w.weight_decay,
-            momentum=w.momentum,
-        )
+    lr, xi = float(setup.learning_rate(state.step)), 0.3
+    reference = partial(
+        reference_virtual_step,
+        clip=w.grad_clip,
+        weight_decay=w.weight_decay,
+        momentum=w.momentum,
     )
+
+    @jax.jit
+    def both(grads):
+        got = [
+            virtual_weight_step(setup, state, grads),
+            virtual_weight_step(setup, state, grads, xi),
+        ]
+        want = [reference(state.params, grads, buf, lr), reference(state.params, grads, buf, xi)]
+        return got, want
+
+    rng = np.random.default_rng(1)
     for size in (0.1 * GRAD_CLIP, 10 * GRAD_CLIP):  # clip inactive, then active
         grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), buf)
-        grads = optax.tree.scale(size / optax.tree.norm(grads), grads)
-        lr = float(setup.learning_rate(state.step))
-        for xi in (None, 0.3):
-            got = virtual_step(state, grads, xi)
-            want = reference(state.params, grads, buf, lr if xi is None else xi)
-            np.testing.assert_allclose(flat(got), flat(want), rtol=1e-5, atol=1e-7)
+        got, want = both(optax.tree.scale(size / optax.tree.norm(grads), grads))
+        for g, r in zip(got, want):
+            np.testing.assert_allclose(flat(g), flat(r), rtol=1e-5, atol=1e-7)
 
 
 def test_second_order_knobs_are_validated_and_shipped():
