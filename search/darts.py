@@ -26,6 +26,8 @@ from nasax.search.strategy import (
     SupernetState,
     alphas_of,
     register_strategy,
+    step_metrics,
+    weight_update,
 )
 from nasax.search.unrolled import unrolled_arch_grad
 from nasax.supernet.genotypes import Genotype
@@ -106,16 +108,8 @@ def make_darts(setup: SearchSetup, options: DartsOptions) -> Strategy:
         (train_loss, (train_acc, stats)), grads = weight_grad_fn(
             state.params, stats, arch, x_train, train["label"]
         )
-        updates, weight_opt = setup.weight_optimizer.update(grads, state.weight_opt, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "grad_norm": optax.tree.norm(grads),
-            "lr": setup.learning_rate(state.step),
-        }
+        params, weight_opt = weight_update(setup, state, grads)
+        metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
         new_state = SupernetState(
             state.step + 1, state.rng, params, stats, arch, weight_opt, arch_opt
         )

@@ -13,7 +13,6 @@ from itertools import islice
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from pydantic import BaseModel, ConfigDict, Field
 
 from nasax.data import Batch
@@ -27,6 +26,8 @@ from nasax.search.strategy import (
     alphas_of,
     cross_entropy,
     register_strategy,
+    step_metrics,
+    weight_update,
 )
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.spaces import SearchSpace
@@ -102,8 +103,7 @@ def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
         (train_loss, (train_acc, stats)), grads = grad_fn(
             state.params, state.batch_stats, state.arch, x_train, train["label"], paths=paths
         )
-        updates, weight_opt = setup.weight_optimizer.update(grads, state.weight_opt, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params, weight_opt = weight_update(setup, state, grads)
         # A forward of another random cell on the validation batch, for the log only.
         x_val = setup.preprocess(val["image"], val_rng, True)
         logits, _ = net.apply(
@@ -115,14 +115,7 @@ def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
             paths=sample_paths(val_path, space, kinds(state)),
         )
         val_loss, val_acc = cross_entropy(logits, val["label"])
-        metrics = {
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "grad_norm": optax.tree.norm(grads),
-            "lr": setup.learning_rate(state.step),
-        }
+        metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
         new_state = state._replace(
             step=state.step + 1, params=params, batch_stats=stats, weight_opt=weight_opt
         )

@@ -30,6 +30,8 @@ from nasax.search.strategy import (
     SupernetState,
     alphas_of,
     betas_of,
+    step_metrics,
+    weight_update,
 )
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.network import node_softmax
@@ -201,16 +203,8 @@ def relaxed_strategy(
             (train_loss, (train_acc, stats)), grads = grad_fn(
                 state.params, arch, stats, *batch_args[1:]
             )
-        updates, weight_opt = setup.weight_optimizer.update(grads, state.weight_opt, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "grad_norm": optax.tree.norm(grads),
-            "lr": setup.learning_rate(state.step),
-        }
+        params, weight_opt = weight_update(setup, state, grads)
+        metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
         if relaxation.metrics is not None:
             metrics.update(relaxation.metrics(state.step))
         new_state = SupernetState(

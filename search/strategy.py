@@ -185,6 +185,33 @@ class Supernet(NamedTuple):
         return masked_sums(logits, batch["label"], batch["mask"])
 
 
+def weight_update(
+    setup: SearchSetup, state: SupernetState, grads: nnx.State
+) -> tuple[nnx.State, optax.OptState]:
+    """The weight optimizer's step: (new params, new optimizer state)."""
+    updates, weight_opt = setup.weight_optimizer.update(grads, state.weight_opt, state.params)
+    return optax.apply_updates(state.params, updates), weight_opt
+
+
+def step_metrics(
+    setup: SearchSetup,
+    state: SupernetState,
+    grads: nnx.State,
+    train: tuple[jax.Array, jax.Array],
+    val: tuple[jax.Array, jax.Array],
+) -> Metrics:
+    """The metrics every supernet strategy logs: (loss, accuracy) on both batches, the
+    weight gradient's norm and the learning rate of this step."""
+    return {
+        "train_loss": train[0],
+        "train_acc": train[1],
+        "val_loss": val[0],
+        "val_acc": val[1],
+        "grad_norm": optax.tree.norm(grads),
+        "lr": setup.learning_rate(state.step),
+    }
+
+
 def split_supernet(model: SearchNetwork) -> tuple[nnx.GraphDef, nnx.State, nnx.State, nnx.State]:
     """(graphdef, arch, params, batch_stats); fails if any variable fits none of them."""
     return nnx.split(model, ArchParam, nnx.Param, nnx.BatchStat)
