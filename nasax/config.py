@@ -76,7 +76,9 @@ class DiscretizerConfig(Section):
 
 class SearchConfig(Section):
     strategy: str = "darts"
-    epochs: int = Field(50, ge=1)
+    epochs: int = Field(
+        50, ge=0, description="0 only for strategies that start from trained weights"
+    )
     batch_size: int = Field(64, ge=1)
     train_portion: float = Field(
         0.5, gt=0.0, lt=1.0, description="share of the training set for the weight step"
@@ -108,6 +110,15 @@ class SearchConfig(Section):
         except ValidationError as e:
             raise ValueError(_first_error(e, prefix=f"search.{name}", model=schema)) from None
         return data
+
+    @model_validator(mode="after")
+    def _some_training(self) -> SearchConfig:
+        if self.epochs == 0 and not self.options.get("weights_from"):
+            raise ValueError(
+                "search.epochs must be at least 1; 0 (no weight training) needs trained "
+                f"weights, e.g. search.evolution.weights_from (strategy: {self.strategy})"
+            )
+        return self
 
     def strategy_options(self) -> BaseModel:
         """The strategy's own section as its typed model."""

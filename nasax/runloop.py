@@ -252,6 +252,7 @@ def run_epochs(
     end_epoch: Callable[[Any, int, int], dict[str, Any]],
     shown: Sequence[str],
     resume_hint: str,
+    after_epoch: Callable[[Any, int, int], tuple[Any, list[dict[str, Any]]]] | None = None,
 ) -> LoopResult:
     """Runs jitted steps epoch by epoch with logging, checkpoints and Ctrl-C handling.
 
@@ -272,6 +273,8 @@ def run_epochs(
             (`epoch`, `batch`, `step`; batch 0 means the epoch is complete), the
             metrics logged so far and the pending ones.
         end_epoch: end_epoch(state, epoch, step) -> extra fields of the epoch record.
+        after_epoch: after_epoch(state, epoch, step) -> (state, records to log): a phase
+            run after the epoch's steps, before `end_epoch` and the epoch's checkpoint.
         shown: metric names the progress bar shows.
         resume_hint: how to continue, for the message of an interrupted run.
     """
@@ -326,6 +329,10 @@ def run_epochs(
                 )
                 if due:
                     checkpoint(state, epoch, batch_index + 1)
+            if after_epoch is not None:
+                state, records = after_epoch(state, epoch, step)
+                for r in records:
+                    metrics_log.write(r)
             record = {"kind": "epoch", "epoch": epoch + 1, "step": step}
             record.update(end_epoch(state, epoch, step))
             metrics_log.write(record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from nasax.optim import arch_optimizer, weight_optimizer, weight_schedule
 from nasax.progress import LoopProgress
 from nasax.rundir import MetricsLog, prepare_run_dir
 from nasax.runloop import (
+    check_finite,
     check_resume_config,
     checkpoint_writer,
     count_leaves,
@@ -37,6 +39,7 @@ from nasax.runloop import (
     guard_step,
     is_eval_epoch,
     peak_rss_mb,
+    pending_to_host,
     prefetch,
     restore_or_start,
     run_epochs,
@@ -182,7 +185,10 @@ def run_search(
     if key not in _COMPILED:
         step = guard_step(strategy.step, rc)
         _COMPILED[key] = (
-            jax.jit(step, donate_argnums=(0,)).lower(state, sample, sample).compile(),
+            # No weight steps (epochs 0: trained weights came with the config): no program.
+            jax.jit(step, donate_argnums=(0,)).lower(state, sample, sample).compile()
+            if s.epochs
+            else None,
             jax.jit(strategy.evaluate).lower(state, eval_sample).compile(),
         )
         while len(_COMPILED) > _COMPILED_KEEP:
@@ -218,6 +224,29 @@ def run_search(
             return strategy.select(state, select_batches())
         return strategy.derive(state)
 
+    def phase_batches(epoch: int) -> Iterator[Batch]:
+        """Validation batches for a strategy's after-epoch phase, reshuffled per pass."""
+        for sweep in itertools.count():
+            order = epoch_order(val_idx, config.seed, epoch * 1_000 + sweep, stream=2)
+            yield from batches(dataset.x_train, dataset.y_train, order, s.batch_size)
+
+    def after_epoch(state: Any, epoch: int, step: int) -> tuple[Any, list[dict[str, Any]]]:
+        tick = time.perf_counter()
+        state, pending = strategy.after_epoch(state, phase_batches(epoch))
+        if not pending:
+            return state, []
+        host = pending_to_host(pending)
+        check_finite(host, epoch, step)
+        seconds = time.perf_counter() - tick
+        record = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+        record.update(kind="phase", epoch=epoch + 1, step=step, phase_steps=len(host))
+        record["phase_steps_per_sec"] = len(host) / seconds
+        progress.log(
+            f"epoch {epoch + 1}: {len(host)} {s.strategy} phase steps, "
+            + "  ".join(f"{k} {record[k]:.4g}" for k in list(host[0])[:3])
+        )
+        return state, [record]
+
     def end_epoch(state: Any, epoch: int, step: int) -> dict[str, Any]:
         evaluating = is_eval_epoch(epoch, s.epochs, s.eval_every)
         alphas.append(strategy.arch_weights(state))
@@ -251,6 +280,7 @@ def run_search(
             end_epoch=end_epoch,
             shown=("train_loss", "train_acc", "val_loss", "val_acc", "images_per_sec"),
             resume_hint=f"continue with: nasax search CONFIG --resume --out {run_dir}",
+            after_epoch=after_epoch if strategy.after_epoch is not None else None,
         )
     finally:
         checkpoints.close()
