@@ -253,6 +253,7 @@ def run_epochs(
     shown: Sequence[str],
     resume_hint: str,
     after_epoch: Callable[[Any, int, int], tuple[Any, list[dict[str, Any]]]] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> LoopResult:
     """Runs jitted steps epoch by epoch with logging, checkpoints and Ctrl-C handling.
 
@@ -337,7 +338,26 @@ def run_epochs(
             record.update(end_epoch(state, epoch, step))
             metrics_log.write(record)
             checkpoint(state, epoch + 1, 0)
+            if on_epoch is not None:
+                on_epoch(epoch_summary(metrics_log.records, epoch + 1))
     return LoopResult(state, step, images, seconds_total)
+
+
+def epoch_summary(records: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
+    """One epoch's figures: the means of its logged step metrics, then the fields of its
+    phase and epoch records (test accuracy on evaluation epochs)."""
+    mine = [r for r in records if r.get("epoch") == epoch]
+    steps = [r for r in mine if r.get("kind") in ("search", "train")]
+    summary: dict[str, Any] = {}
+    for key in steps[0] if steps else ():
+        values = [r[key] for r in steps if isinstance(r.get(key), int | float)]
+        if values and key not in ("epoch", "step"):
+            summary[key] = float(np.mean(values))
+    for r in mine:
+        if r.get("kind") not in ("search", "train"):
+            summary.update({k: v for k, v in r.items() if k != "kind"})
+    summary["epoch"] = epoch
+    return summary
 
 
 class Resumed(NamedTuple):

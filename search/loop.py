@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -62,8 +62,8 @@ def program_key(config: Config, dataset: Dataset, steps_per_epoch: int) -> str:
     the host side, not the programs.
     """
     resolved = config.to_dict()
-    for key in ("name", "seed", "run"):
-        resolved.pop(key)
+    for key in ("name", "seed", "run", "tune"):
+        resolved.pop(key, None)
     return json.dumps(
         {
             "config": resolved,
@@ -135,6 +135,7 @@ def run_search(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Runs a search as `config` says and writes its run directory; returns the summary.
 
@@ -144,6 +145,7 @@ def run_search(
             checkpoints/ and summary.json go.
         resume: continue from the last checkpoint in `run_dir`.
         overwrite: delete an existing `run_dir` first.
+        on_epoch: called with each finished epoch's figures (`runloop.epoch_summary`).
     """
     wall_start = time.perf_counter()
     s, rc = config.search, config.run
@@ -281,6 +283,7 @@ def run_search(
             shown=("train_loss", "train_acc", "val_loss", "val_acc", "images_per_sec"),
             resume_hint=f"continue with: nasax search CONFIG --resume --out {run_dir}",
             after_epoch=after_epoch if strategy.after_epoch is not None else None,
+            on_epoch=on_epoch,
         )
     finally:
         checkpoints.close()
