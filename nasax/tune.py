@@ -100,17 +100,24 @@ def _study(base: Config, out: Path) -> Any:
 
 
 def _check_same_config(base: Config, out: Path) -> None:
+    """A continued study must tune the same config (its trial count may grow)."""
     saved = out / "tune_config.yaml"
-    text = base.to_yaml()
+
+    def comparable(config: Config) -> dict[str, Any]:
+        data = config.to_dict()
+        data["tune"].pop("trials")
+        data.pop("run")
+        return data
+
     if saved.exists():
-        before = validate_config(yaml.safe_load(saved.read_text()), str(saved)).to_dict()
-        if before != base.to_dict():
+        before = validate_config(yaml.safe_load(saved.read_text()), str(saved))
+        if comparable(before) != comparable(base):
             raise RunDirError(
                 f"{out} holds a tuning of another config (see {saved}); use the same config "
                 "to continue it, or another --out"
             )
     else:
-        atomic_write_text(saved, text)
+        atomic_write_text(saved, base.to_yaml())
 
 
 def run_tune(base: Config, out: str | Path, *, log: Any = print) -> dict[str, Any]:
@@ -141,10 +148,13 @@ def run_tune(base: Config, out: str | Path, *, log: Any = print) -> dict[str, An
         name = f"trial_{trial.number:03d}"
         config = trial_config(base, values, f"{base.name}-{name}")
         config.run.progress = base.run.progress
+        last_epoch = getattr(config, tune.command).epochs  # a finished trial is not pruned
 
         final: dict[str, Any] = {}
 
-        def report(figures: dict[str, Any], trial: Any = trial, final: dict = final) -> None:
+        def report(
+            figures: dict[str, Any], trial: Any = trial, final: dict = final, last: int = last_epoch
+        ) -> None:
             final.update(figures)
             if tune.metric not in figures:
                 raise ConfigError(
@@ -152,7 +162,7 @@ def run_tune(base: Config, out: str | Path, *, log: Any = print) -> dict[str, An
                     f"{tune.command}; it has {sorted(figures)}"
                 )
             trial.report(float(figures[tune.metric]), figures["epoch"])
-            if trial.should_prune():
+            if figures["epoch"] < last and trial.should_prune():
                 raise optuna.TrialPruned()
 
         log(f"tune {name} ({done() + 1}/{tune.trials}): {_show(values)}")
