@@ -221,10 +221,16 @@ def run_search(
         """The validation half in a fixed order, for strategies that score candidates."""
         return batches(dataset.x_train, dataset.y_train, val_idx, s.batch_size)
 
+    selection = {"seconds": 0.0, "calls": 0}
+
     def current_genotype(state: Any) -> Genotype:
-        if strategy.select is not None:
-            return strategy.select(state, select_batches())
-        return strategy.derive(state)
+        if strategy.select is None:
+            return strategy.derive(state)
+        tick = time.perf_counter()
+        genotype = strategy.select(state, select_batches())
+        selection["seconds"] += time.perf_counter() - tick
+        selection["calls"] += 1
+        return genotype
 
     def phase_batches(epoch: int) -> Iterator[Batch]:
         """Validation batches for a strategy's after-epoch phase, reshuffled per pass."""
@@ -307,6 +313,8 @@ def run_search(
         "compile_seconds": compile_seconds,
         "images_per_sec": images / search_seconds if search_seconds else None,
         "peak_rss_mb": peak_rss_mb(),
+        "select_seconds": selection["seconds"] if selection["calls"] else None,
+        "select_calls": selection["calls"],
         "genotype": genotype.to_dict(),
         "genotype_text": _describe(genotype),
     }
