@@ -147,58 +147,85 @@ class Controller(nnx.Module):
         self, rng: jax.Array, forced: Tokens | None = None, *, greedy: bool = False
     ) -> ControllerOutput:
         """Samples a cell of every kind from `rng`; or scores the choices `forced`; or,
-        with `greedy`, takes the most likely choice at every step."""
+        with `greedy`, takes the most likely choice at every step.
+
+        The choices of a cell run in one `lax.scan` (a fixed-size step over padded
+        candidate lists), so the compiled program does not grow with the cell.
+        """
         hidden = self.start.shape[0]
-        carry = (jnp.zeros(hidden), jnp.zeros(hidden))
-        op_scale = None if self.tanh_constant is None else self.tanh_constant / self.op_tanh_reduce
         plan = choice_plan(self.space)
+        n_ops = self.op_head.out_features
+        n_anchors = self.space.n_inputs + self.space.n_nodes
+        width = max(n_anchors, n_ops)
+        is_input = jnp.array([c.kind == "input" for c in plan])
+        available = jnp.array([self.space.n_inputs + c.node for c in plan])
+        node_ends = jnp.array(
+            [i + 1 == len(plan) or plan[i + 1].node != c.node for i, c in enumerate(plan)]
+        )
+        op_scale = None if self.tanh_constant is None else self.tanh_constant / self.op_tanh_reduce
+        slots = jnp.arange(width)
+
+        def pad(logits: jax.Array) -> jax.Array:
+            return jnp.full(width, _MASKED).at[: logits.shape[0]].set(logits)
+
+        def choose(carry: tuple, inputs: tuple) -> tuple[tuple, tuple]:
+            lstm, x, anchors, keys, count, taken = carry
+            key, forced_token, input_step, avail, node_end = inputs
+            lstm, h = self.lstm(lstm, x)
+            attention = self.attn_v(jnp.tanh(keys + self.attn_query(h)))[:, 0]
+            input_logits = self._squash(attention, self.tanh_constant)
+            # Only nodes built so far, each input at most once per node.
+            input_logits = jnp.where((slots[:n_anchors] < avail) & ~taken, input_logits, _MASKED)
+            logits = jnp.where(
+                input_step, pad(input_logits), pad(self._squash(self.op_head(h), op_scale))
+            )
+            if forced is not None:
+                token = forced_token
+            elif greedy:
+                token = jnp.argmax(logits)
+            else:
+                token = jax.random.categorical(key, logits)
+            logp = jax.nn.log_softmax(logits)
+            entropy = -jnp.sum(jnp.exp(logp) * logp)
+            x = jnp.where(input_step, anchors[token % n_anchors], self.op_embed(token % n_ops))
+            taken = jnp.where(input_step, taken | (slots[:n_anchors] == token), taken)
+            # When a node is complete, its LSTM output becomes a candidate input.
+            end_lstm, end_h = self.lstm(lstm, x)
+            anchors = jnp.where(node_end, anchors.at[count].set(end_h), anchors)
+            keys = jnp.where(node_end, keys.at[count].set(self.attn_key(end_h)), keys)
+            lstm = jax.tree.map(lambda a, b: jnp.where(node_end, a, b), end_lstm, lstm)
+            x = jnp.where(node_end, self.start[...], x)
+            count = count + node_end
+            taken = jnp.where(node_end, jnp.zeros_like(taken), taken)
+            return (lstm, x, anchors, keys, count, taken), (token, logp[token], entropy)
+
+        lstm = (jnp.zeros(hidden), jnp.zeros(hidden))
         tokens, log_probs, entropies = {}, {}, {}
         for kind, kind_rng in zip(self.kinds, jax.random.split(rng, len(self.kinds))):
-            keys = jax.random.split(kind_rng, len(plan))
             # The cell's input nodes: attention keys from the LSTM, zero embeddings.
-            anchors, attn_keys = [], []
-            x = jnp.zeros(hidden)
-            for _ in range(self.space.n_inputs):
-                carry, h = self.lstm(carry, x)
-                anchors.append(jnp.zeros(hidden))
-                attn_keys.append(self.attn_key(h))
-            x = self.start[...]
-            chosen: list[jax.Array] = []
-            picks, lps, ents = [], [], []
-            for i, choice in enumerate(plan):
-                carry, h = self.lstm(carry, x)
-                if choice.kind == "input":
-                    query = jnp.tanh(jnp.stack(attn_keys) + self.attn_query(h))
-                    logits = self._squash(self.attn_v(query)[:, 0], self.tanh_constant)
-                    for earlier in chosen:  # a node takes each input at most once
-                        logits = jnp.where(jnp.arange(len(anchors)) == earlier, _MASKED, logits)
-                else:
-                    logits = self._squash(self.op_head(h), op_scale)
-                if forced is not None:
-                    token = jnp.asarray(forced[kind][i])
-                elif greedy:
-                    token = jnp.argmax(logits)
-                else:
-                    token = jax.random.categorical(keys[i], logits)
-                logp = jax.nn.log_softmax(logits)
-                picks.append(token)
-                lps.append(logp[token])
-                ents.append(-jnp.sum(jnp.exp(logp) * logp))
-                if choice.kind == "input":
-                    chosen.append(token)
-                    x = jnp.stack(anchors)[token]
-                else:
-                    x = self.op_embed(token)
-                last_of_node = i + 1 == len(plan) or plan[i + 1].node != choice.node
-                if last_of_node:  # the node is built: it becomes a candidate input
-                    carry, h = self.lstm(carry, x)
-                    anchors.append(h)
-                    attn_keys.append(self.attn_key(h))
-                    chosen = []
-                    x = self.start[...]
-            tokens[kind] = jnp.stack(picks).astype(jnp.int32)
-            log_probs[kind] = jnp.stack(lps)
-            entropies[kind] = jnp.stack(ents)
+            anchors = jnp.zeros((n_anchors, hidden))
+            keys = jnp.zeros((n_anchors, hidden))
+            for i in range(self.space.n_inputs):
+                lstm, h = self.lstm(lstm, jnp.zeros(hidden))
+                keys = keys.at[i].set(self.attn_key(h))
+            given = (
+                jnp.asarray(forced[kind], jnp.int32)
+                if forced is not None
+                else jnp.zeros(len(plan), jnp.int32)
+            )
+            carry = (
+                lstm,
+                self.start[...],
+                anchors,
+                keys,
+                jnp.asarray(self.space.n_inputs),
+                jnp.zeros(n_anchors, bool),
+            )
+            steps = (jax.random.split(kind_rng, len(plan)), given, is_input, available, node_ends)
+            (lstm, *_), (picks, lps, ents) = jax.lax.scan(choose, carry, steps)
+            tokens[kind] = picks.astype(jnp.int32)
+            log_probs[kind] = lps
+            entropies[kind] = ents
         return ControllerOutput(tokens, log_probs, entropies)
 
     def paths(self, tokens: Tokens) -> dict[str, jax.Array]:

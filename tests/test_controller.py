@@ -96,9 +96,11 @@ def test_reinforce_raises_the_probability_of_a_rewarded_choice():
     key = jax.random.PRNGKey(5)
     tokens = controller(key).tokens
 
+    @jax.jit
     def log_prob(p):
         return nnx.merge(graphdef, p)(key, forced=tokens).log_prob()
 
+    @jax.jit
     def loss(p, advantage):
         out = nnx.merge(graphdef, p)(key, forced=tokens)
         return reinforce_loss(out.log_prob()[None], out.entropy()[None], advantage, 1e-4)
