@@ -115,7 +115,7 @@ class SearchConfig(Section):
     def _some_training(self) -> SearchConfig:
         if self.epochs == 0 and not self.options.get("weights_from"):
             raise ValueError(
-                "search.epochs must be at least 1; 0 (no weight training) needs trained "
+                "search.epochs must be at least 1, got 0; 0 (no weight training) needs trained "
                 f"weights, e.g. search.evolution.weights_from (strategy: {self.strategy})"
             )
         return self

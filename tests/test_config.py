@@ -12,7 +12,8 @@ from nasax.errors import ConfigError
     ("data", "fragments"),
     [
         ({"search": {"epoch": 3}}, ["search.epoch", "did you mean 'epochs'"]),
-        ({"search": {"epochs": 0}}, ["search.epochs", "greater than or equal to 1", "got 0"]),
+        ({"search": {"epochs": 0}}, ["search.epochs", "at least 1", "got 0", "weights_from"]),
+        ({"search": {"epochs": -1}}, ["search.epochs", "greater than or equal to 0", "got -1"]),
         ({"search": {"strategy": "dart"}}, ["search.strategy", "'dart'", "darts"]),
         ({"optim": {"weights": {"lr": "fast"}}}, ["optim.weights.lr", "'fast'"]),
         ({"optim": {"weights": {"schedule": "step"}}}, ["optim.weights.schedule", "'cosine'"]),
