@@ -310,7 +310,8 @@ def shipped_configs() -> list[str]:
 def read_config_file(name_or_path: str | os.PathLike) -> tuple[dict[str, Any], str]:
     """Reads a config by path or shipped name; returns (data, where it came from)."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    # A folder named like a shipped config (a run directory, say) is not a config file.
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         text, source = path.read_text(), str(path)
