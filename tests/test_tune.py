@@ -118,3 +118,29 @@ def test_median_pruning_stops_a_trial_that_lags(tmp_path, tiny_npz, monkeypatch)
         study_name="tune_digits", storage=f"sqlite:///{tmp_path / 'other' / 'study.db'}"
     )
     assert [t.state.name for t in study.trials] == ["FAIL"]
+
+
+def test_an_interrupted_tuning_continues_where_it_stopped(tmp_path, tiny_npz, monkeypatch):
+    """Ctrl-C during a trial: that trial is marked failed, the message says how to go on,
+    and running the same tuning again completes the study without redoing finished trials."""
+    from nasax.config import load_config as load
+    from nasax.runloop import Interrupted
+    from nasax.tune import RUNNERS, run_tune
+
+    calls = []
+
+    def fake_search(config, run_dir, *, overwrite, on_epoch):
+        calls.append(run_dir.name)
+        if len(calls) == 2:
+            raise Interrupted("stopped by SIGINT")
+        on_epoch({"epoch": 1, "val_acc": 0.5})
+        on_epoch({"epoch": 2, "val_acc": 0.6})
+        return {}
+
+    monkeypatch.setitem(RUNNERS._items, "search", fake_search)
+    config = load(_tune_config(tmp_path, tiny_npz, trials=3, pruner="none"))
+    with pytest.raises(Interrupted, match=r"1 of 3 trials done.*rerun the same command"):
+        run_tune(config, tmp_path / "study", log=lambda _: None)
+    summary = run_tune(config, tmp_path / "study", log=lambda _: None)
+    assert [t["state"] for t in summary["trials"]] == ["complete", "fail", "complete", "complete"]
+    assert calls == ["trial_000", "trial_001", "trial_002", "trial_003"]
