@@ -181,10 +181,10 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
         )
         metrics = {
             "reward": rewards.mean(),
+            "entropy": entropies.mean(),
             "baseline": baseline,
             "advantage": advantages.mean(),
             "log_prob": log_probs.mean(),
-            "entropy": entropies.mean(),
             "controller_loss": loss,
             "controller_grad_norm": optax.tree.norm(grads),
         }

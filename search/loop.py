@@ -243,6 +243,7 @@ def run_search(
         state, pending = strategy.after_epoch(state, phase_batches(epoch))
         if not pending:
             return state, []
+        names = list(pending[0])  # the strategy's order (the host copy sorts them)
         host = pending_to_host(pending)
         check_finite(host, epoch, step)
         seconds = time.perf_counter() - tick
@@ -251,7 +252,7 @@ def run_search(
         record["phase_steps_per_sec"] = len(host) / seconds
         progress.log(
             f"epoch {epoch + 1}: {len(host)} {s.strategy} phase steps, "
-            + "  ".join(f"{k} {record[k]:.4g}" for k in list(host[0])[:3])
+            + "  ".join(f"{k} {record[k]:.4g}" for k in names[:3])
         )
         return state, [record]
 
