@@ -145,3 +145,46 @@ def test_evolution_starts_from_another_runs_weights(tiny_npz, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "does not fit this supernet" in err and "model.channels" in err
+
+
+def test_enas_resumed_after_ctrl_c_in_its_controller_phase_matches_an_uninterrupted_run(
+    tiny_npz, tmp_path, monkeypatch
+):
+    """Ctrl-C while the controller trains: the phase finishes, the epoch's checkpoint
+    holds the controller, its optimizer and baseline, and the resumed run ends exactly as
+    an uninterrupted one (every array of the last checkpoint, every logged figure)."""
+    import os
+    import signal
+
+    from tests.test_reliability import last_checkpoint_arrays, metrics_without_timing
+
+    _search("enas", tiny_npz, tmp_path / "reference")
+    real_order = loop.epoch_order
+
+    def order_then_interrupt(indices, seed, epoch, stream):
+        if stream == 2 and epoch == 0:  # the first controller phase is starting
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_order(indices, seed, epoch, stream)
+
+    monkeypatch.setattr(loop, "epoch_order", order_then_interrupt)
+    args = ["search", "darts_nb201_digits", "--out", str(tmp_path / "resumed")]
+    for item in [*TINY_NB201, f"data.name=npz:{tiny_npz}", *STRATEGIES["enas"]]:
+        args += ["--set", item]
+    assert main(args) == 130
+    monkeypatch.setattr(loop, "epoch_order", real_order)
+    assert main([*args, "--resume"]) == 0
+
+    step_a, arrays_a = last_checkpoint_arrays(tmp_path / "reference")
+    step_b, arrays_b = last_checkpoint_arrays(tmp_path / "resumed")
+    assert step_a == step_b and arrays_a.keys() == arrays_b.keys()
+    assert any(k.startswith("controller/") for k in arrays_a)
+    for key in arrays_a:
+        np.testing.assert_array_equal(arrays_a[key], arrays_b[key], err_msg=key)
+
+    def figures(run):
+        return [
+            {k: v for k, v in r.items() if k != "phase_steps_per_sec"}
+            for r in metrics_without_timing(run)
+        ]
+
+    assert figures(tmp_path / "reference") == figures(tmp_path / "resumed")
