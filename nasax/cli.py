@@ -7,8 +7,19 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nasax.errors import NasaxError
+
+if TYPE_CHECKING:
+    from nasax.config import RunConfig
+
+
+def initialize(run: RunConfig) -> None:
+    """Joins a multi-host job if the config asks (before any JAX computation)."""
+    from nasax.parallel import initialize as join
+
+    join(run)
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -17,6 +28,7 @@ def _search(args: argparse.Namespace) -> int:
     from nasax.search.loop import run_search
 
     config = load_config(args.config, args.set)
+    initialize(config.run)
     run_dir = args.out or default_run_dir(config.run.out_dir, config.name)
     if args.quiet:
         config.run.progress = False
@@ -35,6 +47,7 @@ def _train(args: argparse.Namespace) -> int:
     from nasax.train.loop import run_train
 
     config = load_config(args.config, args.set)
+    initialize(config.run)
     if args.genotype:
         config.train.genotype = args.genotype
     run_dir = args.out or default_run_dir(config.run.out_dir, config.name)
@@ -77,6 +90,7 @@ def _tune(args: argparse.Namespace) -> int:
     from nasax.tune import run_tune
 
     config = load_config(args.config, args.set)
+    initialize(config.run)
     if args.trials is not None and config.tune is not None:
         config.tune.trials = args.trials
     out = args.out or Path(config.run.out_dir) / f"{config.name}-tune"

@@ -184,6 +184,17 @@ class RunConfig(Section):
         "stop", description="on a NaN/inf loss or gradient: stop the run, or skip the step"
     )
     progress: bool = True
+    devices: int | None = Field(
+        None, ge=1, description="data-parallel devices (null: all of them); batches split evenly"
+    )
+    distributed: bool = Field(
+        False, description="join a multi-host job (jax.distributed.initialize) before running"
+    )
+    coordinator_address: str | None = Field(
+        None, description="host:port of process 0 (else JAX_COORDINATOR_ADDRESS or autodetect)"
+    )
+    num_processes: int | None = Field(None, ge=1, description="else JAX_NUM_PROCESSES")
+    process_id: int | None = Field(None, ge=0, description="else JAX_PROCESS_ID")
 
 
 class TuneParam(Section):

@@ -63,11 +63,14 @@ class StopRequests:
             signal.signal(sig, handler)
 
 
-def prefetch(it: Iterator[Batch], size: int = 2) -> Iterator[Batch]:
-    """Starts host-to-device copies `size` batches ahead."""
+def prefetch(
+    it: Iterator[Batch], size: int = 2, put: Callable[[Batch], Batch] = jax.device_put
+) -> Iterator[Batch]:
+    """Starts host-to-device copies (`put`, e.g. `DataParallel.put_batch`) `size` batches
+    ahead."""
     queue: list[Batch] = []
     for batch in it:
-        queue.append(jax.device_put(batch))
+        queue.append(put(batch))
         if len(queue) > size:
             yield queue.pop(0)
     yield from queue
@@ -89,10 +92,11 @@ def evaluate(
     x: np.ndarray,
     y: np.ndarray,
     batch_size: int,
+    put: Callable[[Batch], Batch] = jax.device_put,
 ) -> dict[str, float]:
     """Loss and accuracy over every example of (x, y); `eval_fn` returns per-batch sums."""
     totals: dict[str, float] = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-    sums = [eval_fn(state, b) for b in prefetch(eval_batches(x, y, batch_size))]
+    sums = [eval_fn(state, b) for b in prefetch(eval_batches(x, y, batch_size), put=put)]
     for s in jax.device_get(sums):
         for k in totals:
             totals[k] += float(s[k])

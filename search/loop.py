@@ -28,6 +28,7 @@ from nasax.data import (
 )
 from nasax.io import atomic_write_json, atomic_write_npz, atomic_write_text
 from nasax.optim import arch_optimizer, weight_optimizer, weight_schedule
+from nasax.parallel import DataParallel, data_parallel
 from nasax.progress import LoopProgress
 from nasax.rundir import MetricsLog, prepare_run_dir
 from nasax.runloop import (
@@ -54,7 +55,7 @@ _COMPILED: dict[str, tuple[Any, Any]] = {}
 _COMPILED_KEEP = 2
 
 
-def program_key(config: Config, dataset: Dataset, steps_per_epoch: int) -> str:
+def program_key(config: Config, dataset: Dataset, steps_per_epoch: int, dp: DataParallel) -> str:
     """Everything the compiled search programs depend on, so a later run in the same
     process (a resume, another trial) reuses them instead of compiling again.
 
@@ -76,7 +77,7 @@ def program_key(config: Config, dataset: Dataset, steps_per_epoch: int) -> str:
                 np.asarray(dataset.std).tolist(),
             ],
             "steps_per_epoch": steps_per_epoch,
-            "devices": [str(d) for d in jax.devices()],
+            "devices": [str(d) for d in dp.mesh.devices.flat],
         },
         sort_keys=True,
     )
@@ -162,6 +163,7 @@ def run_search(
         atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     steps_per_epoch = min(len(train_idx), len(val_idx)) // s.batch_size
     total_steps = steps_per_epoch * s.epochs
+    dp = data_parallel(rc, {"search.batch_size": s.batch_size})
 
     setup = build_setup(config, dataset, steps_per_epoch)
     strategy: Strategy = STRATEGIES.get(s.strategy)(setup, s.strategy_options())
@@ -169,7 +171,7 @@ def run_search(
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
     resumed = restore_or_start(checkpoints, metrics_log, state, resume)
-    state = resumed.state
+    state = dp.put_state(resumed.state)
     alphas = _AlphaHistory(run_dir / "alphas.npz", setup.space, keep_epochs=resumed.start[0])
 
     n_params = count_leaves(state.params) if hasattr(state, "params") else None
@@ -178,12 +180,14 @@ def run_search(
     )
     progress.log(
         f"{dataset.name}: {len(train_idx)} + {len(val_idx)} search images, "
-        f"{steps_per_epoch} steps per epoch; compiling the search step (cached for later runs)"
+        f"{steps_per_epoch} steps per epoch"
+        + (f", each batch split over {dp.size} devices" if dp.size > 1 else "")
+        + "; compiling the search step (cached for later runs)"
     )
-    sample = next(batches(dataset.x_train, dataset.y_train, train_idx, s.batch_size))
-    eval_sample = next(eval_batches(dataset.x_test, dataset.y_test, s.batch_size))
+    sample = dp.put_batch(next(batches(dataset.x_train, dataset.y_train, train_idx, s.batch_size)))
+    eval_sample = dp.put_batch(next(eval_batches(dataset.x_test, dataset.y_test, s.batch_size)))
     compile_start = time.perf_counter()
-    key = program_key(config, dataset, steps_per_epoch)
+    key = program_key(config, dataset, steps_per_epoch, dp)
     if key not in _COMPILED:
         step = guard_step(strategy.step, rc)
         _COMPILED[key] = (
@@ -208,7 +212,8 @@ def run_search(
                     epoch_order(idx, config.seed, epoch, stream),
                     s.batch_size,
                     first,
-                )
+                ),
+                put=dp.put_batch,
             )
             for stream, idx in enumerate((train_idx, val_idx))
         ]
@@ -219,7 +224,7 @@ def run_search(
 
     def select_batches() -> Iterator[Batch]:
         """The validation half in a fixed order, for strategies that score candidates."""
-        return batches(dataset.x_train, dataset.y_train, val_idx, s.batch_size)
+        return map(dp.put_batch, batches(dataset.x_train, dataset.y_train, val_idx, s.batch_size))
 
     selection = {"seconds": 0.0, "calls": 0}
 
@@ -236,7 +241,8 @@ def run_search(
         """Validation batches for a strategy's after-epoch phase, reshuffled per pass."""
         for sweep in itertools.count():
             order = epoch_order(val_idx, config.seed, epoch * 1_000 + sweep, stream=2)
-            yield from batches(dataset.x_train, dataset.y_train, order, s.batch_size)
+            for batch in batches(dataset.x_train, dataset.y_train, order, s.batch_size):
+                yield dp.put_batch(batch)
 
     def after_epoch(state: Any, epoch: int, step: int) -> tuple[Any, list[dict[str, Any]]]:
         tick = time.perf_counter()
@@ -263,7 +269,9 @@ def run_search(
             genotype = derived["latest"] = current_genotype(state)
             genotype.save(run_dir / "genotype.json")
         if evaluating:
-            test.update(evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size))
+            test.update(
+                evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size, dp.put_batch)
+            )
             progress.log(
                 f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}  "
                 f"genotype {_describe(genotype)}"
@@ -296,7 +304,7 @@ def run_search(
         checkpoints.close()
 
     if not test:  # resumed after the last epoch's checkpoint: evaluate what we have
-        test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size)
+        test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size, dp.put_batch)
     genotype = derived.get("latest") or current_genotype(state)
     genotype.save(run_dir / "genotype.json")
     summary = {

@@ -27,6 +27,7 @@ from nasax.data import (
 from nasax.errors import ConfigError, GenotypeError, RunDirError
 from nasax.io import atomic_write_json, atomic_write_text
 from nasax.optim import weight_optimizer, weight_schedule
+from nasax.parallel import data_parallel
 from nasax.progress import LoopProgress
 from nasax.rundir import MetricsLog, prepare_run_dir
 from nasax.runloop import (
@@ -150,11 +151,12 @@ def run_train(
 
     trainer = build_trainer(config, genotype, dataset)
     steps_per_epoch, total_steps = trainer.steps_per_epoch, trainer.steps_per_epoch * t.epochs
+    dp = data_parallel(rc, {"train.batch_size": t.batch_size})
     state = trainer.init(jax.random.PRNGKey(config.seed))
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
     resumed = restore_or_start(checkpoints, metrics_log, state, resume)
-    state = resumed.state
+    state = dp.put_state(resumed.state)
 
     counts = param_counts(trainer.module(state))
     progress = LoopProgress(total_steps, t.epochs, enabled=rc.progress, label="train")
@@ -164,8 +166,8 @@ def run_train(
         "compiling the training step (cached for later runs)"
     )
     order = np.arange(len(dataset.x_train))
-    sample = next(batches(dataset.x_train, dataset.y_train, order, t.batch_size))
-    eval_sample = next(eval_batches(dataset.x_test, dataset.y_test, t.batch_size))
+    sample = dp.put_batch(next(batches(dataset.x_train, dataset.y_train, order, t.batch_size)))
+    eval_sample = dp.put_batch(next(eval_batches(dataset.x_test, dataset.y_test, t.batch_size)))
     compile_start = time.perf_counter()
     step = guard_step(trainer.step, rc)
     step_fn = jax.jit(step, donate_argnums=(0,)).lower(state, sample).compile()
@@ -175,14 +177,18 @@ def run_train(
 
     def epoch_batches(epoch: int, first: int) -> Iterator[tuple[Batch]]:
         idx = epoch_order(order, config.seed, epoch, 0)
-        stream = prefetch(batches(dataset.x_train, dataset.y_train, idx, t.batch_size, first))
+        stream = prefetch(
+            batches(dataset.x_train, dataset.y_train, idx, t.batch_size, first), put=dp.put_batch
+        )
         return ((batch,) for batch in stream)
 
     test: dict[str, float] = {}
 
     def end_epoch(state: TrainState, epoch: int, step: int) -> dict[str, Any]:
         if is_eval_epoch(epoch, t.epochs, t.eval_every):
-            test.update(evaluate(eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size))
+            test.update(
+                evaluate(eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size, dp.put_batch)
+            )
             progress.log(
                 f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f}"
             )
@@ -213,7 +219,7 @@ def run_train(
         checkpoints.close()
 
     if not test:  # resumed after the last epoch's checkpoint
-        test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size)
+        test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size, dp.put_batch)
     summary = {
         "kind": "train",
         "dataset": dataset.name,

@@ -1,0 +1,77 @@
+"""Data parallelism: a search split over 4 (forced host) devices gives the losses and
+the genotype of the same search on 1 device with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from nasax.config import validate_config
+from nasax.errors import ConfigError
+from nasax.parallel import data_parallel
+from tests.test_strategy_runs import TINY_NB201
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    from nasax.cli import main
+    from nasax.search import loop
+
+    out, overrides = sys.argv[1], json.loads(sys.argv[2])
+    result = {"devices": len(jax.devices())}
+    for n in (1, 4):
+        args = ["search", "darts_nb201_digits", "--out", f"{out}/d{n}"]
+        for item in [*overrides, f"run.devices={n}"]:
+            args += ["--set", item]
+        assert main(args) == 0
+        step, _ = next(reversed(loop._COMPILED.values()))
+        result[f"all_reduce_{n}"] = "all-reduce" in step.as_text()
+    print(json.dumps(result))
+    """
+)
+
+
+def test_four_devices_give_the_losses_and_genotype_of_one(tiny_npz, tmp_path):
+    overrides = [*TINY_NB201, f"data.name=npz:{tiny_npz}", "run.log_every=1", "search.epochs=1"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path), json.dumps(overrides)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 4
+    # The 4-device step is partitioned: XLA reduces gradients and BN statistics.
+    assert result["all_reduce_4"] and not result["all_reduce_1"]
+
+    def records(n):
+        lines = (tmp_path / f"d{n}" / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines if '"kind": "search"' in line]
+
+    one, four = records(1), records(4)
+    assert len(one) == len(four) == 4
+    for a, b in zip(one, four):
+        for key in ("train_loss", "val_loss", "train_acc", "val_acc", "grad_norm"):
+            np.testing.assert_allclose(a[key], b[key], rtol=2e-5, err_msg=key)
+    summaries = [json.loads((tmp_path / f"d{n}" / "summary.json").read_text()) for n in (1, 4)]
+    assert summaries[0]["genotype"] == summaries[1]["genotype"]
+    assert summaries[0]["test_accuracy"] == pytest.approx(summaries[1]["test_accuracy"])
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused():
+    run = validate_config({}).run
+    run.devices = 1
+    assert data_parallel(run, {"search.batch_size": 30}).size == 1
+    run.devices = 64
+    with pytest.raises(ConfigError, match=r"run\.devices: 64 devices asked for"):
+        data_parallel(run, {"search.batch_size": 64})
