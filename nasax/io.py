@@ -21,8 +21,19 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def is_primary() -> bool:
+    """Whether this process writes the run's files (process 0 of a multi-host job)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to a temporary file beside `path`, fsyncs it, then renames it over."""
+    """Writes `data` to a temporary file beside `path`, fsyncs it, then renames it over.
+
+    In a multi-host job only process 0 writes (the others hold the same data)."""
+    if not is_primary():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

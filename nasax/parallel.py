@@ -45,6 +45,14 @@ def initialize(run: RunConfig) -> None:
     jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
 
 
+def sync_processes(name: str) -> None:
+    """Waits until every process of a multi-host job gets here (no-op on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 class DataParallel(NamedTuple):
     """Where arrays go: batches split over the mesh's batch axis, the rest replicated."""
 
@@ -98,4 +106,4 @@ def data_parallel(run: RunConfig, batch_sizes: dict[str, int]) -> DataParallel:
     )
 
 
-__all__ = ["DataParallel", "data_parallel", "initialize"]
+__all__ = ["DataParallel", "data_parallel", "initialize", "sync_processes"]

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from nasax.errors import RunDirError
-from nasax.io import atomic_write_text
+from nasax.io import atomic_write_text, is_primary
+from nasax.parallel import sync_processes
 
 
 def default_run_dir(out_dir: str, name: str) -> Path:
@@ -21,6 +22,7 @@ def default_run_dir(out_dir: str, name: str) -> Path:
 def prepare_run_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
     """Creates (or, resuming, checks) a run directory; never overwrites without being told."""
     path = Path(path)
+    sync_processes("nasax: run directory check")  # no process deletes while one looks
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite exclude each other")
     if resume:
@@ -33,8 +35,12 @@ def prepare_run_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool) -
                 f"run directory {path} exists and is not empty; pass --resume to continue it "
                 "or --overwrite to start over"
             )
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+        sync_processes("nasax: run directory checked")
+        if is_primary():
+            shutil.rmtree(path)
+    if is_primary():
+        path.mkdir(parents=True, exist_ok=True)
+    sync_processes("nasax: run directory ready")
     return path
 
 
@@ -56,6 +62,8 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+        if not is_primary():  # every process keeps the records; process 0 writes them
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
