@@ -105,8 +105,8 @@ def test_interrupted_search_resumes_to_the_uninterrupted_result(
     real_prefetch = search_loop.prefetch
     drawn = {"batches": 0}
 
-    def prefetch_then_interrupt(it, size=2):
-        for batch in real_prefetch(it, size):
+    def prefetch_then_interrupt(it, size=2, **kw):
+        for batch in real_prefetch(it, size, **kw):
             drawn["batches"] += 1
             if drawn["batches"] == 12:  # both streams of the second epoch: a real SIGINT
                 os.kill(os.getpid(), signal.SIGINT)

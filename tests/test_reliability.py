@@ -105,8 +105,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(
     real_prefetch = train_loop.prefetch
     count = {"batches": 0}
 
-    def prefetch_then_terminate(it, size=2):
-        for batch in real_prefetch(it, size):
+    def prefetch_then_terminate(it, size=2, **kw):
+        for batch in real_prefetch(it, size, **kw):
             count["batches"] += 1
             if count["batches"] == 3:
                 os.kill(os.getpid(), signal.SIGTERM)

@@ -88,8 +88,8 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(
     real_prefetch = train_loop.prefetch
     drawn = {"batches": 0}
 
-    def prefetch_then_interrupt(it, size=2):
-        for batch in real_prefetch(it, size):
+    def prefetch_then_interrupt(it, size=2, **kw):
+        for batch in real_prefetch(it, size, **kw):
             drawn["batches"] += 1
             if drawn["batches"] == 6:  # in the second epoch: a real SIGINT to this process
                 os.kill(os.getpid(), signal.SIGINT)
