@@ -26,6 +26,8 @@ def _search(args: argparse.Namespace) -> int:
         f"{summary['wall_seconds']:.0f} s; genotype in {run_dir}/genotype.json\n"
         f"  {summary['genotype_text']}"
     )
+    if summary.get("stopped_early"):
+        print(f"  stopped at the time limit ({summary['time_limit']:.0f} s) with the latest cell")
     return 0
 
 

@@ -173,6 +173,12 @@ class RunConfig(Section):
         "stop", description="on a NaN/inf loss or gradient: stop the run, or skip the step"
     )
     progress: bool = True
+    time_limit: float | None = Field(
+        None,
+        gt=0,
+        description="seconds a run may take, compilation included; it then stops with its "
+        "latest state (null: no limit)",
+    )
 
 
 class Config(Section):

@@ -226,12 +226,18 @@ def masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[s
 
 
 class LoopResult(NamedTuple):
-    """Where an epoch loop ended and how fast it ran."""
+    """Where an epoch loop ended, how fast it ran, and whether the time limit stopped it."""
 
     state: Any
     step: int
     images: int
     seconds: float
+    stopped_early: bool = False
+
+
+def past(deadline: float | None) -> bool:
+    """Whether `deadline` (a `time.perf_counter()` value; None: no limit) has passed."""
+    return deadline is not None and time.perf_counter() >= deadline
 
 
 def run_epochs(
@@ -252,6 +258,7 @@ def run_epochs(
     end_epoch: Callable[[Any, int, int], dict[str, Any]],
     shown: Sequence[str],
     resume_hint: str,
+    deadline: float | None = None,
 ) -> LoopResult:
     """Runs jitted steps epoch by epoch with logging, checkpoints and Ctrl-C handling.
 
@@ -274,6 +281,10 @@ def run_epochs(
         end_epoch: end_epoch(state, epoch, step) -> extra fields of the epoch record.
         shown: metric names the progress bar shows.
         resume_hint: how to continue, for the message of an interrupted run.
+        deadline: a `time.perf_counter()` time (the run's time limit): the loop stops at
+            the first step boundary after it, checkpoints, closes the partial epoch with
+            an epoch record holding `"stopped": "time_limit"` (after `end_epoch`), and
+            returns with `stopped_early`. Every epoch it enters runs at least one step.
     """
     log_every, skip_nonfinite = run.log_every, run.nonfinite == "skip"
     checkpoint_seconds = 60 * run.checkpoint_minutes if run.checkpoint_minutes else None
@@ -294,11 +305,15 @@ def run_epochs(
 
     with progress, StopRequests() as stop:
         progress.advance(step, start_epoch)
+        stopped = False
         for epoch in range(start_epoch, epochs):
             first = start_batch if epoch == start_epoch else 0
             stream = epoch_batches(epoch, first)
             tick, since = time.perf_counter(), 0
             for batch_index in range(first, steps_per_epoch):
+                if batch_index > first and past(deadline):
+                    stopped = True
+                    break
                 state, metrics = step_fn(state, *next(stream))
                 queued.append(metrics)
                 step, since = step + 1, since + 1
@@ -326,11 +341,29 @@ def run_epochs(
                 )
                 if due:
                     checkpoint(state, epoch, batch_index + 1)
+            if stopped:  # mid-epoch: log what ran, save the position, close the epoch
+                if queued:
+                    record = flush_metrics(queued, epoch, step, kind, skip_nonfinite)
+                    seconds = time.perf_counter() - tick
+                    record["images_per_sec"] = since * batch_size / seconds
+                    images, seconds_total = images + since * batch_size, seconds_total + seconds
+                    metrics_log.write(record)
+                checkpoint(state, epoch, batch_index)
             record = {"kind": "epoch", "epoch": epoch + 1, "step": step}
             record.update(end_epoch(state, epoch, step))
+            if stopped:
+                record["stopped"] = "time_limit"
             metrics_log.write(record)
-            checkpoint(state, epoch + 1, 0)
-    return LoopResult(state, step, images, seconds_total)
+            if not stopped:
+                checkpoint(state, epoch + 1, 0)
+            if stopped or (epoch < epochs - 1 and past(deadline)):
+                stopped = True
+                progress.log(
+                    f"time limit reached after {step} steps (epoch {epoch + 1} of {epochs}); "
+                    f"stopping with the latest state; {resume_hint}"
+                )
+                break
+    return LoopResult(state, step, images, seconds_total, stopped)
 
 
 class Resumed(NamedTuple):

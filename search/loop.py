@@ -233,8 +233,9 @@ def run_search(
             return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
         return {}
 
+    deadline = None if rc.time_limit is None else wall_start + rc.time_limit - resumed.elapsed
     try:
-        state, step, images, search_seconds = run_epochs(
+        result = run_epochs(
             state,
             step_fn,
             epoch_batches,
@@ -251,11 +252,13 @@ def run_search(
             end_epoch=end_epoch,
             shown=("train_loss", "train_acc", "val_loss", "val_acc", "images_per_sec"),
             resume_hint=f"continue with: nasax search CONFIG --resume --out {run_dir}",
+            deadline=deadline,
         )
     finally:
         checkpoints.close()
+    state, step, images, search_seconds = result[:4]
 
-    if not test:  # resumed after the last epoch's checkpoint: evaluate what we have
+    if not test or result.stopped_early:  # evaluate the state the search ended with
         test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size)
     genotype = derived.get("latest") or current_genotype(state)
     genotype.save(run_dir / "genotype.json")
@@ -276,6 +279,8 @@ def run_search(
         "peak_rss_mb": peak_rss_mb(),
         "genotype": genotype.to_dict(),
         "genotype_text": _describe(genotype),
+        "stopped_early": result.stopped_early,
+        "time_limit": rc.time_limit,
     }
     atomic_write_json(run_dir / "summary.json", summary)
     return summary

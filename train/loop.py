@@ -187,8 +187,9 @@ def run_train(
             return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
         return {}
 
+    deadline = None if rc.time_limit is None else wall_start + rc.time_limit - resumed.elapsed
     try:
-        state, step, images, train_seconds = run_epochs(
+        result = run_epochs(
             state,
             step_fn,
             epoch_batches,
@@ -205,11 +206,13 @@ def run_train(
             end_epoch=end_epoch,
             shown=("train_loss", "train_acc", "images_per_sec"),
             resume_hint=f"continue with: nasax train CONFIG --resume --out {run_dir}",
+            deadline=deadline,
         )
     finally:
         checkpoints.close()
+    state, step, images, train_seconds = result[:4]
 
-    if not test:  # resumed after the last epoch's checkpoint
+    if not test or result.stopped_early:  # evaluate the state the training ended with
         test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size)
     summary = {
         "kind": "train",
@@ -226,6 +229,8 @@ def run_train(
         "images_per_sec": images / train_seconds if train_seconds else None,
         "peak_rss_mb": peak_rss_mb(),
         "genotype": genotype.to_dict(),
+        "stopped_early": result.stopped_early,
+        "time_limit": rc.time_limit,
     }
     atomic_write_json(run_dir / "summary.json", summary)
     return summary
