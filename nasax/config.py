@@ -173,6 +173,8 @@ class RunConfig(Section):
         "stop", description="on a NaN/inf loss or gradient: stop the run, or skip the step"
     )
     progress: bool = True
+    tensorboard: bool = Field(True, description="TensorBoard event files in RUN_DIR/tensorboard")
+    plots: bool = Field(True, description="architecture-weight pictures in RUN_DIR/arch")
     time_limit: float | None = Field(
         None,
         gt=0,

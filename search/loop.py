@@ -45,6 +45,7 @@ from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.skeletons import skeleton_of
 from nasax.supernet.spaces import get_space
+from nasax.views import RunViews
 
 _COMPILED: dict[str, tuple[Any, Any]] = {}
 """Compiled (step, evaluate) programs of this process by `program_key`, newest last."""
@@ -162,7 +163,8 @@ def run_search(
     strategy: Strategy = STRATEGIES.get(s.strategy)(setup, s.strategy_options())
     state = strategy.init(jax.random.PRNGKey(config.seed))
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+    views = RunViews(run_dir, tensorboard=rc.tensorboard, plots=rc.plots)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", sinks=views.sinks)
     resumed = restore_or_start(checkpoints, metrics_log, state, resume)
     state = resumed.state
     alphas = _AlphaHistory(run_dir / "alphas.npz", setup.space, keep_epochs=resumed.start[0])
@@ -220,7 +222,9 @@ def run_search(
 
     def end_epoch(state: Any, epoch: int, step: int) -> dict[str, Any]:
         evaluating = is_eval_epoch(epoch, s.epochs, s.eval_every)
-        alphas.append(strategy.arch_weights(state))
+        weights = strategy.arch_weights(state)
+        alphas.append(weights)
+        views.arch_epoch(weights, setup.space.ops, np.array(setup.space.edges), epoch, step)
         if strategy.select is None or evaluating:  # selection costs a sweep of candidates
             genotype = derived["latest"] = current_genotype(state)
             genotype.save(run_dir / "genotype.json")
@@ -254,8 +258,10 @@ def run_search(
             resume_hint=f"continue with: nasax search CONFIG --resume --out {run_dir}",
             deadline=deadline,
         )
+        views.arch_history(alphas.rows, setup.space.ops, np.array(setup.space.edges))
     finally:
         checkpoints.close()
+        views.close()
     state, step, images, search_seconds = result[:4]
 
     if not test or result.stopped_early:  # evaluate the state the search ended with

@@ -45,6 +45,7 @@ from nasax.supernet.genotypes import Genotype, load_genotype
 from nasax.supernet.skeletons import skeleton_of
 from nasax.supernet.spaces import get_space
 from nasax.train.trainer import Regularizers, Trainer, TrainState
+from nasax.views import RunViews
 
 
 def check_train_config(config: Config) -> None:
@@ -150,7 +151,8 @@ def run_train(
     steps_per_epoch, total_steps = trainer.steps_per_epoch, trainer.steps_per_epoch * t.epochs
     state = trainer.init(jax.random.PRNGKey(config.seed))
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+    views = RunViews(run_dir, tensorboard=rc.tensorboard, plots=False)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", sinks=views.sinks)
     resumed = restore_or_start(checkpoints, metrics_log, state, resume)
     state = resumed.state
 
@@ -210,6 +212,7 @@ def run_train(
         )
     finally:
         checkpoints.close()
+        views.close()
     state, step, images, train_seconds = result[:4]
 
     if not test or result.stopped_early:  # evaluate the state the training ended with
