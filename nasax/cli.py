@@ -74,6 +74,29 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show(args: argparse.Namespace) -> int:
+    from nasax.io import atomic_write_text
+    from nasax.supernet.drawing import (
+        GraphvizMissing,
+        draw_genotype,
+        genotype_dot,
+        genotype_text,
+    )
+    from nasax.supernet.genotypes import load_genotype
+
+    genotype = load_genotype(args.genotype)
+    print(genotype_text(genotype))
+    if args.out:
+        try:
+            print(f"drew the cells to {draw_genotype(genotype, args.out)}")
+        except GraphvizMissing as e:
+            dot_path = Path(args.out).with_suffix(".dot")
+            atomic_write_text(dot_path, genotype_dot(genotype))
+            print(f"nasax: {e}; wrote the Graphviz text to {dot_path} instead", file=sys.stderr)
+            print(genotype_dot(genotype), end="")
+    return 0
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a config file, or the name of a shipped config")
     parser.add_argument(
@@ -119,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out_dir", help="the folder to write")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     export.set_defaults(run=_export)
+
+    show = commands.add_parser("show", help="print a genotype's cells and draw them")
+    show.add_argument(
+        "genotype", help="genotype.json, a search run directory, or a published name (DARTS_V2)"
+    )
+    show.add_argument(
+        "--out", help="picture to write: .png or .svg (needs Graphviz's dot) or .dot (text)"
+    )
+    show.set_defaults(run=_show)
     return parser
 
 
