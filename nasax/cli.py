@@ -97,6 +97,13 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from nasax.report import write_report
+
+    print(f"wrote {write_report(args.run_dir, args.out)}")
+    return 0
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a config file, or the name of a shipped config")
     parser.add_argument(
@@ -151,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="picture to write: .png or .svg (needs Graphviz's dot) or .dot (text)"
     )
     show.set_defaults(run=_show)
+
+    report = commands.add_parser("report", help="write a run's static HTML report")
+    report.add_argument("run_dir", help="a search or retraining run directory")
+    report.add_argument("--out", help="the HTML file (default RUN_DIR/report.html)")
+    report.set_defaults(run=_report)
     return parser
 
 
