@@ -282,9 +282,10 @@ def run_epochs(
         shown: metric names the progress bar shows.
         resume_hint: how to continue, for the message of an interrupted run.
         deadline: a `time.perf_counter()` time (the run's time limit): the loop stops at
-            the first step boundary after it, checkpoints, closes the partial epoch with
-            an epoch record holding `"stopped": "time_limit"` (after `end_epoch`), and
-            returns with `stopped_early`. Every epoch it enters runs at least one step.
+            the first step or epoch boundary after it, checkpoints, marks the epoch
+            record it ends with `"stopped": "time_limit"` (`end_epoch` runs for a partial
+            epoch too), and returns with `stopped_early`. Every epoch it enters runs at
+            least one step.
     """
     log_every, skip_nonfinite = run.log_every, run.nonfinite == "skip"
     checkpoint_seconds = 60 * run.checkpoint_minutes if run.checkpoint_minutes else None
@@ -351,12 +352,13 @@ def run_epochs(
                 checkpoint(state, epoch, batch_index)
             record = {"kind": "epoch", "epoch": epoch + 1, "step": step}
             record.update(end_epoch(state, epoch, step))
-            if stopped:
+            at_limit = stopped or (epoch < epochs - 1 and past(deadline))
+            if at_limit:
                 record["stopped"] = "time_limit"
             metrics_log.write(record)
-            if not stopped:
+            if not stopped:  # a complete epoch
                 checkpoint(state, epoch + 1, 0)
-            if stopped or (epoch < epochs - 1 and past(deadline)):
+            if at_limit:
                 stopped = True
                 progress.log(
                     f"time limit reached after {step} steps (epoch {epoch + 1} of {epochs}); "
