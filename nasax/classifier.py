@@ -156,7 +156,8 @@ class ImageClassifier:
         trainer, state, batch_size = self._trained()
         images = self._images(x, "x")
         labels = check_labels("test", y, len(images), "ImageClassifier y")
-        return evaluate(jax.jit(trainer.evaluate), state, images, labels, batch_size)
+        label = None if self.quiet else "evaluate"
+        return evaluate(jax.jit(trainer.evaluate), state, images, labels, batch_size, label)
 
     def predict(self, x: Any) -> np.ndarray:
         """Predicted class indices of the retrained network for images x."""
@@ -188,7 +189,7 @@ class ImageClassifier:
         from nasax.train.export import export_run
 
         self._trained()
-        return export_run(self.final_dir, model_dir, overwrite=overwrite)
+        return export_run(self.final_dir, model_dir, overwrite=overwrite, progress=not self.quiet)
 
     # ------------------------------------------------------------------ helpers
 

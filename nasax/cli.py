@@ -55,7 +55,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from nasax.train.loop import evaluate_run
 
-    result = evaluate_run(args.run_dir)
+    result = evaluate_run(args.run_dir, progress=not args.quiet)
     state = "finished" if result["finished"] else "interrupted"
     print(
         f"{args.run_dir} ({state} after {result['epochs_done']} of {result['epochs']} epochs, "
@@ -69,7 +69,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from nasax.train.export import export_run
 
-    out = export_run(args.run_dir, args.out_dir, overwrite=args.overwrite)
+    out = export_run(args.run_dir, args.out_dir, overwrite=args.overwrite, progress=not args.quiet)
     print(f"exported to {out}; load with nasax.load_model({str(out)!r})")
     return 0
 
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="test accuracy of a retraining run's latest checkpoint"
     )
     evaluate.add_argument("run_dir", help="a run directory written by nasax train")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=_evaluate)
 
     export = commands.add_parser(
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", help="a run directory written by nasax train")
     export.add_argument("out_dir", help="the folder to write")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
     export.set_defaults(run=_export)
 
     show = commands.add_parser("show", help="print a genotype's cells and draw them")

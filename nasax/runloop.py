@@ -20,7 +20,7 @@ from nasax.checkpoint import Checkpoints
 from nasax.config import Config, RunConfig, validate_config
 from nasax.data import Batch, eval_batches
 from nasax.errors import NasaxError, NonFiniteError, RunDirError
-from nasax.progress import LoopProgress
+from nasax.progress import LoopProgress, TaskProgress
 from nasax.rundir import MetricsLog
 
 
@@ -89,10 +89,21 @@ def evaluate(
     x: np.ndarray,
     y: np.ndarray,
     batch_size: int,
+    progress: str | None = None,
 ) -> dict[str, float]:
-    """Loss and accuracy over every example of (x, y); `eval_fn` returns per-batch sums."""
+    """Loss and accuracy over every example of (x, y); `eval_fn` returns per-batch sums.
+
+    `progress` names a bar to show (for evaluations that stand alone, as `nasax
+    evaluate`; inside a training loop its own bar is live and this stays None).
+    """
     totals: dict[str, float] = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-    sums = [eval_fn(state, b) for b in prefetch(eval_batches(x, y, batch_size))]
+    sums = []
+    with TaskProgress(len(x), enabled=progress is not None, label=progress or "") as bar:
+        for b in prefetch(eval_batches(x, y, batch_size)):
+            sums.append(eval_fn(state, b))
+            if progress is not None:
+                jax.block_until_ready(sums[-1])  # so the bar's rate is the real one
+                bar.advance(int(b["mask"].sum()), bar.rate_text())
     for s in jax.device_get(sums):
         for k in totals:
             totals[k] += float(s[k])

@@ -272,11 +272,18 @@ def load_train_run(
     return config, genotype, dataset, trainer, state, meta
 
 
-def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, *, progress: bool = False) -> dict[str, Any]:
     """Test loss and top-1 of the latest checkpoint of a finished or interrupted retraining."""
     config, _, dataset, trainer, state, meta = load_train_run(run_dir)
     eval_fn = jax.jit(trainer.evaluate)
-    test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, config.train.batch_size)
+    test = evaluate(
+        eval_fn,
+        state,
+        dataset.x_test,
+        dataset.y_test,
+        config.train.batch_size,
+        progress="evaluate" if progress else None,
+    )
     return {
         "run_dir": str(run_dir),
         "epochs_done": meta["epoch"],
