@@ -96,7 +96,7 @@ def evolution_figure(history: np.ndarray, ops: Sequence[str], edges: np.ndarray,
     axes.flat[0].legend(fontsize=6, loc="upper left")
     fig.supxlabel("epoch", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(hspace=0.45, wspace=0.12, top=0.9)  # cheaper than tight_layout
     return fig
 
 

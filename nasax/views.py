@@ -42,14 +42,15 @@ class RunViews:
         epoch: int,
         step: int,
     ) -> None:
-        """The heatmap of the softmax weights after `epoch` (from 0), as PNG and in TensorBoard."""
+        """The heatmap of the softmax weights after `epoch` (from 0) as PNG (`plots`), and
+        in TensorBoard as histograms (and the heatmap image when `plots` drew it)."""
         kinds = arch_kinds(weights)
-        if not kinds or not (self.plots or self.tensorboard):
-            return
-        png = png_bytes(heatmap_figure(kinds, ops, np.asarray(edges), f"epoch {epoch + 1}"))
-        if self.plots:
+        png = None
+        if kinds and self.plots:
+            figure = heatmap_figure(kinds, ops, np.asarray(edges), f"epoch {epoch + 1}")
+            png = png_bytes(figure, dpi=80)  # one per epoch: small and quick
             atomic_write_bytes(self.run_dir / ARCH_DIR / f"epoch_{epoch + 1:03d}.png", png)
-        if self.tensorboard:
+        if kinds and self.tensorboard:  # the heatmap image only where it was drawn anyway
             probs = {k: softmax(v) for k, v in kinds.items()}
             self.tensorboard.arch_weights(probs, ops, step, png)
 
@@ -61,7 +62,8 @@ class RunViews:
             return
         for kind, rows in arch_kinds({k: np.stack(v) for k, v in history.items() if v}).items():
             fig = evolution_figure(rows, ops, np.asarray(edges), f"{kind} cell over the search")
-            atomic_write_bytes(self.run_dir / ARCH_DIR / f"evolution_{kind}.png", png_bytes(fig))
+            png = png_bytes(fig, dpi=80)
+            atomic_write_bytes(self.run_dir / ARCH_DIR / f"evolution_{kind}.png", png)
 
     def close(self) -> None:
         if self.tensorboard:

@@ -21,6 +21,7 @@ TINY = [
     "search.batch_size=16",
     "run.log_every=2",
     "run.progress=false",
+    "run.plots=false",
 ]
 """Overrides that make darts_digits a seconds-long search (after compilation)."""
 
