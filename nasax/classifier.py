@@ -117,6 +117,7 @@ class ImageClassifier:
         """Searches a cell on (x, y) within the time limit; returns self."""
         from nasax.search.loop import run_search
 
+        _use_compilation_cache()
         source = self._hold("search", x, y, validation_data)
         config = self._config("search", source)
         self.search_summary = run_search(config, self.search_dir, overwrite=self.overwrite)
@@ -259,6 +260,17 @@ class ImageClassifier:
         if self._model is None:
             raise NasaxError("no retrained network yet: call fit(x, y), then final_fit(x, y)")
         return self._model
+
+
+def _use_compilation_cache() -> None:
+    """Turns on nasax's on-disk cache of compiled programs (as the CLI does), unless the
+    program already chose a cache folder itself."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir is None:
+        from nasax.cli import enable_compilation_cache
+
+        enable_compilation_cache()
 
 
 __all__ = ["SIZES", "ImageClassifier"]
