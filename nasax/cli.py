@@ -104,6 +104,28 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from nasax.config import load_config
+    from nasax.tune import run_tune
+
+    config = load_config(args.config, args.set)
+    if args.trials is not None and config.tune is not None:
+        config.tune.trials = args.trials
+    out = args.out or Path(config.run.out_dir) / f"{config.name}-tune"
+    if args.quiet:
+        config.run.progress = False
+    summary = run_tune(config, out)
+    best = summary["best"]
+    if best is None:
+        print(f"tuning finished without a completed trial; see {out}/tune_summary.json")
+        return 1
+    print(
+        f"tuning finished: best trial {best['number']} with {summary['metric']} "
+        f"{best['value']:.4f}; its config is {out}/best_config.yaml"
+    )
+    return 0
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a config file, or the name of a shipped config")
     parser.add_argument(
@@ -165,6 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", help="a search or retraining run directory")
     report.add_argument("--out", help="the HTML file (default RUN_DIR/report.html)")
     report.set_defaults(run=_report)
+
+    tune = commands.add_parser(
+        "tune", help="tune a config's knobs (its `tune` section) with optuna; resumable"
+    )
+    tune.add_argument("config", help="a config file with a `tune` section, or a shipped name")
+    tune.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
+    tune.add_argument(
+        "--out", help="study folder (default: <run.out_dir>/<name>-tune); rerun to continue"
+    )
+    tune.add_argument("--trials", type=int, help="trials in the study (overrides tune.trials)")
+    tune.add_argument("--quiet", action="store_true", help="no progress bars")
+    tune.set_defaults(run=_tune)
     return parser
 
 

@@ -76,7 +76,9 @@ class DiscretizerConfig(Section):
 
 class SearchConfig(Section):
     strategy: str = "darts"
-    epochs: int = Field(50, ge=1)
+    epochs: int = Field(
+        50, ge=0, description="0 only for strategies that start from trained weights"
+    )
     batch_size: int = Field(64, ge=1)
     train_portion: float = Field(
         0.5, gt=0.0, lt=1.0, description="share of the training set for the weight step"
@@ -108,6 +110,15 @@ class SearchConfig(Section):
         except ValidationError as e:
             raise ValueError(_first_error(e, prefix=f"search.{name}", model=schema)) from None
         return data
+
+    @model_validator(mode="after")
+    def _some_training(self) -> SearchConfig:
+        if self.epochs == 0 and not self.options.get("weights_from"):
+            raise ValueError(
+                "search.epochs must be at least 1; 0 (no weight training) needs trained "
+                f"weights, e.g. search.evolution.weights_from (strategy: {self.strategy})"
+            )
+        return self
 
     def strategy_options(self) -> BaseModel:
         """The strategy's own section as its typed model."""
@@ -183,6 +194,45 @@ class RunConfig(Section):
     )
 
 
+class TuneParam(Section):
+    """One knob of a tuning search space: a float or int range, or a list of choices."""
+
+    type: Literal["float", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = Field(False, description="sample the range on a log scale")
+    step: float | None = Field(None, gt=0, description="grid step of the range")
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> TuneParam:
+        if self.type == "choice":
+            if not self.choices:
+                raise ValueError("a 'choice' knob needs a non-empty `choices` list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type!r} knob needs low < high, got {self.low}, {self.high}")
+        elif self.log and self.low <= 0:
+            raise ValueError(f"a log-scale knob needs low > 0, got {self.low}")
+        return self
+
+
+class TuneConfig(Section):
+    """`nasax tune`: knobs of the run tuned by optuna's TPE with median pruning."""
+
+    command: Literal["search", "train"] = Field("search", description="what each trial runs")
+    trials: int = Field(20, ge=1, description="trials in the study (finished ones count)")
+    metric: str = Field(
+        "val_acc", description="epoch figure to optimise: val_acc (search), test_acc, ..."
+    )
+    direction: Literal["maximize", "minimize"] = "maximize"
+    pruner: Literal["median", "none"] = "median"
+    startup_trials: int = Field(3, ge=0, description="trials that are never pruned")
+    warmup_epochs: int = Field(1, ge=0, description="epochs of a trial that are never pruned")
+    params: dict[str, TuneParam] = Field(
+        default_factory=dict, description="dotted config key -> its range or choices"
+    )
+
+
 class Config(Section):
     """A whole run."""
 
@@ -194,11 +244,14 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    tune: TuneConfig | None = Field(None, description="how `nasax tune` tunes this config")
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved config as plain data, strategy section in its place."""
         data = self.model_dump(mode="json")
         data["search"][self.search.strategy] = dict(self.search.options)
+        if data["tune"] is None:
+            del data["tune"]
         return data
 
     def to_yaml(self) -> str:

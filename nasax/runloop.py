@@ -270,6 +270,8 @@ def run_epochs(
     shown: Sequence[str],
     resume_hint: str,
     deadline: float | None = None,
+    after_epoch: Callable[[Any, int, int], tuple[Any, list[dict[str, Any]]]] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> LoopResult:
     """Runs jitted steps epoch by epoch with logging, checkpoints and Ctrl-C handling.
 
@@ -290,6 +292,9 @@ def run_epochs(
             (`epoch`, `batch`, `step`; batch 0 means the epoch is complete), the
             metrics logged so far and the pending ones.
         end_epoch: end_epoch(state, epoch, step) -> extra fields of the epoch record.
+        after_epoch: after_epoch(state, epoch, step) -> (state, records to log): a phase
+            run after the epoch's steps, before `end_epoch` and the epoch's checkpoint
+            (not after a partial epoch the time limit ended).
         shown: metric names the progress bar shows.
         resume_hint: how to continue, for the message of an interrupted run.
         deadline: a `time.perf_counter()` time (the run's time limit): the loop stops at
@@ -361,6 +366,10 @@ def run_epochs(
                     images, seconds_total = images + since * batch_size, seconds_total + seconds
                     metrics_log.write(record)
                 checkpoint(state, epoch, batch_index)
+            elif after_epoch is not None:
+                state, records = after_epoch(state, epoch, step)
+                for r in records:
+                    metrics_log.write(r)
             record = {"kind": "epoch", "epoch": epoch + 1, "step": step}
             record.update(end_epoch(state, epoch, step))
             at_limit = stopped or (epoch < epochs - 1 and past(deadline))
@@ -369,6 +378,8 @@ def run_epochs(
             metrics_log.write(record)
             if not stopped:  # a complete epoch
                 checkpoint(state, epoch + 1, 0)
+                if on_epoch is not None:
+                    on_epoch(epoch_summary(metrics_log.records, epoch + 1))
             if at_limit:
                 stopped = True
                 progress.log(
@@ -377,6 +388,23 @@ def run_epochs(
                 )
                 break
     return LoopResult(state, step, images, seconds_total, stopped)
+
+
+def epoch_summary(records: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
+    """One epoch's figures: the means of its logged step metrics, then the fields of its
+    phase and epoch records (test accuracy on evaluation epochs)."""
+    mine = [r for r in records if r.get("epoch") == epoch]
+    steps = [r for r in mine if r.get("kind") in ("search", "train")]
+    summary: dict[str, Any] = {}
+    for key in steps[0] if steps else ():
+        values = [r[key] for r in steps if isinstance(r.get(key), int | float)]
+        if values and key not in ("epoch", "step"):
+            summary[key] = float(np.mean(values))
+    for r in mine:
+        if r.get("kind") not in ("search", "train"):
+            summary.update({k: v for k, v in r.items() if k != "kind"})
+    summary["epoch"] = epoch
+    return summary
 
 
 class Resumed(NamedTuple):

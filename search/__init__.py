@@ -3,6 +3,8 @@
 from nasax.search import (  # noqa: F401  (importing registers the strategies)
     darts,
     drnas,
+    enas,
+    evolution,
     gdas,
     pcdarts,
     random_ws,

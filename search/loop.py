@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from nasax.optim import arch_optimizer, weight_optimizer, weight_schedule
 from nasax.progress import LoopProgress
 from nasax.rundir import MetricsLog, prepare_run_dir
 from nasax.runloop import (
+    check_finite,
     check_resume_config,
     checkpoint_writer,
     count_leaves,
@@ -37,6 +39,7 @@ from nasax.runloop import (
     guard_step,
     is_eval_epoch,
     peak_rss_mb,
+    pending_to_host,
     prefetch,
     restore_or_start,
     run_epochs,
@@ -60,8 +63,8 @@ def program_key(config: Config, dataset: Dataset, steps_per_epoch: int) -> str:
     the host side, not the programs.
     """
     resolved = config.to_dict()
-    for key in ("name", "seed", "run"):
-        resolved.pop(key)
+    for key in ("name", "seed", "run", "tune"):
+        resolved.pop(key, None)
     return json.dumps(
         {
             "config": resolved,
@@ -133,6 +136,7 @@ def run_search(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Runs a search as `config` says and writes its run directory; returns the summary.
 
@@ -142,6 +146,7 @@ def run_search(
             checkpoints/ and summary.json go.
         resume: continue from the last checkpoint in `run_dir`.
         overwrite: delete an existing `run_dir` first.
+        on_epoch: called with each finished epoch's figures (`runloop.epoch_summary`).
     """
     wall_start = time.perf_counter()
     s, rc = config.search, config.run
@@ -184,7 +189,10 @@ def run_search(
     if key not in _COMPILED:
         step = guard_step(strategy.step, rc)
         _COMPILED[key] = (
-            jax.jit(step, donate_argnums=(0,)).lower(state, sample, sample).compile(),
+            # No weight steps (epochs 0: trained weights came with the config): no program.
+            jax.jit(step, donate_argnums=(0,)).lower(state, sample, sample).compile()
+            if s.epochs
+            else None,
             jax.jit(strategy.evaluate).lower(state, eval_sample).compile(),
         )
         while len(_COMPILED) > _COMPILED_KEEP:
@@ -219,6 +227,29 @@ def run_search(
         if strategy.select is not None:
             return strategy.select(state, select_batches())
         return strategy.derive(state)
+
+    def phase_batches(epoch: int) -> Iterator[Batch]:
+        """Validation batches for a strategy's after-epoch phase, reshuffled per pass."""
+        for sweep in itertools.count():
+            order = epoch_order(val_idx, config.seed, epoch * 1_000 + sweep, stream=2)
+            yield from batches(dataset.x_train, dataset.y_train, order, s.batch_size)
+
+    def after_epoch(state: Any, epoch: int, step: int) -> tuple[Any, list[dict[str, Any]]]:
+        tick = time.perf_counter()
+        state, pending = strategy.after_epoch(state, phase_batches(epoch))
+        if not pending:
+            return state, []
+        host = pending_to_host(pending)
+        check_finite(host, epoch, step)
+        seconds = time.perf_counter() - tick
+        record = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+        record.update(kind="phase", epoch=epoch + 1, step=step, phase_steps=len(host))
+        record["phase_steps_per_sec"] = len(host) / seconds
+        progress.log(
+            f"epoch {epoch + 1}: {len(host)} {s.strategy} phase steps, "
+            + "  ".join(f"{k} {record[k]:.4g}" for k in list(host[0])[:3])
+        )
+        return state, [record]
 
     def end_epoch(state: Any, epoch: int, step: int) -> dict[str, Any]:
         evaluating = is_eval_epoch(epoch, s.epochs, s.eval_every)
@@ -257,6 +288,8 @@ def run_search(
             shown=("train_loss", "train_acc", "val_loss", "val_acc", "images_per_sec"),
             resume_hint=f"continue with: nasax search CONFIG --resume --out {run_dir}",
             deadline=deadline,
+            after_epoch=after_epoch if strategy.after_epoch is not None else None,
+            on_epoch=on_epoch,
         )
         views.arch_history(alphas.rows, setup.space.ops, np.array(setup.space.edges))
     finally:

@@ -7,7 +7,7 @@ checkpoints and progress, so a new strategy is one module that registers a build
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -67,6 +67,9 @@ class Strategy(NamedTuple):
         select: optional (state, validation batches) -> Genotype, for strategies that
             pick their cell by scoring candidates on held-out data (random search with
             weight sharing); the loop calls it instead of `derive` on evaluation epochs.
+        after_epoch: optional (state, validation batches) -> (state, per-step metrics), a
+            phase the loop runs after each epoch's weight steps and before its checkpoint
+            (ENAS trains its controller here); it draws as many batches as it needs.
     """
 
     init: Callable[[jax.Array], Any]
@@ -74,7 +77,8 @@ class Strategy(NamedTuple):
     evaluate: Callable[[Any, Batch], Metrics]
     derive: Callable[[Any], Genotype]
     arch_weights: Callable[[Any], dict[str, np.ndarray]]
-    select: Callable[[Any, list[Batch]], Genotype] | None = None
+    select: Callable[[Any, Iterable[Batch]], Genotype] | None = None
+    after_epoch: Callable[[Any, Iterator[Batch]], tuple[Any, list[Metrics]]] | None = None
 
 
 StrategyBuilder = Callable[[SearchSetup, BaseModel], Strategy]

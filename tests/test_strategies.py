@@ -13,8 +13,8 @@ from nasax.config import validate_config
 from nasax.errors import ConfigError
 from nasax.search.drnas import concentration, dirichlet_kl, dirichlet_mean
 from nasax.search.gdas import hard_gumbel
-from nasax.search.random_ws import paths_genotype, sample_paths
 from nasax.search.relaxed import Annealing, gumbel, temperature
+from nasax.search.single_path import paths_genotype, sample_paths
 from nasax.search.strategy import SearchSetup
 from nasax.supernet.cells import MixedEdge, channel_shuffle
 from nasax.supernet.network import node_softmax

@@ -33,12 +33,24 @@ STRATEGIES = {
     "drnas": ["search.strategy=drnas"],
     "pcdarts": ["search.strategy=pcdarts", "search.pcdarts.arch_warmup_epochs=1"],
     "random_ws": ["search.strategy=random_ws", "search.random_ws.candidates=8"],
+    "enas": [
+        "search.strategy=enas",
+        "search.enas.controller_steps=3",
+        "search.enas.aggregate=4",
+        "search.enas.candidates=8",
+    ],
+    "evolution": [
+        "search.strategy=evolution",
+        "search.evolution.population=6",
+        "search.evolution.sample_size=3",
+        "search.evolution.cycles=6",
+    ],
 }
 
 
-def _search(name: str, tiny_npz: str, out) -> tuple:
+def _search(name: str, tiny_npz: str, out, *extra: str) -> tuple:
     args = ["search", "darts_nb201_digits", "--out", str(out)]
-    for item in [*TINY_NB201, f"data.name=npz:{tiny_npz}", *STRATEGIES[name]]:
+    for item in [*TINY_NB201, f"data.name=npz:{tiny_npz}", *STRATEGIES[name], *extra]:
         args += ["--set", item]
     assert main(args) == 0
     step, _ = next(reversed(loop._COMPILED.values()))  # the programs this run compiled
@@ -67,5 +79,70 @@ def test_strategy_searches_through_the_cli(name, tiny_npz, tmp_path):
         assert alphas["beta_normal"].shape == (2, 6)
         assert np.abs(alphas["alpha_normal"][0]).max() < 0.01  # 1e-3 scale initialisation
         assert not np.allclose(alphas["alpha_normal"][1], alphas["alpha_normal"][0])
-    if name == "random_ws":
+    if name in ("random_ws", "evolution"):
         assert "alpha_normal" not in alphas.files
+    if name == "enas":
+        # After each epoch of weight steps, a controller phase of 3 REINFORCE steps.
+        phases = [m for m in metrics if m["kind"] == "phase"]
+        assert [p["epoch"] for p in phases] == [1, 2]
+        assert all(p["phase_steps"] == 3 and 0 <= p["reward"] <= 1 for p in phases)
+        assert all(np.isfinite(p["controller_loss"]) for p in phases)
+        # The per-epoch record is the controller's op frequency per edge: rows sum to one.
+        assert alphas["normal"].shape == (2, 6, 5)
+        np.testing.assert_allclose(alphas["normal"].sum(-1), 1.0, rtol=1e-5)
+
+
+def test_evolution_starts_from_another_runs_weights(tiny_npz, tmp_path, capsys):
+    """`weights_from` loads exactly the weights and BN statistics another run trained;
+    with `search.epochs=0` evolution only scores cells with them. A run of another
+    width is refused with a message saying what must match."""
+    import jax
+
+    from nasax.checkpoint import Checkpoints
+    from nasax.config import load_config
+    from nasax.data import load_dataset
+    from nasax.search.single_path import load_supernet_weights
+    from nasax.search.strategy import STRATEGIES as BUILDERS
+
+    trained_dir = tmp_path / "trained"
+    _search("random_ws", tiny_npz, trained_dir)
+    _, summary = _search(
+        "evolution",
+        tiny_npz,
+        tmp_path / "evolved",
+        "search.epochs=0",
+        f"search.evolution.weights_from={trained_dir}",
+    )
+    assert summary["steps"] == 0
+    Genotype.load(tmp_path / "evolved" / "genotype.json").validate()
+
+    overrides = [*TINY_NB201, f"data.name=npz:{tiny_npz}", *STRATEGIES["random_ws"]]
+    config = load_config("darts_nb201_digits", overrides)
+    dataset = load_dataset(config.data.name)
+    setup = loop.build_setup(config, dataset, steps_per_epoch=4)
+    fresh = BUILDERS.get("random_ws")(setup, config.search.strategy_options()).init(
+        jax.random.PRNGKey(7)
+    )
+    checkpoints = Checkpoints(trained_dir / "checkpoints")
+    trained, _ = checkpoints.restore(fresh)
+    checkpoints.close()
+    loaded = load_supernet_weights(trained_dir / "checkpoints", fresh)
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(trained.params)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(loaded.batch_stats), jax.tree.leaves(trained.batch_stats)):
+        np.testing.assert_array_equal(a, b)
+    assert int(loaded.step) == 0  # only the weights come over
+    assert not np.array_equal(jax.tree.leaves(loaded.params)[0], jax.tree.leaves(fresh.params)[0])
+
+    args = ["search", "darts_nb201_digits", "--out", str(tmp_path / "wider")]
+    for item in [
+        *overrides[:-1],
+        *STRATEGIES["evolution"],
+        "model.channels=6",
+        "search.epochs=0",
+        f"search.evolution.weights_from={trained_dir}",
+    ]:
+        args += ["--set", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this supernet" in err and "model.channels" in err

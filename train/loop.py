@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,7 @@ def run_train(
     genotype: Genotype | str | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Retrains a genotype from scratch as `config` says; returns the summary.
 
@@ -130,6 +131,7 @@ def run_train(
             published name; default `train.genotype` (or, resuming, the run's own).
         resume: continue from the last checkpoint in `run_dir`.
         overwrite: delete an existing `run_dir` first.
+        on_epoch: called with each finished epoch's figures (`runloop.epoch_summary`).
     """
     wall_start = time.perf_counter()
     t, rc = config.train, config.run
@@ -209,6 +211,7 @@ def run_train(
             shown=("train_loss", "train_acc", "images_per_sec"),
             resume_hint=f"continue with: nasax train CONFIG --resume --out {run_dir}",
             deadline=deadline,
+            on_epoch=on_epoch,
         )
     finally:
         checkpoints.close()

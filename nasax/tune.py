@@ -1,0 +1,222 @@
+"""`nasax tune`: Bayesian tuning of a run's knobs with optuna (TPE, median pruning).
+
+The config's `tune` section names the knobs (dotted config keys with a range or
+choices), what each trial runs (`search` or `train`) and the epoch figure to optimise.
+Every trial is an ordinary nasax run in `<out>/trial_NNN`; its epoch figures are
+reported to the pruner as it goes. The study lives in `<out>/study.db` (SQLite), so
+rerunning the same command continues an interrupted tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nasax.config import Config, TuneConfig, TuneParam, apply_overrides, validate_config
+from nasax.errors import ConfigError, NasaxError, RunDirError
+from nasax.io import atomic_write_json, atomic_write_text
+from nasax.registry import Registry
+from nasax.runloop import Interrupted
+
+RUNNERS: Registry[Any] = Registry("tune command")
+"""`tune.command` -> run(config, run_dir, *, overwrite, on_epoch) -> summary."""
+
+
+def _run_search(config: Config, run_dir: Path, **kw: Any) -> dict[str, Any]:
+    from nasax.search.loop import run_search
+
+    return run_search(config, run_dir, **kw)
+
+
+def _run_train(config: Config, run_dir: Path, **kw: Any) -> dict[str, Any]:
+    from nasax.train.loop import run_train
+
+    return run_train(config, run_dir, **kw)
+
+
+RUNNERS.register("search", _run_search)
+RUNNERS.register("train", _run_train)
+
+
+def suggest(trial: Any, key: str, param: TuneParam) -> Any:
+    """The trial's value for one knob."""
+    if param.type == "choice":
+        return trial.suggest_categorical(key, param.choices)
+    if param.type == "int":
+        step = int(param.step or 1)
+        return trial.suggest_int(key, int(param.low), int(param.high), step=step, log=param.log)
+    return trial.suggest_float(key, param.low, param.high, step=param.step, log=param.log)
+
+
+def trial_config(base: Config, values: dict[str, Any], name: str) -> Config:
+    """`base` with the knobs set to `values` (and no `tune` section), validated."""
+    data = base.to_dict()
+    data.pop("tune", None)
+    data["name"] = name
+    data = apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in values.items()])
+    return validate_config(data, f"tune trial {name}")
+
+
+def check_knobs(base: Config) -> None:
+    """Every knob must be a config key that takes both ends of its range."""
+    for key, param in base.tune.params.items():
+        samples = param.choices if param.type == "choice" else [param.low, param.high]
+        for value in samples:
+            if param.type == "int":
+                value = int(value)
+            try:
+                trial_config(base, {key: value}, "check")
+            except ConfigError as e:
+                raise ConfigError(f"tune.params.{key}={value!r}: {e}") from None
+
+
+def _study(base: Config, out: Path) -> Any:
+    import optuna
+
+    tune = base.tune
+    optuna.logging.set_verbosity(logging.WARNING)
+    pruner = (
+        optuna.pruners.MedianPruner(
+            n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_epochs
+        )
+        if tune.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    storage = f"sqlite:///{(out / 'study.db').absolute()}"
+    study = optuna.create_study(
+        storage=storage,
+        study_name=base.name,
+        direction=tune.direction,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    # Seeded by the trials so far, so a resumed tuning does not replay the same draws.
+    study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials))
+    return study
+
+
+def _check_same_config(base: Config, out: Path) -> None:
+    saved = out / "tune_config.yaml"
+    text = base.to_yaml()
+    if saved.exists():
+        before = validate_config(yaml.safe_load(saved.read_text()), str(saved)).to_dict()
+        if before != base.to_dict():
+            raise RunDirError(
+                f"{out} holds a tuning of another config (see {saved}); use the same config "
+                "to continue it, or another --out"
+            )
+    else:
+        atomic_write_text(saved, text)
+
+
+def run_tune(base: Config, out: str | Path, *, log: Any = print) -> dict[str, Any]:
+    """Runs (or continues) the study in `out` until `tune.trials` trials have ended;
+    returns the summary also written to `out/tune_summary.json`."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if base.tune is None or not base.tune.params:
+        raise ConfigError("nasax tune needs a `tune` section with at least one knob in params")
+    tune: TuneConfig = base.tune
+    check_knobs(base)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_same_config(base, out)
+    study = _study(base, out)
+    for stale in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
+        study.tell(stale.number, state=TrialState.FAIL)  # a run killed mid-trial
+    runner = RUNNERS.get(tune.command)
+    ended = (TrialState.COMPLETE, TrialState.PRUNED)
+
+    def done() -> int:
+        return len(study.get_trials(deepcopy=False, states=ended))
+
+    while done() < tune.trials:
+        trial = study.ask()
+        values = {k: suggest(trial, k, p) for k, p in tune.params.items()}
+        name = f"trial_{trial.number:03d}"
+        config = trial_config(base, values, f"{base.name}-{name}")
+        config.run.progress = base.run.progress
+
+        final: dict[str, Any] = {}
+
+        def report(figures: dict[str, Any], trial: Any = trial, final: dict = final) -> None:
+            final.update(figures)
+            if tune.metric not in figures:
+                raise ConfigError(
+                    f"tune.metric: {tune.metric!r} is not an epoch figure of nasax "
+                    f"{tune.command}; it has {sorted(figures)}"
+                )
+            trial.report(float(figures[tune.metric]), figures["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        log(f"tune {name} ({done() + 1}/{tune.trials}): {_show(values)}")
+        try:
+            runner(config, out / name, overwrite=True, on_epoch=report)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            log(f"tune {name}: pruned after epoch {final.get('epoch')}")
+        except Interrupted as e:
+            study.tell(trial, state=TrialState.FAIL)
+            _write_summary(study, base, out)
+            raise Interrupted(
+                f"tuning stopped during {name} ({done()} of {tune.trials} trials done); rerun "
+                f"the same command with --out {out} to continue",
+                e.signum,
+            ) from None
+        except ConfigError:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except NasaxError as e:  # a diverging trial (NaN) is a failed trial, not the end
+            study.tell(trial, state=TrialState.FAIL)
+            log(f"tune {name}: failed: {e}")
+        else:
+            study.tell(trial, float(final[tune.metric]))
+            log(f"tune {name}: {tune.metric} {final[tune.metric]:.4f}")
+        _write_summary(study, base, out)
+    return _write_summary(study, base, out)
+
+
+def _show(values: dict[str, Any]) -> str:
+    return "  ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+    )
+
+
+def _write_summary(study: Any, base: Config, out: Path) -> dict[str, Any]:
+    """tune_summary.json (every trial) and best_config.yaml (the best trial's config)."""
+    from optuna.trial import TrialState
+
+    trials = [
+        {
+            "number": t.number,
+            "state": t.state.name.lower(),
+            "value": t.value,
+            "params": t.params,
+            "epochs_reported": len(t.intermediate_values),
+            "run_dir": str(out / f"trial_{t.number:03d}"),
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
+    summary: dict[str, Any] = {
+        "study": base.name,
+        "metric": base.tune.metric,
+        "direction": base.tune.direction,
+        "trials": trials,
+        "best": None,
+    }
+    if study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
+        best = study.best_trial
+        summary["best"] = {"number": best.number, "value": best.value, "params": best.params}
+        config = trial_config(base, best.params, base.name)
+        atomic_write_text(out / "best_config.yaml", config.to_yaml())
+    atomic_write_json(out / "tune_summary.json", summary)
+    return summary
+
+
+__all__ = ["run_tune", "suggest", "trial_config"]

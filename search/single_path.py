@@ -1,0 +1,180 @@
+"""Single-path sampling on the shared supernet: random cells, their genotypes, and scoring.
+
+A *path* assigns one op index to every edge of a cell kind (`none` on edges the cell
+drops), so a forward with `paths=` runs only those ops. Random search, ENAS and
+evolution all train and score architectures this way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from nasax.checkpoint import Checkpoints, flatten_state, unflatten_state
+from nasax.data import Batch
+from nasax.errors import RunDirError
+from nasax.search.discretize import derive_genotype
+from nasax.search.strategy import (
+    SearchSetup,
+    Supernet,
+    SupernetState,
+    cross_entropy,
+    step_metrics,
+    weight_update,
+)
+from nasax.supernet.genotypes import Genotype
+from nasax.supernet.spaces import SearchSpace
+
+Paths = dict[str, jax.Array]
+"""Cell kind -> (edges,) op index per edge."""
+
+
+def derivable_ops(space: SearchSpace) -> np.ndarray:
+    """Indices of the ops a derived cell may hold on a kept edge."""
+    return np.array([k for k, op in enumerate(space.ops) if op != "none" or space.derive_none])
+
+
+def none_index(space: SearchSpace) -> int:
+    """The index of the `none` op, which marks dropped edges; spaces that drop edges need it."""
+    if "none" not in space.ops:
+        raise ValueError(f"space {space.name!r} keeps some edges only, so it needs a 'none' op")
+    return space.ops.index("none")
+
+
+def sample_cell(rng: jax.Array, space: SearchSpace) -> jax.Array:
+    """A uniformly random cell of `space` as (edges,) op indices; dropped edges get `none`.
+
+    Each node keeps `edges_per_node` distinct incoming edges (all when None), and each
+    kept edge one op drawn uniformly from the derivable ops, as a random genotype would.
+    """
+    choices = jnp.asarray(derivable_ops(space))
+    op_key, edge_key = jax.random.split(rng)
+    ops = choices[jax.random.randint(op_key, (space.n_edges,), 0, len(choices))]
+    if space.edges_per_node is None:
+        return ops
+    kept = []
+    for node, key in enumerate(jax.random.split(edge_key, space.n_nodes)):
+        edges = space.node_edges(node)
+        order = jax.random.permutation(key, len(edges))
+        kept.append(jnp.zeros(len(edges), bool).at[order[: space.edges_per_node]].set(True))
+    return jnp.where(jnp.concatenate(kept), ops, none_index(space))
+
+
+def sample_paths(rng: jax.Array, space: SearchSpace, kinds: Iterable[str]) -> Paths:
+    """An independent random cell per cell kind."""
+    kinds = sorted(kinds)
+    return {k: sample_cell(key, space) for k, key in zip(kinds, jax.random.split(rng, len(kinds)))}
+
+
+def paths_genotype(paths: dict[str, np.ndarray], space: SearchSpace) -> Genotype:
+    """The genotype a path sample stands for (its one-hot weights through the discretizer)."""
+    weights = {k: np.eye(space.n_ops)[np.asarray(p)] for k, p in paths.items()}
+    return derive_genotype(weights, space)
+
+
+def genotype_paths(genotype: Genotype, space: SearchSpace) -> dict[str, np.ndarray]:
+    """The path of each cell kind of `genotype` (the inverse of `paths_genotype`)."""
+    paths = {}
+    for kind in space.cell_kinds:
+        path = np.full(space.n_edges, none_index(space) if "none" in space.ops else 0)
+        for node, pairs in enumerate(getattr(genotype, kind)):
+            edges = space.node_edges(node)
+            for op, src in pairs:
+                path[edges[src]] = space.ops.index(op)
+        paths[kind] = path
+    return paths
+
+
+def path_scorer(
+    net: Supernet, setup: SearchSetup
+) -> Callable[[SupernetState, Paths, Batch], jax.Array]:
+    """score(state, stacked paths, batch) -> correct predictions of each path on the batch.
+
+    Jitted; the candidates run one after another in a `lax.map`. BN uses the batch's
+    statistics: the running statistics are shared by all paths and fit none of them.
+    """
+
+    @jax.jit
+    def score(state: SupernetState, candidates: Paths, batch: Batch) -> jax.Array:
+        x = setup.preprocess(batch["image"], state.rng, False)
+
+        def correct(paths: Paths) -> jax.Array:
+            logits, _ = net.apply(
+                state.params, state.batch_stats, state.arch, x, train=True, paths=paths
+            )
+            return jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+
+        return jax.lax.map(correct, candidates)
+
+    return score
+
+
+def images_and_labels(batch: Batch) -> Batch:
+    """The part of a batch the scorer reads (so padded eval batches and masks don't matter)."""
+    return {"image": batch["image"], "label": batch["label"]}
+
+
+def train_path_step(
+    net: Supernet,
+    state: SupernetState,
+    train: Batch,
+    val: Batch,
+    paths: Paths,
+    val_paths: Paths,
+) -> tuple[SupernetState, dict[str, jax.Array]]:
+    """One weight step of the cell `paths` on the training batch, and (for the log only)
+    the loss of the cell `val_paths` on the validation batch with the new weights."""
+    setup = net.setup
+    train_rng, val_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    x_train = setup.preprocess(train["image"], train_rng, True)
+    grad_fn = jax.value_and_grad(net.loss, has_aux=True)
+    (train_loss, (train_acc, stats)), grads = grad_fn(
+        state.params, state.batch_stats, state.arch, x_train, train["label"], paths=paths
+    )
+    params, weight_opt = weight_update(setup, state, grads)
+    x_val = setup.preprocess(val["image"], val_rng, True)
+    logits, _ = net.apply(params, state.batch_stats, state.arch, x_val, train=True, paths=val_paths)
+    val_loss, val_acc = cross_entropy(logits, val["label"])
+    metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
+    new_state = state._replace(
+        step=state.step + 1, params=params, batch_stats=stats, weight_opt=weight_opt
+    )
+    return new_state, metrics
+
+
+def load_supernet_weights(directory: Path, state: SupernetState) -> SupernetState:
+    """`state` with the weights and BN statistics of the latest checkpoint in `directory`
+    (a search run's checkpoints/, of any single-path or supernet strategy)."""
+    checkpoints = Checkpoints(directory)
+    try:
+        step = checkpoints.latest_step()
+        if step is None:
+            raise RunDirError(f"{directory} holds no complete checkpoint to take weights from")
+        saved = checkpoints.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )["state"]
+    finally:
+        checkpoints.close()
+    saved = {k.removeprefix("net/"): v for k, v in dict(saved).items()}
+    wanted = {"params": state.params, "batch_stats": state.batch_stats}
+    loaded = {}
+    for field, tree in wanted.items():
+        flat = {f"{field}/{k}": v for k, v in flatten_state(tree).items()}
+        missing = [k for k in flat if k not in saved]
+        wrong = [k for k in flat if k in saved and np.shape(saved[k]) != np.shape(flat[k])]
+        if missing or wrong:
+            bad = (missing or wrong)[0]
+            raise RunDirError(
+                f"the checkpoint in {directory} does not fit this supernet ({bad!r} is "
+                f"{'missing' if missing else 'shaped differently'}); use a run of the same "
+                "model.space, model.channels, model.layers and data"
+            )
+        loaded[field] = unflatten_state(
+            {k.removeprefix(f"{field}/"): jnp.asarray(saved[k]) for k in flat}, tree
+        )
+    return state._replace(**loaded)
