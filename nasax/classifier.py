@@ -116,13 +116,12 @@ class ImageClassifier:
     ) -> ImageClassifier:
         """Searches a cell on (x, y) within the time limit; returns self."""
         from nasax.search.loop import run_search
+        from nasax.supernet.genotypes import Genotype
 
         _use_compilation_cache()
         source = self._hold("search", x, y, validation_data)
         config = self._config("search", source)
         self.search_summary = run_search(config, self.search_dir, overwrite=self.overwrite)
-        from nasax.supernet.genotypes import Genotype
-
         self.genotype = Genotype.load(self.search_dir / "genotype.json")
         if self.search_summary["stopped_early"] and not self.quiet:
             print(
