@@ -2,6 +2,7 @@
 
 from nasax import genotypes
 from nasax import search as _search  # noqa: F401  (registers the strategies)
+from nasax.classifier import ImageClassifier
 from nasax.config import Config, load_config
 from nasax.data import Dataset, load_dataset
 from nasax.errors import ConfigError, DataError, GenotypeError, NasaxError
@@ -21,6 +22,7 @@ __all__ = [
     "DiscreteNetwork",
     "Genotype",
     "GenotypeError",
+    "ImageClassifier",
     "NasaxError",
     "SearchNetwork",
     "SearchSpace",

@@ -38,6 +38,8 @@ def _search(args: argparse.Namespace) -> int:
         f"{summary['wall_seconds']:.0f} s; genotype in {run_dir}/genotype.json\n"
         f"  {summary['genotype_text']}"
     )
+    if summary.get("stopped_early"):
+        print(f"  stopped at the time limit ({summary['time_limit']:.0f} s) with the latest cell")
     return 0
 
 
@@ -66,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from nasax.train.loop import evaluate_run
 
-    result = evaluate_run(args.run_dir)
+    result = evaluate_run(args.run_dir, progress=not args.quiet)
     state = "finished" if result["finished"] else "interrupted"
     print(
         f"{args.run_dir} ({state} after {result['epochs_done']} of {result['epochs']} epochs, "
@@ -80,8 +82,38 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from nasax.train.export import export_run
 
-    out = export_run(args.run_dir, args.out_dir, overwrite=args.overwrite)
+    out = export_run(args.run_dir, args.out_dir, overwrite=args.overwrite, progress=not args.quiet)
     print(f"exported to {out}; load with nasax.load_model({str(out)!r})")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from nasax.io import atomic_write_text
+    from nasax.supernet.drawing import (
+        GraphvizMissing,
+        draw_genotype,
+        genotype_dot,
+        genotype_text,
+    )
+    from nasax.supernet.genotypes import load_genotype
+
+    genotype = load_genotype(args.genotype)
+    print(genotype_text(genotype))
+    if args.out:
+        try:
+            print(f"drew the cells to {draw_genotype(genotype, args.out)}")
+        except GraphvizMissing as e:
+            dot_path = Path(args.out).with_suffix(".dot")
+            atomic_write_text(dot_path, genotype_dot(genotype))
+            print(f"nasax: {e}; wrote the Graphviz text to {dot_path} instead", file=sys.stderr)
+            print(genotype_dot(genotype), end="")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from nasax.report import write_report
+
+    print(f"wrote {write_report(args.run_dir, args.out)}")
     return 0
 
 
@@ -144,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="test accuracy of a retraining run's latest checkpoint"
     )
     evaluate.add_argument("run_dir", help="a run directory written by nasax train")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=_evaluate)
 
     export = commands.add_parser(
@@ -152,7 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", help="a run directory written by nasax train")
     export.add_argument("out_dir", help="the folder to write")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
     export.set_defaults(run=_export)
+
+    show = commands.add_parser("show", help="print a genotype's cells and draw them")
+    show.add_argument(
+        "genotype", help="genotype.json, a search run directory, or a published name (DARTS_V2)"
+    )
+    show.add_argument(
+        "--out", help="picture to write: .png or .svg (needs Graphviz's dot) or .dot (text)"
+    )
+    show.set_defaults(run=_show)
+
+    report = commands.add_parser("report", help="write a run's static HTML report")
+    report.add_argument("run_dir", help="a search or retraining run directory")
+    report.add_argument("--out", help="the HTML file (default RUN_DIR/report.html)")
+    report.set_defaults(run=_report)
 
     tune = commands.add_parser(
         "tune", help="tune a config's knobs (its `tune` section) with optuna; resumable"

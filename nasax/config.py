@@ -184,6 +184,14 @@ class RunConfig(Section):
         "stop", description="on a NaN/inf loss or gradient: stop the run, or skip the step"
     )
     progress: bool = True
+    tensorboard: bool = Field(True, description="TensorBoard event files in RUN_DIR/tensorboard")
+    plots: bool = Field(True, description="architecture-weight pictures in RUN_DIR/arch")
+    time_limit: float | None = Field(
+        None,
+        gt=0,
+        description="seconds a run may take, compilation included; it then stops with its "
+        "latest state (null: no limit)",
+    )
     devices: int | None = Field(
         None, ge=1, description="data-parallel devices (null: all of them); batches split evenly"
     )

@@ -97,12 +97,42 @@ def _load_tfds(arg: str, data_dir: str | None) -> dict[str, Any]:
     return load_tfds(arg, data_dir)
 
 
+_HELD_ARRAYS: dict[str, dict[str, Any]] = {}
+"""In-memory datasets by name, for `arrays:NAME` (see `hold_arrays`)."""
+
+
+def hold_arrays(name: str, **arrays: Any) -> str:
+    """Keeps x_train, y_train, x_test, y_test (and optionally num_classes) in this process
+    under `name`; returns the `data.name` that loads them (`arrays:NAME`).
+
+    This is how numpy arrays reach the config-driven loops (`nasax.ImageClassifier.fit`).
+    """
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    if missing or not name:
+        raise DataError(f"hold_arrays needs a name and x_train, y_train, x_test, y_test: {missing}")
+    _HELD_ARRAYS[name] = dict(arrays)
+    return f"arrays:{name}"
+
+
+@SOURCES.decorator("arrays")
+def _load_arrays(arg: str, data_dir: str | None) -> dict[str, Any]:
+    """Arrays handed over in this process with `hold_arrays` (not readable from a new one)."""
+    if arg not in _HELD_ARRAYS:
+        raise DataError(
+            f"data.name 'arrays:{arg}' names numpy arrays held by the Python process that "
+            "ran it (nasax.ImageClassifier); from a new process save them with numpy.savez "
+            "and use npz:PATH"
+        )
+    return dict(_HELD_ARRAYS[arg])
+
+
 def parse_source(name: str) -> tuple[str, str]:
     """Splits `tfds:cifar10` into ('tfds', 'cifar10'); `digits` has no argument."""
     prefix, _, arg = name.partition(":")
     if prefix not in SOURCES:
         raise DataError(
-            f"data.name: {SOURCES.unknown_message(prefix)} (use digits, npz:PATH, tfds:NAME)"
+            f"data.name: {SOURCES.unknown_message(prefix)} "
+            "(use digits, npz:PATH, tfds:NAME, arrays:NAME)"
         )
     return prefix, arg
 
@@ -114,7 +144,8 @@ def load_dataset(name: str, data_dir: str | None = None, num_classes: int | None
     return _checked(name, raw, num_classes)
 
 
-def _images(split: str, x: np.ndarray, name: str) -> np.ndarray:
+def check_images(split: str, x: Any, name: str) -> np.ndarray:
+    """Images as NHWC uint8 or float32, or a DataError saying what shape and dtype to give."""
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[..., None]
@@ -133,7 +164,8 @@ def _images(split: str, x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
-def _labels(split: str, y: np.ndarray, n: int, name: str) -> np.ndarray:
+def check_labels(split: str, y: Any, n: int, name: str) -> np.ndarray:
+    """`n` integer labels as int32, or a DataError saying what to give."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -146,15 +178,18 @@ def _labels(split: str, y: np.ndarray, n: int, name: str) -> np.ndarray:
 
 
 def _checked(name: str, raw: dict[str, Any], num_classes: int | None) -> Dataset:
-    x_train, x_test = _images("train", raw["x_train"], name), _images("test", raw["x_test"], name)
+    x_train, x_test = (
+        check_images("train", raw["x_train"], name),
+        check_images("test", raw["x_test"], name),
+    )
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(
             f"{name}: train images are {x_train.shape[1:]} but test images {x_test.shape[1:]}"
         )
     if x_train.dtype != x_test.dtype:
         x_train, x_test = x_train.astype(np.float32), x_test.astype(np.float32)
-    y_train = _labels("train", raw["y_train"], len(x_train), name)
-    y_test = _labels("test", raw["y_test"], len(x_test), name)
+    y_train = check_labels("train", raw["y_train"], len(x_train), name)
+    y_test = check_labels("test", raw["y_test"], len(x_test), name)
     if len(x_train) == 0 or len(x_test) == 0:
         raise DataError(f"{name}: the train and test splits must not be empty")
     declared = raw.get("num_classes")

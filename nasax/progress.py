@@ -62,3 +62,39 @@ class LoopProgress:
         """A line above the bar; nothing in quiet mode."""
         if self.enabled:
             self.console.print(message)
+
+
+class TaskProgress:
+    """A bar for a shorter job (evaluation batches, export stages): count, rate, ETA."""
+
+    def __init__(self, total: int, *, enabled: bool, label: str, unit: str = "images") -> None:
+        self.enabled, self.unit = enabled, unit
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not enabled,
+        )
+        self._task = self._progress.add_task(label, total=total, stats="")
+
+    def __enter__(self) -> TaskProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def advance(self, amount: int = 1, stats: str | None = None) -> None:
+        """Moves the bar on by `amount`, optionally with a new figure or stage beside it."""
+        fields = {} if stats is None else {"stats": stats}
+        self._progress.update(self._task, advance=amount, **fields)
+
+    def rate_text(self) -> str:
+        """`<rate> <unit>/s` from rich's own speed estimate (empty before it has one)."""
+        speed = self._progress.tasks[0].speed
+        return f"{speed:.0f} {self.unit}/s" if speed else ""

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,14 @@ class MetricsLog:
     it stood at that checkpoint, whatever a crash left behind.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sinks: Sequence[Callable[[dict[str, Any]], None]] = (),
+    ) -> None:
         self.path = Path(path)
         self.records: list[dict[str, Any]] = []
+        self.sinks = list(sinks)  # e.g. TensorBoard: each new record goes there too
 
     def restore(self, records: list[dict[str, Any]]) -> None:
         """Replaces the log with `records` (from a checkpoint), atomically."""
@@ -67,3 +73,5 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+        for sink in self.sinks:
+            sink(record)

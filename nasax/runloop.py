@@ -20,7 +20,7 @@ from nasax.checkpoint import Checkpoints
 from nasax.config import Config, RunConfig, validate_config
 from nasax.data import Batch, eval_batches
 from nasax.errors import NasaxError, NonFiniteError, RunDirError
-from nasax.progress import LoopProgress
+from nasax.progress import LoopProgress, TaskProgress
 from nasax.rundir import MetricsLog
 
 
@@ -93,10 +93,21 @@ def evaluate(
     y: np.ndarray,
     batch_size: int,
     put: Callable[[Batch], Batch] = jax.device_put,
+    progress: str | None = None,
 ) -> dict[str, float]:
-    """Loss and accuracy over every example of (x, y); `eval_fn` returns per-batch sums."""
+    """Loss and accuracy over every example of (x, y); `eval_fn` returns per-batch sums.
+
+    `progress` names a bar to show (for evaluations that stand alone, as `nasax
+    evaluate`; inside a training loop its own bar is live and this stays None).
+    """
     totals: dict[str, float] = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-    sums = [eval_fn(state, b) for b in prefetch(eval_batches(x, y, batch_size), put=put)]
+    sums = []
+    with TaskProgress(len(x), enabled=progress is not None, label=progress or "") as bar:
+        for b in prefetch(eval_batches(x, y, batch_size), put=put):
+            sums.append(eval_fn(state, b))
+            if progress is not None:
+                jax.block_until_ready(sums[-1])  # so the bar's rate is the real one
+                bar.advance(int(b["mask"].sum()), bar.rate_text())
     for s in jax.device_get(sums):
         for k in totals:
             totals[k] += float(s[k])
@@ -230,12 +241,18 @@ def masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[s
 
 
 class LoopResult(NamedTuple):
-    """Where an epoch loop ended and how fast it ran."""
+    """Where an epoch loop ended, how fast it ran, and whether the time limit stopped it."""
 
     state: Any
     step: int
     images: int
     seconds: float
+    stopped_early: bool = False
+
+
+def past(deadline: float | None) -> bool:
+    """Whether `deadline` (a `time.perf_counter()` value; None: no limit) has passed."""
+    return deadline is not None and time.perf_counter() >= deadline
 
 
 def run_epochs(
@@ -256,6 +273,7 @@ def run_epochs(
     end_epoch: Callable[[Any, int, int], dict[str, Any]],
     shown: Sequence[str],
     resume_hint: str,
+    deadline: float | None = None,
     after_epoch: Callable[[Any, int, int], tuple[Any, list[dict[str, Any]]]] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> LoopResult:
@@ -279,9 +297,15 @@ def run_epochs(
             metrics logged so far and the pending ones.
         end_epoch: end_epoch(state, epoch, step) -> extra fields of the epoch record.
         after_epoch: after_epoch(state, epoch, step) -> (state, records to log): a phase
-            run after the epoch's steps, before `end_epoch` and the epoch's checkpoint.
+            run after the epoch's steps, before `end_epoch` and the epoch's checkpoint
+            (not after a partial epoch the time limit ended).
         shown: metric names the progress bar shows.
         resume_hint: how to continue, for the message of an interrupted run.
+        deadline: a `time.perf_counter()` time (the run's time limit): the loop stops at
+            the first step or epoch boundary after it, checkpoints, marks the epoch
+            record it ends with `"stopped": "time_limit"` (`end_epoch` runs for a partial
+            epoch too), and returns with `stopped_early`. Every epoch it enters runs at
+            least one step.
     """
     log_every, skip_nonfinite = run.log_every, run.nonfinite == "skip"
     checkpoint_seconds = 60 * run.checkpoint_minutes if run.checkpoint_minutes else None
@@ -302,11 +326,15 @@ def run_epochs(
 
     with progress, StopRequests() as stop:
         progress.advance(step, start_epoch)
+        stopped = False
         for epoch in range(start_epoch, epochs):
             first = start_batch if epoch == start_epoch else 0
             stream = epoch_batches(epoch, first)
             tick, since = time.perf_counter(), 0
             for batch_index in range(first, steps_per_epoch):
+                if batch_index > first and past(deadline):
+                    stopped = True
+                    break
                 state, metrics = step_fn(state, *next(stream))
                 queued.append(metrics)
                 step, since = step + 1, since + 1
@@ -334,17 +362,36 @@ def run_epochs(
                 )
                 if due:
                     checkpoint(state, epoch, batch_index + 1)
-            if after_epoch is not None:
+            if stopped:  # mid-epoch: log what ran, save the position, close the epoch
+                if queued:
+                    record = flush_metrics(queued, epoch, step, kind, skip_nonfinite)
+                    seconds = time.perf_counter() - tick
+                    record["images_per_sec"] = since * batch_size / seconds
+                    images, seconds_total = images + since * batch_size, seconds_total + seconds
+                    metrics_log.write(record)
+                checkpoint(state, epoch, batch_index)
+            elif after_epoch is not None:
                 state, records = after_epoch(state, epoch, step)
                 for r in records:
                     metrics_log.write(r)
             record = {"kind": "epoch", "epoch": epoch + 1, "step": step}
             record.update(end_epoch(state, epoch, step))
+            at_limit = stopped or (epoch < epochs - 1 and past(deadline))
+            if at_limit:
+                record["stopped"] = "time_limit"
             metrics_log.write(record)
-            checkpoint(state, epoch + 1, 0)
-            if on_epoch is not None:
-                on_epoch(epoch_summary(metrics_log.records, epoch + 1))
-    return LoopResult(state, step, images, seconds_total)
+            if not stopped:  # a complete epoch
+                checkpoint(state, epoch + 1, 0)
+                if on_epoch is not None:
+                    on_epoch(epoch_summary(metrics_log.records, epoch + 1))
+            if at_limit:
+                stopped = True
+                progress.log(
+                    f"time limit reached after {step} steps (epoch {epoch + 1} of {epochs}); "
+                    f"stopping with the latest state; {resume_hint}"
+                )
+                break
+    return LoopResult(state, step, images, seconds_total, stopped)
 
 
 def epoch_summary(records: list[dict[str, Any]], epoch: int) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.skeletons import skeleton_of
 from nasax.supernet.spaces import get_space
+from nasax.views import RunViews
 
 _COMPILED: dict[str, tuple[Any, Any]] = {}
 """Compiled (step, evaluate) programs of this process by `program_key`, newest last."""
@@ -169,7 +170,8 @@ def run_search(
     strategy: Strategy = STRATEGIES.get(s.strategy)(setup, s.strategy_options())
     state = strategy.init(jax.random.PRNGKey(config.seed))
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+    views = RunViews(run_dir, tensorboard=rc.tensorboard, plots=rc.plots)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", sinks=views.sinks)
     resumed = restore_or_start(checkpoints, metrics_log, state, resume)
     state = dp.put_state(resumed.state)
     alphas = _AlphaHistory(run_dir / "alphas.npz", setup.space, keep_epochs=resumed.start[0])
@@ -264,7 +266,9 @@ def run_search(
 
     def end_epoch(state: Any, epoch: int, step: int) -> dict[str, Any]:
         evaluating = is_eval_epoch(epoch, s.epochs, s.eval_every)
-        alphas.append(strategy.arch_weights(state))
+        weights = strategy.arch_weights(state)
+        alphas.append(weights)
+        views.arch_epoch(weights, setup.space.ops, np.array(setup.space.edges), epoch, step)
         if strategy.select is None or evaluating:  # selection costs a sweep of candidates
             genotype = derived["latest"] = current_genotype(state)
             genotype.save(run_dir / "genotype.json")
@@ -279,8 +283,9 @@ def run_search(
             return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
         return {}
 
+    deadline = None if rc.time_limit is None else wall_start + rc.time_limit - resumed.elapsed
     try:
-        state, step, images, search_seconds = run_epochs(
+        result = run_epochs(
             state,
             step_fn,
             epoch_batches,
@@ -297,13 +302,17 @@ def run_search(
             end_epoch=end_epoch,
             shown=("train_loss", "train_acc", "val_loss", "val_acc", "images_per_sec"),
             resume_hint=f"continue with: nasax search CONFIG --resume --out {run_dir}",
+            deadline=deadline,
             after_epoch=after_epoch if strategy.after_epoch is not None else None,
             on_epoch=on_epoch,
         )
+        views.arch_history(alphas.rows, setup.space.ops, np.array(setup.space.edges))
     finally:
         checkpoints.close()
+        views.close()
+    state, step, images, search_seconds = result[:4]
 
-    if not test:  # resumed after the last epoch's checkpoint: evaluate what we have
+    if not test or result.stopped_early:  # evaluate the state the search ended with
         test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size, dp.put_batch)
     genotype = derived.get("latest") or current_genotype(state)
     genotype.save(run_dir / "genotype.json")
@@ -326,6 +335,8 @@ def run_search(
         "select_calls": selection["calls"],
         "genotype": genotype.to_dict(),
         "genotype_text": _describe(genotype),
+        "stopped_early": result.stopped_early,
+        "time_limit": rc.time_limit,
     }
     atomic_write_json(run_dir / "summary.json", summary)
     return summary

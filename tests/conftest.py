@@ -21,6 +21,7 @@ TINY = [
     "search.batch_size=16",
     "run.log_every=2",
     "run.progress=false",
+    "run.plots=false",
 ]
 """Overrides that make darts_digits a seconds-long search (after compilation)."""
 
@@ -41,3 +42,51 @@ def tiny_npz(tmp_path_factory: pytest.TempPathFactory) -> str:
         y_test=digits.target[128:192],
     )
     return str(path)
+
+
+TINY_CLASSIFIER = [
+    "model.channels=4",
+    "model.layers=1",
+    "search.batch_size=32",
+    "train.batch_size=32",
+    "run.log_every=5",
+]
+"""ImageClassifier overrides for a tiny NAS-Bench-201 search and retraining on digits."""
+
+
+@pytest.fixture(scope="session")
+def digits_arrays() -> dict[str, np.ndarray]:
+    """scikit-learn's digits as uint8 arrays: 1400 to fit on, 397 to test."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * 16).clip(0, 255).astype(np.uint8)
+    return {
+        "x_train": images[:1400],
+        "y_train": digits.target[:1400],
+        "x_test": images[1400:],
+        "y_test": digits.target[1400:],
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, digits_arrays):
+    """One ImageClassifier fitted (20 s budget, far fewer than its 1000 epochs) and
+    retrained for one epoch on the digits; its run directories serve the report and
+    TensorBoard tests too."""
+    import nasax
+
+    clf = nasax.ImageClassifier(
+        strategy="darts",
+        time_limit=20.0,
+        seed=0,
+        space="nb201",
+        max_epochs=1000,
+        final_epochs=1,
+        overrides=TINY_CLASSIFIER,
+        directory=tmp_path_factory.mktemp("classifier"),
+        quiet=True,
+    )
+    clf.fit(digits_arrays["x_train"], digits_arrays["y_train"])
+    clf.final_fit(digits_arrays["x_train"], digits_arrays["y_train"])
+    return clf

@@ -65,7 +65,7 @@ def cli(command: str, config: str, sets: list[str], out: Path, *extra: str) -> l
     return [command, config, *[a for s in sets for a in ("--set", s)], "--out", str(out), *extra]
 
 
-TINY_NB201 = ["model.channels=4", "model.layers=1", "run.progress=false"]
+TINY_NB201 = ["model.channels=4", "model.layers=1", "run.progress=false", "run.plots=false"]
 
 
 @pytest.fixture(scope="module")

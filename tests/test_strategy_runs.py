@@ -24,6 +24,7 @@ TINY_NB201 = [
     "search.batch_size=16",
     "run.log_every=2",
     "run.progress=false",
+    "run.plots=false",
 ]
 
 STRATEGIES = {

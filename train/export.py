@@ -30,6 +30,7 @@ from nasax.checkpoint import flatten_state, unflatten_state
 from nasax.data import normalize
 from nasax.errors import RunDirError
 from nasax.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from nasax.progress import TaskProgress
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.skeletons import skeleton_of
 from nasax.train.loop import load_train_run
@@ -62,13 +63,25 @@ def export_inference(
 
 
 def export_run(
-    run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
-    """Writes the latest checkpoint of a retraining run as a self-contained model folder."""
+    """Writes the latest checkpoint of a retraining run as a self-contained model folder;
+    `progress` shows a bar over its stages (restore, weights, StableHLO, rename)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir).absolute()
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise RunDirError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    with TaskProgress(4, enabled=progress, label="export", unit="stages") as bar:
+        bar.advance(0, "restoring the checkpoint")
+        return _export(run_dir, out_dir, bar)
+
+
+def _export(run_dir: Path, out_dir: Path, bar: TaskProgress) -> Path:
     config, genotype, dataset, trainer, state, meta = load_train_run(run_dir)
+    bar.advance(1, "writing the weights")
     module = trainer.module(state)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -101,8 +114,10 @@ def export_run(
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(tmp / "params", flatten_state(jax.device_get(weights)))
         checkpointer.wait_until_finished()
+        bar.advance(1, f"lowering to StableHLO for {', '.join(EXPORT_PLATFORMS)}")
         blob = export_inference(module, dataset.image_shape, dataset.mean, dataset.std)
         atomic_write_bytes(tmp / "inference.jax", blob)
+        bar.advance(1, "moving into place")
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             out_dir.rename(old)
@@ -112,6 +127,7 @@ def export_run(
             tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    bar.advance(1, "done")
     return out_dir
 
 

@@ -46,6 +46,7 @@ from nasax.supernet.genotypes import Genotype, load_genotype
 from nasax.supernet.skeletons import skeleton_of
 from nasax.supernet.spaces import get_space
 from nasax.train.trainer import Regularizers, Trainer, TrainState
+from nasax.views import RunViews
 
 
 def check_train_config(config: Config) -> None:
@@ -154,7 +155,8 @@ def run_train(
     dp = data_parallel(rc, {"train.batch_size": t.batch_size})
     state = trainer.init(jax.random.PRNGKey(config.seed))
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+    views = RunViews(run_dir, tensorboard=rc.tensorboard, plots=False)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", sinks=views.sinks)
     resumed = restore_or_start(checkpoints, metrics_log, state, resume)
     state = dp.put_state(resumed.state)
 
@@ -195,8 +197,9 @@ def run_train(
             return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
         return {}
 
+    deadline = None if rc.time_limit is None else wall_start + rc.time_limit - resumed.elapsed
     try:
-        state, step, images, train_seconds = run_epochs(
+        result = run_epochs(
             state,
             step_fn,
             epoch_batches,
@@ -213,12 +216,15 @@ def run_train(
             end_epoch=end_epoch,
             shown=("train_loss", "train_acc", "images_per_sec"),
             resume_hint=f"continue with: nasax train CONFIG --resume --out {run_dir}",
+            deadline=deadline,
             on_epoch=on_epoch,
         )
     finally:
         checkpoints.close()
+        views.close()
+    state, step, images, train_seconds = result[:4]
 
-    if not test:  # resumed after the last epoch's checkpoint
+    if not test or result.stopped_early:  # evaluate the state the training ended with
         test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size, dp.put_batch)
     summary = {
         "kind": "train",
@@ -235,6 +241,8 @@ def run_train(
         "images_per_sec": images / train_seconds if train_seconds else None,
         "peak_rss_mb": peak_rss_mb(),
         "genotype": genotype.to_dict(),
+        "stopped_early": result.stopped_early,
+        "time_limit": rc.time_limit,
     }
     atomic_write_json(run_dir / "summary.json", summary)
     return summary
@@ -273,11 +281,18 @@ def load_train_run(
     return config, genotype, dataset, trainer, state, meta
 
 
-def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, *, progress: bool = False) -> dict[str, Any]:
     """Test loss and top-1 of the latest checkpoint of a finished or interrupted retraining."""
     config, _, dataset, trainer, state, meta = load_train_run(run_dir)
     eval_fn = jax.jit(trainer.evaluate)
-    test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, config.train.batch_size)
+    test = evaluate(
+        eval_fn,
+        state,
+        dataset.x_test,
+        dataset.y_test,
+        config.train.batch_size,
+        progress="evaluate" if progress else None,
+    )
     return {
         "run_dir": str(run_dir),
         "epochs_done": meta["epoch"],

@@ -1,0 +1,275 @@
+"""`ImageClassifier`: search, retrain, evaluate and export on numpy arrays in a few calls.
+
+It builds a config from the arrays' shapes, hands the arrays to the config-driven loops
+through the `arrays:` data source, and writes the same run directories as the CLI
+(`<directory>/<project_name>/search` and `.../final`), so `nasax report` works on them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasax.config import Config, apply_overrides, validate_config
+from nasax.data import check_images, check_labels, hold_arrays
+from nasax.errors import DataError, NasaxError
+
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "darts": {
+        "small": {"search": {"channels": 8, "layers": 5}, "final": {"channels": 16, "layers": 8}},
+        "large": {"search": {"channels": 16, "layers": 8}, "final": {"channels": 16, "layers": 8}},
+        "train": {"auxiliary": True},
+    },
+    "nb201": {
+        "small": {
+            "search": {"channels": 16, "layers": 2, "stem_multiplier": 1},
+            "final": {"channels": 16, "layers": 2, "stem_multiplier": 1},
+        },
+        "large": {
+            "search": {"channels": 16, "layers": 5, "stem_multiplier": 1},
+            "final": {"channels": 16, "layers": 5, "stem_multiplier": 1},
+        },
+        "train": {"auxiliary": False},
+    },
+}
+"""Model sizes per search space for small (at most 16 px, like the digits configs) and
+larger images; `overrides` change any of them."""
+
+_instances = itertools.count()
+
+
+class ImageClassifier:
+    """Neural architecture search for image classification in the AutoKeras style.
+
+    `fit` searches a cell within `time_limit` seconds (compilation included; the search
+    stops there with the latest derived cell and says so), `final_fit` retrains that
+    cell from scratch, then `evaluate`, `predict` and `export` use the retrained network.
+
+    Args:
+        strategy: a registered search strategy (`darts`, `gdas`, ...).
+        time_limit: seconds the search may take (None: the whole `max_epochs`).
+        seed: the runs' seed.
+        space: the search space (`darts`, `nb201`).
+        max_epochs: search epochs when the time limit does not stop it first.
+        final_epochs: retraining epochs of `final_fit`.
+        validation_split: share of the given arrays held out for the test figures
+            when no `validation_data` is passed.
+        overrides: dotted config overrides applied to both runs (`model.channels=4`).
+        directory, project_name: the runs go to `directory/project_name/{search,final}`.
+        overwrite: replace those run directories if they exist.
+        quiet: no progress bars.
+    """
+
+    def __init__(
+        self,
+        strategy: str = "darts",
+        time_limit: float | None = 600.0,
+        seed: int = 0,
+        *,
+        space: str = "darts",
+        max_epochs: int = 50,
+        final_epochs: int = 30,
+        validation_split: float = 0.2,
+        overrides: list[str] | tuple[str, ...] = (),
+        directory: str | os.PathLike = "runs",
+        project_name: str = "image_classifier",
+        overwrite: bool = False,
+        quiet: bool = False,
+    ) -> None:
+        if space not in SIZES:
+            raise NasaxError(
+                f"ImageClassifier: space must be one of {sorted(SIZES)}, got {space!r}"
+            )
+        if not 0.0 < validation_split < 1.0:
+            raise NasaxError(f"validation_split must lie in (0, 1), got {validation_split}")
+        self.strategy, self.time_limit, self.seed, self.space = strategy, time_limit, seed, space
+        self.max_epochs, self.final_epochs = max_epochs, final_epochs
+        self.validation_split, self.overrides = validation_split, list(overrides)
+        self.project_dir = Path(directory) / project_name
+        self.overwrite, self.quiet = overwrite, quiet
+        self._key = f"{project_name}-{next(_instances)}"
+        self.image_shape: tuple[int, ...] | None = None
+        self.num_classes: int | None = None
+        self.genotype: Any = None
+        self.search_summary: dict[str, Any] | None = None
+        self.final_summary: dict[str, Any] | None = None
+        self._model: tuple[Any, Any, int] | None = None  # trainer, state, batch size
+
+    @property
+    def search_dir(self) -> Path:
+        """The search run directory (as `nasax search` writes it)."""
+        return self.project_dir / "search"
+
+    @property
+    def final_dir(self) -> Path:
+        """The retraining run directory (as `nasax train` writes it)."""
+        return self.project_dir / "final"
+
+    # ------------------------------------------------------------------ public API
+
+    def fit(
+        self, x: Any, y: Any, validation_data: tuple[Any, Any] | None = None
+    ) -> ImageClassifier:
+        """Searches a cell on (x, y) within the time limit; returns self."""
+        from nasax.search.loop import run_search
+        from nasax.supernet.genotypes import Genotype
+
+        _use_compilation_cache()
+        source = self._hold("search", x, y, validation_data)
+        config = self._config("search", source)
+        self.search_summary = run_search(config, self.search_dir, overwrite=self.overwrite)
+        self.genotype = Genotype.load(self.search_dir / "genotype.json")
+        if self.search_summary["stopped_early"] and not self.quiet:
+            print(
+                f"nasax: the search stopped at the time limit ({self.time_limit:.0f} s) after "
+                f"{self.search_summary['steps']} steps; keeping the latest derived cell"
+            )
+        return self
+
+    def final_fit(
+        self, x: Any, y: Any, validation_data: tuple[Any, Any] | None = None
+    ) -> ImageClassifier:
+        """Retrains the found cell from scratch on (x, y); returns self."""
+        from nasax.train.loop import load_train_run, run_train
+
+        if self.genotype is None:
+            raise NasaxError("final_fit needs a searched cell: call fit(x, y) first")
+        source = self._hold("final", x, y, validation_data)
+        config = self._config("final", source)
+        self.final_summary = run_train(
+            config, self.final_dir, genotype=self.genotype, overwrite=self.overwrite
+        )
+        _, _, _, trainer, state, _ = load_train_run(self.final_dir)
+        self._model = (trainer, state, config.train.batch_size)
+        return self
+
+    def evaluate(self, x: Any, y: Any) -> dict[str, float]:
+        """Loss and accuracy of the retrained network on (x, y)."""
+        import jax
+
+        from nasax.runloop import evaluate
+
+        trainer, state, batch_size = self._trained()
+        images = self._images(x, "x")
+        labels = check_labels("test", y, len(images), "ImageClassifier y")
+        label = None if self.quiet else "evaluate"
+        return evaluate(jax.jit(trainer.evaluate), state, images, labels, batch_size, label)
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Predicted class indices of the retrained network for images x."""
+        return np.argmax(self.predict_logits(x), axis=-1)
+
+    def predict_logits(self, x: Any) -> np.ndarray:
+        """Logits of the retrained network for images x, (N, num_classes)."""
+        import jax
+
+        from nasax.data import eval_batches
+
+        trainer, state, batch_size = self._trained()
+        images = self._images(x, "x")
+
+        @jax.jit
+        def logits_of(state: Any, image: jax.Array) -> jax.Array:
+            net = trainer.module(state)
+            return net(trainer.preprocess(image, state.rng, False), train=False)
+
+        dummy = np.zeros(len(images), np.int32)
+        out = [
+            np.asarray(logits_of(state, b["image"]))[b["mask"]]
+            for b in eval_batches(images, dummy, batch_size)
+        ]
+        return np.concatenate(out)
+
+    def export(self, model_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Writes the retrained network as `nasax export` does; returns the folder."""
+        from nasax.train.export import export_run
+
+        self._trained()
+        return export_run(self.final_dir, model_dir, overwrite=overwrite, progress=not self.quiet)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _images(self, x: Any, what: str) -> np.ndarray:
+        images = check_images("train", x, f"ImageClassifier {what}")
+        if self.image_shape is not None and images.shape[1:] != self.image_shape:
+            raise DataError(
+                f"ImageClassifier: {what} holds images of shape {images.shape[1:]}, but the "
+                f"classifier was fitted on {self.image_shape}"
+            )
+        return images
+
+    def _hold(self, run: str, x: Any, y: Any, validation_data: tuple[Any, Any] | None) -> str:
+        """Checks the arrays and holds them for the `arrays:` data source."""
+        x_train = self._images(x, "x")
+        y_train = check_labels("train", y, len(x_train), "ImageClassifier y")
+        if validation_data is None:
+            order = np.random.default_rng([self.seed, 3]).permutation(len(x_train))
+            cut = len(x_train) - max(1, round(self.validation_split * len(x_train)))
+            fit_idx, held_idx = np.sort(order[:cut]), np.sort(order[cut:])
+            x_test, y_test = x_train[held_idx], y_train[held_idx]
+            x_train, y_train = x_train[fit_idx], y_train[fit_idx]
+        else:
+            x_val, y_val = validation_data
+            x_test = self._images(x_val, "validation_data x")
+            y_test = check_labels("test", y_val, len(x_test), "ImageClassifier validation y")
+        if self.image_shape is None:
+            self.image_shape = x_train.shape[1:]
+            self.num_classes = int(max(y_train.max(), y_test.max())) + 1
+        return hold_arrays(
+            f"{self._key}-{run}",
+            x_train=x_train,
+            y_train=y_train,
+            x_test=x_test,
+            y_test=y_test,
+            num_classes=self.num_classes,
+        )
+
+    def _config(self, run: str, source: str) -> Config:
+        """The config of the search (`run="search"`) or the retraining (`"final"`)."""
+        side = max(self.image_shape[:2])  # type: ignore[index]
+        sizes = SIZES[self.space]["small" if side <= 16 else "large"][run]
+        data: dict[str, Any] = {
+            "name": f"{self.project_dir.name}-{run}",
+            "seed": self.seed,
+            "data": {"name": source, "num_classes": self.num_classes},
+            "model": {"space": self.space, **sizes},
+            "run": {"progress": not self.quiet},
+        }
+        if run == "search":
+            data["search"] = {"strategy": self.strategy, "epochs": self.max_epochs}
+            data["run"]["time_limit"] = self.time_limit
+        else:
+            data["train"] = {
+                "epochs": self.final_epochs,
+                "batch_size": 64,
+                "drop_path": 0.1,
+                "cutout": side // 2 if side <= 16 else 16,
+                "auxiliary_weight": 0.4,
+                **SIZES[self.space]["train"],
+            }
+            data["optim"] = {"weights": {"lr_min": 0.0}}
+        data = apply_overrides(data, self.overrides)
+        return validate_config(data, "ImageClassifier")
+
+    def _trained(self) -> tuple[Any, Any, int]:
+        if self._model is None:
+            raise NasaxError("no retrained network yet: call fit(x, y), then final_fit(x, y)")
+        return self._model
+
+
+def _use_compilation_cache() -> None:
+    """Turns on nasax's on-disk cache of compiled programs (as the CLI does), unless the
+    program already chose a cache folder itself."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir is None:
+        from nasax.cli import enable_compilation_cache
+
+        enable_compilation_cache()
+
+
+__all__ = ["SIZES", "ImageClassifier"]
