@@ -157,7 +157,9 @@ class ImageClassifier:
         images = self._images(x, "x")
         labels = check_labels("test", y, len(images), "ImageClassifier y")
         label = None if self.quiet else "evaluate"
-        return evaluate(jax.jit(trainer.evaluate), state, images, labels, batch_size, label)
+        return evaluate(
+            jax.jit(trainer.evaluate), state, images, labels, batch_size, progress=label
+        )
 
     def predict(self, x: Any) -> np.ndarray:
         """Predicted class indices of the retrained network for images x."""

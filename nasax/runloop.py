@@ -92,6 +92,7 @@ def evaluate(
     x: np.ndarray,
     y: np.ndarray,
     batch_size: int,
+    *,
     put: Callable[[Batch], Batch] = jax.device_put,
     progress: str | None = None,
 ) -> dict[str, float]:

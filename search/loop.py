@@ -274,7 +274,9 @@ def run_search(
             genotype.save(run_dir / "genotype.json")
         if evaluating:
             test.update(
-                evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size, dp.put_batch)
+                evaluate(
+                    eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size, put=dp.put_batch
+                )
             )
             progress.log(
                 f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}  "
@@ -313,7 +315,9 @@ def run_search(
     state, step, images, search_seconds = result[:4]
 
     if not test or result.stopped_early:  # evaluate the state the search ended with
-        test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size, dp.put_batch)
+        test = evaluate(
+            eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size, put=dp.put_batch
+        )
     genotype = derived.get("latest") or current_genotype(state)
     genotype.save(run_dir / "genotype.json")
     summary = {

@@ -189,7 +189,9 @@ def run_train(
     def end_epoch(state: TrainState, epoch: int, step: int) -> dict[str, Any]:
         if is_eval_epoch(epoch, t.epochs, t.eval_every):
             test.update(
-                evaluate(eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size, dp.put_batch)
+                evaluate(
+                    eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size, put=dp.put_batch
+                )
             )
             progress.log(
                 f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f}"
@@ -225,7 +227,9 @@ def run_train(
     state, step, images, train_seconds = result[:4]
 
     if not test or result.stopped_early:  # evaluate the state the training ended with
-        test = evaluate(eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size, dp.put_batch)
+        test = evaluate(
+            eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size, put=dp.put_batch
+        )
     summary = {
         "kind": "train",
         "dataset": dataset.name,
