@@ -140,8 +140,7 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a config file, or the name of a shipped config")
+def _add_set_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
         action="append",
@@ -149,6 +148,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set search.epochs=2 (repeatable)",
     )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a config file, or the name of a shipped config")
+    _add_set_option(parser)
     parser.add_argument("--out", help="run directory (default: <run.out_dir>/<name>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -206,13 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tune", help="tune a config's knobs (its `tune` section) with optuna; resumable"
     )
     tune.add_argument("config", help="a config file with a `tune` section, or a shipped name")
-    tune.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (repeatable)",
-    )
+    _add_set_option(tune)
     tune.add_argument(
         "--out", help="study folder (default: <run.out_dir>/<name>-tune); rerun to continue"
     )

@@ -13,6 +13,22 @@ from rich.progress import (
 )
 
 
+def _bar(console: Console, enabled: bool, *, epoch: bool) -> Progress:
+    """Label, [epoch,] bar, count, latest figures, elapsed time and ETA."""
+    columns = [TextColumn("[bold]{task.description}")]
+    if epoch:
+        columns.append(TextColumn("epoch {task.fields[epoch]}"))
+    columns += [
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
+    return Progress(*columns, console=console, disable=not enabled, transient=False)
+
+
 class LoopProgress:
     """One bar over all steps of a run, with the epoch and the latest figures beside it."""
 
@@ -20,19 +36,7 @@ class LoopProgress:
         self.epochs = epochs
         self.enabled = enabled
         self.console = Console(stderr=True)
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            TextColumn("epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=self.console,
-            disable=not enabled,
-            transient=False,
-        )
+        self._progress = _bar(self.console, enabled, epoch=True)
         self._task = self._progress.add_task(
             label, total=total_steps, epoch=f"1/{epochs}", stats=""
         )
@@ -69,17 +73,7 @@ class TaskProgress:
 
     def __init__(self, total: int, *, enabled: bool, label: str, unit: str = "images") -> None:
         self.enabled, self.unit = enabled, unit
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not enabled,
-        )
+        self._progress = _bar(Console(stderr=True), enabled, epoch=False)
         self._task = self._progress.add_task(label, total=total, stats="")
 
     def __enter__(self) -> TaskProgress:
