@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from nasax.io import atomic_write_bytes
+from nasax.io import atomic_write_bytes, is_primary
 from nasax.plots import arch_kinds, evolution_figure, heatmap_figure, png_bytes, softmax
 
 ARCH_DIR = "arch"
@@ -22,9 +22,10 @@ class RunViews:
     """TensorBoard scalars for every metric record, and per-epoch architecture pictures."""
 
     def __init__(self, run_dir: str | os.PathLike, *, tensorboard: bool, plots: bool) -> None:
-        self.run_dir, self.plots = Path(run_dir), plots
+        # In a multi-host job process 0 shows the run (the others hold the same figures).
+        self.run_dir, self.plots = Path(run_dir), plots and is_primary()
         self.tensorboard = None
-        if tensorboard:
+        if tensorboard and is_primary():
             from nasax.tensorboard_log import TensorBoardLog
 
             self.tensorboard = TensorBoardLog(self.run_dir)
