@@ -69,6 +69,11 @@ def tokens_to_path(tokens: jax.Array, space: SearchSpace) -> jax.Array:
     return path
 
 
+def tokens_to_paths(tokens: Tokens, space: SearchSpace) -> dict[str, jax.Array]:
+    """The path of every cell kind that `tokens` describe."""
+    return {k: tokens_to_path(t, space) for k, t in tokens.items()}
+
+
 class ControllerOutput(NamedTuple):
     """A sampled (or scored) architecture: its choices, and per choice the log-probability
     and the entropy of the distribution it was drawn from."""
@@ -230,7 +235,7 @@ class Controller(nnx.Module):
 
     def paths(self, tokens: Tokens) -> dict[str, jax.Array]:
         """The path of every cell kind that `tokens` describe."""
-        return {k: tokens_to_path(t, self.space) for k, t in tokens.items()}
+        return tokens_to_paths(tokens, self.space)
 
 
 def uniform_entropy(space: SearchSpace) -> float:

@@ -22,8 +22,9 @@ from flax import nnx
 from pydantic import BaseModel, ConfigDict, Field
 
 from nasax.data import Batch
-from nasax.search.controller import Controller, ControllerOutput, Tokens, tokens_to_path
+from nasax.search.controller import Controller, ControllerOutput, Tokens, tokens_to_paths
 from nasax.search.single_path import (
+    best_candidate,
     images_and_labels,
     path_scorer,
     paths_genotype,
@@ -130,7 +131,7 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
         return nnx.merge(graphdef, params, copy=True)(rng, **kw)
 
     def cell_paths(tokens: Tokens) -> dict[str, jax.Array]:
-        return {k: tokens_to_path(t, space) for k, t in tokens.items()}
+        return tokens_to_paths(tokens, space)
 
     def init(rng: jax.Array) -> EnasState:
         net_rng, controller_rng = jax.random.split(rng)
@@ -203,6 +204,8 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
         out = run_controller(state.controller, state.net.rng, greedy=True)
         return cell_paths(out.tokens)
 
+    greedy_jit = jax.jit(greedy_paths)  # built once: derive runs every epoch
+
     def evaluate(state: EnasState, batch: Batch) -> Metrics:
         """Test metrics of the controller's most likely cell with the shared weights."""
         return net.evaluate(state.net, batch, paths=greedy_paths(state))
@@ -214,17 +217,13 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
         return jax.vmap(lambda k: cell_paths(run_controller(state.controller, k).tokens))(keys)
 
     def select(state: EnasState, batches: Iterable[Batch]) -> Genotype:
-        paths = candidates(state)
-        totals = sum(
-            np.asarray(score(state.net, paths, images_and_labels(b)))
-            for b in islice(batches, options.select_batches)
+        return best_candidate(
+            score, state.net, candidates(state), batches, options.select_batches, space
         )
-        best = int(np.argmax(totals))
-        return paths_genotype({k: np.asarray(p[best]) for k, p in paths.items()}, space)
 
     def derive(state: EnasState) -> Genotype:
         """Without validation data: the controller's most likely cell."""
-        paths = jax.jit(greedy_paths)(state)
+        paths = greedy_jit(state)
         return paths_genotype({k: np.asarray(p) for k, p in paths.items()}, space)
 
     @jax.jit

@@ -29,7 +29,7 @@ from nasax.search.single_path import (
     path_scorer,
     paths_genotype,
     sample_paths,
-    train_path_step,
+    uniform_path_step,
 )
 from nasax.search.strategy import (
     Metrics,
@@ -125,7 +125,7 @@ def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
     space = setup.space
     kinds = list(space.cell_kinds)
     score = path_scorer(net, setup)
-    sample_many = jax.jit(jax.vmap(lambda key: sample_paths(key, space, kinds)), static_argnums=())
+    sample_many = jax.jit(jax.vmap(lambda key: sample_paths(key, space, kinds)))
 
     def init(rng: jax.Array) -> SupernetState:
         state = net.init(rng)
@@ -140,16 +140,7 @@ def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
         return load_supernet_weights(source / "checkpoints", state)
 
     def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
-        rng = jax.random.fold_in(state.rng, state.step)
-        train_key, val_key = jax.random.split(rng)
-        return train_path_step(
-            net,
-            state,
-            train,
-            val,
-            sample_paths(train_key, space, kinds),
-            sample_paths(val_key, space, kinds),
-        )
+        return uniform_path_step(net, state, train, val)
 
     def evolve(state: SupernetState, batches: Iterable[Batch]) -> list[Member]:
         held_out = [images_and_labels(b) for b in islice(batches, options.select_batches)]

@@ -8,7 +8,6 @@ with the shared weights on the same validation batches, and keeps the best.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import islice
 
 import jax
 import numpy as np
@@ -16,11 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nasax.data import Batch
 from nasax.search.single_path import (
-    images_and_labels,
+    best_candidate,
     path_scorer,
     paths_genotype,
     sample_paths,
-    train_path_step,
+    uniform_path_step,
 )
 from nasax.search.strategy import (
     Metrics,
@@ -28,7 +27,6 @@ from nasax.search.strategy import (
     Strategy,
     Supernet,
     SupernetState,
-    alphas_of,
     register_strategy,
 )
 from nasax.supernet.genotypes import Genotype
@@ -52,37 +50,24 @@ def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
     net = Supernet.create(setup)
     space = setup.space
 
-    def kinds(state: SupernetState) -> list[str]:
-        return list(alphas_of(state.arch))
-
     def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
-        rng = jax.random.fold_in(state.rng, state.step)
-        train_path, val_path = jax.random.split(rng)
-        paths = sample_paths(train_path, space, kinds(state))
-        # Another random cell on the validation batch, for the log only.
-        val_paths = sample_paths(val_path, space, kinds(state))
-        return train_path_step(net, state, train, val, paths, val_paths)
+        return uniform_path_step(net, state, train, val)
 
     def evaluate(state: SupernetState, batch: Batch) -> Metrics:
         """Test metrics of one random cell (fixed per state) with the shared weights."""
-        paths = sample_paths(jax.random.fold_in(state.rng, _EVAL_CELL), space, kinds(state))
+        paths = sample_paths(jax.random.fold_in(state.rng, _EVAL_CELL), space, space.cell_kinds)
         return net.evaluate(state, batch, paths=paths)
 
     score = path_scorer(net, setup)
 
     def select(state: SupernetState, batches: Iterable[Batch]) -> Genotype:
         keys = jax.random.split(jax.random.fold_in(state.rng, state.step), options.candidates)
-        candidates = jax.vmap(lambda key: sample_paths(key, space, kinds(state)))(keys)
-        totals = sum(
-            np.asarray(score(state, candidates, images_and_labels(b)))
-            for b in islice(batches, options.select_batches)
-        )
-        best = int(np.argmax(totals))
-        return paths_genotype({k: np.asarray(p[best]) for k, p in candidates.items()}, space)
+        candidates = jax.vmap(lambda key: sample_paths(key, space, space.cell_kinds))(keys)
+        return best_candidate(score, state, candidates, batches, options.select_batches, space)
 
     def derive(state: SupernetState) -> Genotype:
         """Without validation data: the cell `evaluate` scores."""
-        paths = sample_paths(jax.random.fold_in(state.rng, _EVAL_CELL), space, kinds(state))
+        paths = sample_paths(jax.random.fold_in(state.rng, _EVAL_CELL), space, space.cell_kinds)
         return paths_genotype({k: np.asarray(p) for k, p in paths.items()}, space)
 
     return Strategy(

@@ -8,6 +8,7 @@ evolution all train and score architectures this way.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from itertools import islice
 from pathlib import Path
 
 import jax
@@ -178,3 +179,33 @@ def load_supernet_weights(directory: Path, state: SupernetState) -> SupernetStat
             {k.removeprefix(f"{field}/"): jnp.asarray(saved[k]) for k in flat}, tree
         )
     return state._replace(**loaded)
+
+
+def uniform_path_step(
+    net: Supernet, state: SupernetState, train: Batch, val: Batch
+) -> tuple[SupernetState, dict[str, jax.Array]]:
+    """`train_path_step` on a uniformly random cell, with another one for the validation
+    log (random search with weight sharing, and evolution's supernet training)."""
+    space = net.setup.space
+    train_key, val_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    paths = sample_paths(train_key, space, space.cell_kinds)
+    return train_path_step(
+        net, state, train, val, paths, sample_paths(val_key, space, space.cell_kinds)
+    )
+
+
+def best_candidate(
+    score: Callable[[SupernetState, Paths, Batch], jax.Array],
+    state: SupernetState,
+    candidates: Paths,
+    batches: Iterable[Batch],
+    n_batches: int,
+    space: SearchSpace,
+) -> Genotype:
+    """The genotype of the stacked candidate that predicts most of `n_batches` batches."""
+    totals = sum(
+        np.asarray(score(state, candidates, images_and_labels(b)))
+        for b in islice(batches, n_batches)
+    )
+    best = int(np.argmax(totals))
+    return paths_genotype({k: np.asarray(p[best]) for k, p in candidates.items()}, space)
