@@ -113,7 +113,8 @@ class SearchConfig(Section):
 
     @model_validator(mode="after")
     def _some_training(self) -> SearchConfig:
-        if self.epochs == 0 and not self.options.get("weights_from"):
+        supplied = getattr(self.strategy_options(), "supplies_weights", False)
+        if self.epochs == 0 and not supplied:
             raise ValueError(
                 "search.epochs must be at least 1, got 0; 0 (no weight training) needs trained "
                 f"weights, e.g. search.evolution.weights_from (strategy: {self.strategy})"

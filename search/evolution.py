@@ -59,6 +59,11 @@ class EvolutionOptions(BaseModel):
         None, description="a search run directory whose supernet weights to start from"
     )
 
+    @property
+    def supplies_weights(self) -> bool:
+        """Trained weights come with the config, so the search may train for 0 epochs."""
+        return self.weights_from is not None
+
 
 class Member(NamedTuple):
     arch: Arch
