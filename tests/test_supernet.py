@@ -96,21 +96,34 @@ def test_max_pool_ignores_padding_for_negative_inputs():
 @pytest.mark.parametrize(("kernel", "dilation", "stride"), [(3, 1, 1), (5, 1, 2), (3, 2, 1)])
 def test_depthwise_conv_equals_the_native_grouped_form(kernel, dilation, stride):
     channels = 24
-    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
     x = jax.random.normal(keys[0], (2, 9, 9, channels))
     w = jax.random.normal(keys[1], (kernel, kernel, 1, channels))
     pad = dilation * (kernel - 1) // 2
-    got = ops_lib.depthwise_conv(x, w, stride=stride, padding=pad, dilation=dilation)
-    want = lax.conv_general_dilated(
-        x,
-        w,
-        (stride, stride),
-        ((pad, pad), (pad, pad)),
-        rhs_dilation=(dilation, dilation),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=channels,
-    )
+
+    def native(x, w):
+        return lax.conv_general_dilated(
+            x,
+            w,
+            (stride, stride),
+            ((pad, pad), (pad, pad)),
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=channels,
+        )
+
+    def ours(x, w):
+        return ops_lib.depthwise_conv(x, w, stride=stride, padding=pad, dilation=dilation)
+
+    got, want = ours(x, w), native(x, w)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    probe = jax.random.normal(keys[2], want.shape)
+
+    def grads(f):
+        return jax.grad(lambda x, w: jnp.sum(f(x, w) * probe), (0, 1))(x, w)
+
+    for g_ours, g_native in zip(grads(ours), grads(native), strict=True):
+        np.testing.assert_allclose(g_ours, g_native, rtol=1e-4, atol=1e-4)
 
 
 def test_batch_norm_matches_torch_running_statistics():
