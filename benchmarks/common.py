@@ -54,6 +54,8 @@ def time_step(
     t0 = time.perf_counter()
     step = jax.jit(step_fn, donate_argnums=(0,)).lower(state, *inputs(0)).compile()
     compile_s = time.perf_counter() - t0
+    rss_after_compile = peak_rss_mb()
+    memory = step.memory_analysis()
     times = []
     for it in range(warmup + steps):
         t0 = time.perf_counter()
@@ -72,7 +74,11 @@ def time_step(
         "step_ms_min": round(1e3 * min(times), 1),
         "compile_s": round(compile_s, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        # The high-water mark once compiled: what compiling (and building the state) took.
+        "peak_rss_after_compile_mb": round(rss_after_compile, 1),
     }
+    if memory is not None:  # XLA's buffer plan for one step (not every backend has it)
+        figures["step_temp_mb"] = round(memory.temp_size_in_bytes / 2**20, 1)
     return state, figures
 
 
