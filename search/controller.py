@@ -233,10 +233,6 @@ class Controller(nnx.Module):
             entropies[kind] = ents
         return ControllerOutput(tokens, log_probs, entropies)
 
-    def paths(self, tokens: Tokens) -> dict[str, jax.Array]:
-        """The path of every cell kind that `tokens` describe."""
-        return tokens_to_paths(tokens, self.space)
-
 
 def uniform_entropy(space: SearchSpace) -> float:
     """The entropy of a controller that picks uniformly: sum of log(choices) per choice."""

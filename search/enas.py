@@ -210,11 +210,14 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
         """Test metrics of the controller's most likely cell with the shared weights."""
         return net.evaluate(state.net, batch, paths=greedy_paths(state))
 
+    def sampled_paths(state: EnasState, salt: int, n: int) -> dict[str, jax.Array]:
+        """Paths of `n` cells the controller samples, stacked (a fixed draw per state)."""
+        keys = jax.random.split(jax.random.fold_in(state.net.rng, salt), n)
+        return jax.vmap(lambda k: cell_paths(run_controller(state.controller, k).tokens))(keys)
+
     @jax.jit
     def candidates(state: EnasState) -> dict[str, jax.Array]:
-        rng = jax.random.fold_in(state.net.rng, _CANDIDATES)
-        keys = jax.random.split(rng, options.candidates)
-        return jax.vmap(lambda k: cell_paths(run_controller(state.controller, k).tokens))(keys)
+        return sampled_paths(state, _CANDIDATES, options.candidates)
 
     def select(state: EnasState, batches: Iterable[Batch]) -> Genotype:
         return best_candidate(
@@ -230,8 +233,7 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
     def policy(state: EnasState) -> dict[str, jax.Array]:
         """How often each op lands on each edge in 256 controller samples (the controller's
         counterpart of softmaxed alphas, for the per-epoch record)."""
-        keys = jax.random.split(jax.random.fold_in(state.net.rng, _POLICY), 256)
-        paths = jax.vmap(lambda k: cell_paths(run_controller(state.controller, k).tokens))(keys)
+        paths = sampled_paths(state, _POLICY, 256)
         return {k: jax.nn.one_hot(p, space.n_ops).mean(0) for k, p in paths.items()}
 
     return Strategy(

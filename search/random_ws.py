@@ -53,10 +53,13 @@ def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
     def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
         return uniform_path_step(net, state, train, val)
 
+    def eval_paths(state: SupernetState) -> dict[str, jax.Array]:
+        """One random cell, fixed per state: the one `evaluate` scores and `derive` returns."""
+        return sample_paths(jax.random.fold_in(state.rng, _EVAL_CELL), space, space.cell_kinds)
+
     def evaluate(state: SupernetState, batch: Batch) -> Metrics:
         """Test metrics of one random cell (fixed per state) with the shared weights."""
-        paths = sample_paths(jax.random.fold_in(state.rng, _EVAL_CELL), space, space.cell_kinds)
-        return net.evaluate(state, batch, paths=paths)
+        return net.evaluate(state, batch, paths=eval_paths(state))
 
     score = path_scorer(net, setup)
 
@@ -67,8 +70,7 @@ def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
 
     def derive(state: SupernetState) -> Genotype:
         """Without validation data: the cell `evaluate` scores."""
-        paths = sample_paths(jax.random.fold_in(state.rng, _EVAL_CELL), space, space.cell_kinds)
-        return paths_genotype({k: np.asarray(p) for k, p in paths.items()}, space)
+        return paths_genotype({k: np.asarray(p) for k, p in eval_paths(state).items()}, space)
 
     return Strategy(
         init=net.init,

@@ -10,7 +10,13 @@ import optax
 import pytest
 from flax import nnx
 
-from nasax.search.controller import Controller, choice_plan, tokens_to_path, uniform_entropy
+from nasax.search.controller import (
+    Controller,
+    choice_plan,
+    tokens_to_path,
+    tokens_to_paths,
+    uniform_entropy,
+)
 from nasax.search.enas import moving_baseline, reinforce_loss
 from nasax.search.single_path import derivable_ops, genotype_paths, paths_genotype
 from nasax.supernet.genotypes import DARTS_V2
@@ -30,7 +36,7 @@ def test_samples_are_valid_cells_of_the_space(space):
     outs = sample(jax.random.split(jax.random.PRNGKey(0), 20))
     for i in range(20):
         tokens = {k: v[i] for k, v in outs.tokens.items()}
-        paths = {k: np.asarray(v) for k, v in controller.paths(tokens).items()}
+        paths = {k: np.asarray(v) for k, v in tokens_to_paths(tokens, sp).items()}
         genotype = paths_genotype(paths, sp)
         genotype.validate(sp)  # raises if the cell does not fit the space
         # The path is exactly the genotype's (nothing lost by the discretizer).
