@@ -96,7 +96,10 @@ def _pads(padding: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return ((padding, padding), (padding, padding))
 
 
-def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, dilation: int) -> jax.Array:
+def _conv(
+    x: jax.Array, kernel: jax.Array, stride: int, padding: int, dilation: int, groups: int = 1
+) -> jax.Array:
+    """The plain XLA convolution (NHWC x HWIO, symmetric padding)."""
     return lax.conv_general_dilated(
         x,
         kernel,
@@ -104,6 +107,7 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, dilation: 
         padding=_pads(padding),
         rhs_dilation=(dilation, dilation),
         dimension_numbers=_DIMS,
+        feature_group_count=groups,
     )
 
 
@@ -182,19 +186,8 @@ def depthwise_conv(
     channels = x.shape[-1]
     kernel = kernel.astype(x.dtype)
 
-    def conv(kernel: jax.Array, groups: int) -> jax.Array:
-        return lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=(stride, stride),
-            padding=_pads(padding),
-            rhs_dilation=(dilation, dilation),
-            dimension_numbers=_DIMS,
-            feature_group_count=groups,
-        )
-
     def grouped(kernel: jax.Array) -> jax.Array:
-        return conv(kernel, channels)
+        return _conv(x, kernel, stride, padding, dilation, groups=channels)
 
     def dense_diagonal(kernel: jax.Array) -> jax.Array:
         diagonal = kernel * jnp.eye(channels, dtype=x.dtype)  # (k, k, 1, C) -> (k, k, C, C)

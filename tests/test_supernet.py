@@ -93,6 +93,19 @@ def test_max_pool_ignores_padding_for_negative_inputs():
     assert np.allclose(ops_lib.max_pool(x, 2), -1.0)
 
 
+def xla_conv(x, w, stride, padding, dilation, groups=1):
+    """The plain XLA convolution the ops' CPU forms are checked against."""
+    return lax.conv_general_dilated(
+        x,
+        w,
+        (stride, stride),
+        ((padding, padding), (padding, padding)),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
 @pytest.mark.parametrize(("kernel", "dilation", "stride"), [(3, 1, 1), (5, 1, 2), (3, 2, 1)])
 def test_depthwise_conv_equals_the_native_grouped_form(kernel, dilation, stride):
     channels = 24
@@ -102,15 +115,7 @@ def test_depthwise_conv_equals_the_native_grouped_form(kernel, dilation, stride)
     pad = dilation * (kernel - 1) // 2
 
     def native(x, w):
-        return lax.conv_general_dilated(
-            x,
-            w,
-            (stride, stride),
-            ((pad, pad), (pad, pad)),
-            rhs_dilation=(dilation, dilation),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=channels,
-        )
+        return xla_conv(x, w, stride, pad, dilation, groups=channels)
 
     def ours(x, w):
         return ops_lib.depthwise_conv(x, w, stride=stride, padding=pad, dilation=dilation)
@@ -143,14 +148,7 @@ def test_conv2d_gradients_match_autodiff_of_the_plain_conv(size, kernel, stride,
     w = jax.random.normal(keys[1], (kernel, kernel, 3, 5))
 
     def plain(x, w):
-        return lax.conv_general_dilated(
-            x,
-            w,
-            (stride, stride),
-            ((padding, padding), (padding, padding)),
-            rhs_dilation=(dilation, dilation),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        return xla_conv(x, w, stride, padding, dilation)
 
     def ours(x, w):
         return ops_lib.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
