@@ -118,9 +118,10 @@ def _conv_canonical_grads(
     """A dense NHWC/HWIO conv whose gradients are themselves plain NHWC/HWIO convs.
 
     XLA's CPU backend turns the convs autodiff emits (swapped dimension labels) into
-    fast library calls only at the top level of a program: inside `lax.switch` or loop
-    bodies they run 10-80x slower (GDAS' one-op-per-edge branches). Writing both
-    gradients in the forward layout, with explicit transposes, keeps them fast anywhere.
+    fast library calls only at the top level of a program: inside `lax.switch` branches
+    (GDAS' and the single-path strategies' one op per edge) they ran 13-85x slower.
+    Writing both gradients in the forward layout, with explicit transposes, keeps them
+    fast there too.
     """
     return _conv(x, kernel, stride, padding, dilation)
 
@@ -162,7 +163,9 @@ def _conv_bwd(stride, padding, dilation, res, g):
 _conv_canonical_grads.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int, padding: int, dilation: int = 1):
+def conv2d(
+    x: jax.Array, kernel: jax.Array, *, stride: int, padding: int, dilation: int = 1
+) -> jax.Array:
     """Dense NHWC x HWIO conv, symmetric padding; on CPU with layout-stable gradients."""
 
     def cpu(kernel: jax.Array) -> jax.Array:
