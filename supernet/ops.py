@@ -148,15 +148,9 @@ def _conv_bwd(stride, padding, dilation, res, g):
         dimension_numbers=_DIMS,
     )
     # Kernel gradient: channels in as the batch, images as the features, g as the
-    # kernel (dilated by the stride); output position (i, j) is tap (i, j).
-    dk = lax.conv_general_dilated(
-        x.transpose(3, 1, 2, 0),
-        g.transpose(1, 2, 0, 3),
-        window_strides=(dilation, dilation),
-        padding=_pads(padding),
-        rhs_dilation=(stride, stride),
-        dimension_numbers=_DIMS,
-    )[:, :size, :size, :]
+    # kernel; the conv's stride and dilation trade places, and output (i, j) is tap (i, j).
+    dk = _conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), dilation, padding, stride)
+    dk = dk[:, :size, :size, :]
     return dx, dk.transpose(1, 2, 0, 3)
 
 
