@@ -98,6 +98,7 @@ class ImageClassifier:
         self.search_summary: dict[str, Any] | None = None
         self.final_summary: dict[str, Any] | None = None
         self._model: tuple[Any, Any, int] | None = None  # trainer, state, batch size
+        self._jit: Any = None  # compiles evaluation and prediction as the final run did
 
     @property
     def search_dir(self) -> Path:
@@ -134,6 +135,7 @@ class ImageClassifier:
         self, x: Any, y: Any, validation_data: tuple[Any, Any] | None = None
     ) -> ImageClassifier:
         """Retrains the found cell from scratch on (x, y); returns self."""
+        from nasax.blocks import jit_for
         from nasax.train.loop import load_train_run, run_train
 
         if self.genotype is None:
@@ -145,12 +147,11 @@ class ImageClassifier:
         )
         _, _, _, trainer, state, _ = load_train_run(self.final_dir)
         self._model = (trainer, state, config.train.batch_size)
+        self._jit = jit_for(config.run.execution)
         return self
 
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         """Loss and accuracy of the retrained network on (x, y)."""
-        import jax
-
         from nasax.runloop import evaluate
 
         trainer, state, batch_size = self._trained()
@@ -158,7 +159,7 @@ class ImageClassifier:
         labels = check_labels("test", y, len(images), "ImageClassifier y")
         label = None if self.quiet else "evaluate"
         return evaluate(
-            jax.jit(trainer.evaluate), state, images, labels, batch_size, progress=label
+            self._jit(trainer.evaluate), state, images, labels, batch_size, progress=label
         )
 
     def predict(self, x: Any) -> np.ndarray:
@@ -174,7 +175,7 @@ class ImageClassifier:
         trainer, state, batch_size = self._trained()
         images = self._images(x, "x")
 
-        @jax.jit
+        @self._jit
         def logits_of(state: Any, image: jax.Array) -> jax.Array:
             net = trainer.module(state)
             return net(trainer.preprocess(image, state.rng, False), train=False)

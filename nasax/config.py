@@ -193,6 +193,11 @@ class RunConfig(Section):
         description="seconds a run may take, compilation included; it then stops with its "
         "latest state (null: no limit)",
     )
+    execution: Literal["auto", "blocks", "fused"] = Field(
+        "auto",
+        description="blocks: compile each distinct block once and run the step block by "
+        "block; fused: one XLA program per step; auto: blocks on CPU, fused elsewhere",
+    )
     devices: int | None = Field(
         None, ge=1, description="data-parallel devices (null: all of them); batches split evenly"
     )

@@ -191,7 +191,7 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
         }
         return new_state, metrics
 
-    compiled_controller_step = jax.jit(controller_step, donate_argnums=(0,))
+    compiled_controller_step = setup.jit(controller_step, donate_argnums=(0,))
 
     def after_epoch(state: EnasState, batches: Iterator[Batch]) -> tuple[EnasState, list[Metrics]]:
         records = []

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from nasax.blocks import compile_program, jit_for, resolve_execution
 from nasax.checkpoint import Checkpoints
 from nasax.config import Config
 from nasax.data import (
@@ -60,8 +61,8 @@ def program_key(config: Config, dataset: Dataset, steps_per_epoch: int, dp: Data
     """Everything the compiled search programs depend on, so a later run in the same
     process (a resume, another trial) reuses them instead of compiling again.
 
-    The seed and the `run` section (apart from `nonfinite`) only change the state or
-    the host side, not the programs.
+    The seed and the `run` section (apart from `nonfinite` and `execution`) only change
+    the state or the host side, not the programs.
     """
     resolved = config.to_dict()
     for key in ("name", "seed", "run", "tune"):
@@ -70,6 +71,7 @@ def program_key(config: Config, dataset: Dataset, steps_per_epoch: int, dp: Data
         {
             "config": resolved,
             "nonfinite": config.run.nonfinite,
+            "execution": resolve_execution(config.run.execution),
             "data": [
                 list(dataset.image_shape),
                 str(dataset.x_train.dtype),
@@ -108,6 +110,7 @@ def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> Searc
         max_skip_connect=config.search.discretizer.max_skip_connect,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
+        jit=jit_for(config.run.execution),
     )
 
 
@@ -194,10 +197,10 @@ def run_search(
         step = guard_step(strategy.step, rc)
         _COMPILED[key] = (
             # No weight steps (epochs 0: trained weights came with the config): no program.
-            jax.jit(step, donate_argnums=(0,)).lower(state, sample, sample).compile()
+            compile_program(step, (state, sample, sample), rc.execution, donate=True)
             if s.epochs
             else None,
-            jax.jit(strategy.evaluate).lower(state, eval_sample).compile(),
+            compile_program(strategy.evaluate, (state, eval_sample), rc.execution),
         )
         while len(_COMPILED) > _COMPILED_KEEP:
             _COMPILED.pop(next(iter(_COMPILED)))

@@ -96,11 +96,12 @@ def path_scorer(
 ) -> Callable[[SupernetState, Paths, Batch], jax.Array]:
     """score(state, stacked paths, batch) -> correct predictions of each path on the batch.
 
-    Jitted; the candidates run one after another in a `lax.map`. BN uses the batch's
-    statistics: the running statistics are shared by all paths and fit none of them.
+    Compiled with `setup.jit`; the candidates run one after another in a `lax.map`. BN
+    uses the batch's statistics: the running statistics are shared by all paths and fit
+    none of them.
     """
 
-    @jax.jit
+    @setup.jit
     def score(state: SupernetState, candidates: Paths, batch: Batch) -> jax.Array:
         x = setup.preprocess(batch["image"], state.rng, False)
 

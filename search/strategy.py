@@ -42,6 +42,8 @@ class SearchSetup(NamedTuple):
         max_skip_connect: discretizer cap on skip connections in the normal cell.
         epochs: search epochs (for schedules such as temperature annealing).
         steps_per_epoch: search steps per epoch.
+        jit: compiles a strategy's own programs (`jax.jit`, or `nasax.blocks.block_jit`
+            to run them block by block as the search step runs).
     """
 
     space: SearchSpace
@@ -53,6 +55,7 @@ class SearchSetup(NamedTuple):
     max_skip_connect: int | None = None
     epochs: int = 1
     steps_per_epoch: int = 1
+    jit: Callable[..., Callable] = jax.jit
 
 
 class Strategy(NamedTuple):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from nasax.blocks import block
 from nasax.supernet.ops import OPS, BatchNorm, FactorizedReduce, ReLUConvBN, build_op
 
 
@@ -106,6 +107,7 @@ class MixedEdge(nnx.Module):
         chosen = weights[path]
         return chosen * y + (jnp.sum(weights) - chosen).astype(y.dtype)
 
+    @block
     def __call__(
         self,
         x: jax.Array,
@@ -204,6 +206,7 @@ class FixedEdge(nnx.Module):
         # Drop path spares identity edges, as in the DARTS reference.
         self.droppable = not (OPS.get(op_name).identity_at_stride_1 and stride == 1)
 
+    @block
     def __call__(self, x: jax.Array, weights: jax.Array | None, train: bool) -> jax.Array:
         return self.op(x, train)
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from nasax.blocks import block
 from nasax.supernet.cells import (
     Cell,
     CellPlan,
@@ -99,6 +100,7 @@ class AuxiliaryHead(nnx.Module):
         self.bn2 = BatchNorm(768, True)
         self.classifier = linear(768, num_classes, rngs)
 
+    @block
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = jax.nn.relu(x)
         if min(x.shape[1:3]) >= 5:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from nasax.blocks import block
 from nasax.supernet.cells import FixedEdge, MixedEdge, PlainCell
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.network import ArchParam, Stem, linear, node_softmax
@@ -47,6 +48,7 @@ class ResidualReduction(nnx.Module):
         self.conv_b = ReLUConvBN(c_out, c_out, 3, 1, 1, True, rngs)
         self.shortcut = Conv(c_in, c_out, 1, rngs=rngs)
 
+    @block
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         return self.shortcut(avg_pool_2x2(x)) + self.conv_b(self.conv_a(x, train), train)
 
@@ -58,6 +60,7 @@ class Head(nnx.Module):
         self.bn = BatchNorm(channels, True)
         self.classifier = linear(channels, num_classes, rngs)
 
+    @block
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         return self.classifier(jnp.mean(jax.nn.relu(self.bn(x, train)), axis=(1, 2)))
 
@@ -174,11 +177,11 @@ class NB201SearchNetwork(nnx.Module):
         if edge_weights is None and self.edge_normalization:
             edge_weights = self.edge_weights()
         x = self.stem(x, train)
-        for block in self.cells:
-            if isinstance(block, ResidualReduction):
-                x = block(x, train)
+        for stage in self.cells:
+            if isinstance(stage, ResidualReduction):
+                x = stage(x, train)
                 continue
-            x = block(
+            x = stage(
                 x,
                 None if weights is None else weights[CELL_KIND],
                 train,
@@ -284,12 +287,12 @@ class NB201Network(nnx.Module):
     ) -> jax.Array | tuple[jax.Array, None]:
         """Logits for NHWC images `x` (and None for the absent auxiliary logits)."""
         x = self.stem(x, train)
-        for i, block in enumerate(self.cells):
-            if isinstance(block, ResidualReduction):
-                x = block(x, train)
+        for i, stage in enumerate(self.cells):
+            if isinstance(stage, ResidualReduction):
+                x = stage(x, train)
             else:
                 cell_rng = None if rng is None else jax.random.fold_in(rng, i)
-                x = block(x, None, train, drop_path_rate, cell_rng)
+                x = stage(x, None, train, drop_path_rate, cell_rng)
         logits = self.head(x, train)
         return (logits, None) if return_aux else logits
 

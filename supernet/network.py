@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from nasax.blocks import block
 from nasax.supernet.cells import Cell, MixedEdge, plan_cells
 from nasax.supernet.ops import BatchNorm, Conv, param_keys, torch_default_init
 from nasax.supernet.spaces import SearchSpace
@@ -38,6 +39,7 @@ class Stem(nnx.Module):
         self.conv = Conv(c_in, c_out, 3, padding=1, rngs=rngs)
         self.bn = BatchNorm(c_out, True)
 
+    @block
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         return self.bn(self.conv(x), train)
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from nasax.blocks import block
 from nasax.registry import Registry
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -298,6 +299,7 @@ class ReLUConvBN(nnx.Module):
         self.conv = Conv(c_in, c_out, kernel_size, stride=stride, padding=padding, rngs=rngs)
         self.bn = BatchNorm(c_out, affine)
 
+    @block
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         return self.bn(self.conv(jax.nn.relu(x)), train)
 
@@ -367,6 +369,7 @@ class FactorizedReduce(nnx.Module):
         self.conv_odd = Conv(c_in, c_out // 2, 1, stride=2, rngs=rngs)
         self.bn = BatchNorm(c_out, affine)
 
+    @block
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = jax.nn.relu(x)
         shifted = x[:, 1:, 1:, :]

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import yaml
 
+from nasax.blocks import compile_program, jit_for
 from nasax.checkpoint import Checkpoints
 from nasax.config import Config, validate_config
 from nasax.data import (
@@ -172,8 +173,8 @@ def run_train(
     eval_sample = dp.put_batch(next(eval_batches(dataset.x_test, dataset.y_test, t.batch_size)))
     compile_start = time.perf_counter()
     step = guard_step(trainer.step, rc)
-    step_fn = jax.jit(step, donate_argnums=(0,)).lower(state, sample).compile()
-    eval_fn = jax.jit(trainer.evaluate).lower(state, eval_sample).compile()
+    step_fn = compile_program(step, (state, sample), rc.execution, donate=True)
+    eval_fn = compile_program(trainer.evaluate, (state, eval_sample), rc.execution)
     compile_seconds = time.perf_counter() - compile_start
     progress.log(f"compiled in {compile_seconds:.0f} s")
 
@@ -288,7 +289,7 @@ def load_train_run(
 def evaluate_run(run_dir: str | Path, *, progress: bool = False) -> dict[str, Any]:
     """Test loss and top-1 of the latest checkpoint of a finished or interrupted retraining."""
     config, _, dataset, trainer, state, meta = load_train_run(run_dir)
-    eval_fn = jax.jit(trainer.evaluate)
+    eval_fn = jit_for(config.run.execution)(trainer.evaluate)
     test = evaluate(
         eval_fn,
         state,

@@ -1,0 +1,441 @@
+"""Block execution: compile each distinct block of a step once and reuse it wherever it recurs.
+
+A supernet repeats a handful of distinct blocks (a mixed edge at given channels, size
+and stride) dozens of times, and XLA compiles every copy of a fused step. Here a module
+method marked `@block` runs as its own `jax.jit` call, so tracing a step with
+`jax.make_jaxpr` leaves each block, and each block that autodiff transformed (its
+linearised and transposed forms, at any order), as a call to a jaxpr that is *the same
+object* wherever the block recurs. `BlockProgram` runs that traced step equation by
+equation: a block call dispatches one executable per distinct jaxpr, compiled once; the
+glue between blocks (sums, optimizer updates, metrics) runs as small jitted segments.
+Arrays stay on their devices throughout: the only host work is Python dispatch.
+
+Under an outer `jax.jit` (the fused mode) a block is an ordinary nested call that XLA
+inlines, so the same model code serves both modes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.extend import core
+
+BLOCK_NAME = "nasax_block"
+"""The name of every block's jitted call; autodiff keeps it on the transformed calls."""
+
+_CONTROL = ("cond", "scan")
+"""Control-flow primitives whose bodies may hold blocks: run by the interpreter."""
+
+
+# ------------------------------------------------------------------ marking blocks
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, jax.Array | np.ndarray | np.generic)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def nasax_block(
+    method: Callable,
+    graphdef: nnx.GraphDef,
+    treedef: Any,
+    statics: tuple,
+    state: Any,
+    arrays: tuple,
+) -> tuple[Any, nnx.State]:
+    """One block call: the module rebuilt from `state`, `method` applied, and the new
+    BatchNorm statistics returned (the only state a block may change)."""
+    module = nnx.merge(graphdef, state)
+    leaves, it = [], iter(arrays)
+    for static in statics:
+        leaves.append(next(it) if static is _ARRAY else static)
+    args, kwargs = jax.tree.unflatten(treedef, leaves)
+    out = method(module, *args, **kwargs)
+    return out, nnx.state(module, nnx.BatchStat)
+
+
+class _ArrayLeaf:
+    """Marks the array positions among a call's static leaves."""
+
+    def __repr__(self) -> str:
+        return "<array>"
+
+
+_ARRAY = _ArrayLeaf()
+
+
+def block(method: Callable) -> Callable:
+    """Decorator: the module method runs as one jitted block, keyed by the module's
+    structure, the call's static arguments and its array shapes.
+
+    Arrays (JAX or NumPy) are traced; every other argument (flags, None, Python numbers)
+    is static. The method may update BatchNorm statistics and nothing else.
+    """
+
+    @functools.wraps(method)
+    def call(self: nnx.Module, *args: Any, **kwargs: Any) -> Any:
+        graphdef, state = nnx.split(self)
+        leaves, treedef = jax.tree.flatten((args, kwargs))
+        statics = tuple(_ARRAY if _is_array(x) else x for x in leaves)
+        arrays = tuple(x for x in leaves if _is_array(x))
+        out, stats = nasax_block(method, graphdef, treedef, statics, state, arrays)
+        nnx.update(self, stats)
+        return out
+
+    return call
+
+
+# ------------------------------------------------------------------ running a traced step
+
+
+def _is_block(eqn: Any) -> bool:
+    return eqn.primitive.name in ("pjit", "jit") and BLOCK_NAME in str(eqn.params.get("name", ""))
+
+
+def _subjaxprs(eqn: Any) -> list[Any]:
+    """The jaxprs an equation holds (call bodies, branches, loop bodies)."""
+    found = []
+    for value in eqn.params.values():
+        for v in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(v, core.ClosedJaxpr):
+                found.append(v.jaxpr)
+            elif isinstance(v, core.Jaxpr):
+                found.append(v)
+    return found
+
+
+@functools.cache
+def _holds_blocks(jaxpr: Any) -> bool:
+    return any(_is_block(e) or any(map(_holds_blocks, _subjaxprs(e))) for e in jaxpr.eqns)
+
+
+_CALLABLES: dict[int, tuple[Any, Callable]] = {}
+"""Jitted callables of block jaxprs by identity (the jaxpr is kept so its id stays unique)."""
+
+
+def _block_callable(closed: Any) -> Callable:
+    hit = _CALLABLES.get(id(closed))
+    if hit is None:
+        hit = _CALLABLES[id(closed)] = (
+            closed,
+            jax.jit(core.jaxpr_as_fun(closed)),
+        )
+    return hit[1]
+
+
+EAGER_SEGMENT_MAX = 8
+"""Glue runs of up to this many equations are bound one by one rather than compiled: JAX
+caches each primitive by shape, so the same small op at many positions compiles once."""
+
+_SEGMENTS: dict[str, Callable] = {}
+"""Jitted glue segments by their printed jaxpr, so identical segments compile once."""
+
+
+def _segment_callable(eqns: Sequence[Any], invars: list[Any], outvars: list[Any]) -> Callable:
+    """A run of glue equations as one jitted function of its free variables."""
+    effects = frozenset().union(*(e.effects for e in eqns))
+    closed = core.ClosedJaxpr(core.Jaxpr([], invars, outvars, list(eqns), effects), [])
+    key = str(closed)  # variables are renamed in order, so equal structure prints equal
+    fn = _SEGMENTS.get(key)
+    if fn is None:
+        fn = _SEGMENTS[key] = jax.jit(core.jaxpr_as_fun(closed))
+    return fn
+
+
+class _Item(NamedTuple):
+    """One thing a plan runs: a block call, a glue segment, or control flow holding blocks."""
+
+    kind: str  # "call", "eager", "segment", "cond", "scan" or "inline"
+    run: Any  # the callable, the sub-plan(s), or None for eager glue
+    invars: list[Any]
+    outvars: list[Any]
+    eqns: tuple[Any, ...]  # the equation (one), or a segment's glue equations
+    free: tuple[Any, ...] = ()  # variables no later item reads
+
+
+def _is_special(eqn: Any) -> bool:
+    """A block call, or control flow / a plain call that holds blocks somewhere inside."""
+    if _is_block(eqn):
+        return True
+    name = eqn.primitive.name
+    return (name in _CONTROL or name in ("pjit", "jit")) and any(
+        map(_holds_blocks, _subjaxprs(eqn))
+    )
+
+
+def _schedule(eqns: Sequence[Any], special: Sequence[bool]) -> list[list[int]]:
+    """Equation indices in a valid order, as groups: a special equation alone, or a run of
+    glue. Glue runs only when a block needs it, just before that block; glue that no
+    block needs (optimizer updates, metrics) runs last, as one run."""
+    producer: dict[Any, int] = {}
+    deps: list[list[int]] = []
+    last_effect = None
+    for i, eqn in enumerate(eqns):
+        d = {producer[v] for v in eqn.invars if isinstance(v, core.Var) and v in producer}
+        if eqn.effects:  # effects keep their order
+            if last_effect is not None:
+                d.add(last_effect)
+            last_effect = i
+        deps.append(sorted(d))
+        for v in eqn.outvars:
+            producer[v] = i
+    emitted = [False] * len(eqns)
+
+    def glue_closure(i: int) -> list[int]:
+        """The glue equations `i` needs that have not run yet, in their original order."""
+        found, stack = set(), [d for d in deps[i] if not special[d] and not emitted[d]]
+        while stack:
+            j = stack.pop()
+            if j not in found:
+                found.add(j)
+                stack.extend(d for d in deps[j] if not special[d] and not emitted[d])
+        return sorted(found)
+
+    groups: list[list[int]] = []
+    for i in range(len(eqns)):  # the original order is a valid order of the specials
+        if not special[i]:
+            continue
+        run = glue_closure(i)
+        if run:
+            groups.append(run)
+            for j in run:
+                emitted[j] = True
+        groups.append([i])
+        emitted[i] = True
+    tail = [i for i in range(len(eqns)) if not emitted[i]]
+    if tail:
+        groups.append(tail)
+    return groups
+
+
+class _Plan:
+    """A jaxpr as a list of items to run: block calls, glue segments, control flow."""
+
+    def __init__(self, jaxpr: Any, consts: Sequence[Any]) -> None:
+        self.jaxpr, self.consts = jaxpr, list(consts)
+        eqns = jaxpr.eqns
+        special = [_is_special(e) for e in eqns]
+        items = []
+        for group in _schedule(eqns, special):
+            if special[group[0]]:
+                items.append(_special_item(eqns[group[0]]))
+            else:
+                glue = tuple(eqns[i] for i in group)
+                defined = {v for e in glue for v in e.outvars}
+                invars = _unique(
+                    v
+                    for e in glue
+                    for v in e.invars
+                    if isinstance(v, core.Var) and v not in defined
+                )
+                items.append(_Item("segment", None, invars, [], glue))
+        self.items = self._finish(items)
+
+    def _finish(self, items: list[_Item]) -> list[_Item]:
+        """Adds what each item frees, and gives segments their outputs and callables."""
+        outputs = {v for v in self.jaxpr.outvars if isinstance(v, core.Var)}
+        live: set[Any] = set(outputs)
+        done: list[_Item] = []
+        for item in reversed(items):
+            if item.kind == "segment":
+                outvars = _unique(
+                    v for e in item.eqns for v in e.outvars if not _is_drop(v) and v in live
+                )
+                if len(item.eqns) <= EAGER_SEGMENT_MAX:
+                    run = None
+                else:
+                    run = _segment_callable(item.eqns, item.invars, outvars)
+                item = item._replace(run=run, outvars=outvars)
+            free = tuple(v for v in _unique(item.invars) if v not in live)
+            live.update(item.invars)
+            done.append(item._replace(free=free))
+        return done[::-1]
+
+    def run(self, args: Sequence[Any]) -> list[Any]:
+        env: dict[Any, Any] = dict(zip(self.jaxpr.constvars, self.consts))
+        env.update(zip(self.jaxpr.invars, args))
+
+        def read(atom: Any) -> Any:
+            return atom.val if isinstance(atom, core.Literal) else env[atom]
+
+        for item in self.items:
+            kind, fn = item.kind, item.run
+            if kind == "segment" and fn is None:
+                for eqn in item.eqns:
+                    outs = eqn.primitive.bind(*map(read, eqn.invars), **eqn.params)
+                    outs = outs if eqn.primitive.multiple_results else [outs]
+                    env.update((v, x) for v, x in zip(eqn.outvars, outs) if not _is_drop(v))
+                # intermediates of the run that nothing later reads
+                for eqn in item.eqns:
+                    for v in eqn.outvars:
+                        if v not in item.outvars:
+                            env.pop(v, None)
+            else:
+                ins = (
+                    [env[v] for v in item.invars]
+                    if kind == "segment"
+                    else [read(v) for v in item.eqns[0].invars]
+                )
+                if kind in ("call", "segment"):
+                    outs = fn(*ins)
+                elif kind == "cond":
+                    # The branch is picked on the host: one scalar, read once per call.
+                    index = int(jax.device_get(ins[0]))
+                    outs = fn[min(max(index, 0), len(fn) - 1)].run(ins[1:])
+                elif kind == "scan":
+                    outs = _run_scan(fn, item.eqns[0].params, ins)
+                else:
+                    outs = fn.run(ins)
+                env.update((v, x) for v, x in zip(item.outvars, outs) if not _is_drop(v))
+            for v in item.free:
+                env.pop(v, None)
+        return [read(v) for v in self.jaxpr.outvars]
+
+
+def _special_item(eqn: Any) -> _Item:
+    invars = [v for v in eqn.invars if isinstance(v, core.Var)]
+    outvars = list(eqn.outvars)
+    name = eqn.primitive.name
+    if _is_block(eqn):
+        return _Item("call", _block_callable(eqn.params["jaxpr"]), invars, outvars, (eqn,))
+    if name == "cond":
+        plans = [_Plan(b.jaxpr, b.consts) for b in eqn.params["branches"]]
+        return _Item("cond", plans, invars, outvars, (eqn,))
+    body = eqn.params["jaxpr"]  # scan body, or a plain jitted call with blocks inside
+    return _Item(
+        "scan" if name == "scan" else "inline",
+        _Plan(body.jaxpr, body.consts),
+        invars,
+        outvars,
+        (eqn,),
+    )
+
+
+def _run_scan(body: _Plan, params: dict[str, Any], ins: list[Any]) -> list[Any]:
+    """A scan whose body holds blocks, iterated on the host (its length is static)."""
+    n_consts, n_carry, length = params["num_consts"], params["num_carry"], params["length"]
+    consts, carry, xs = (
+        ins[:n_consts],
+        ins[n_consts : n_consts + n_carry],
+        ins[n_consts + n_carry :],
+    )
+    ys: list[list[Any]] = []
+    order = range(length - 1, -1, -1) if params["reverse"] else range(length)
+    for i in order:
+        outs = body.run([*consts, *carry, *(x[i] for x in xs)])
+        carry, y = outs[:n_carry], outs[n_carry:]
+        ys.append(y)
+    if params["reverse"]:
+        ys.reverse()
+    n_ys = len(body.jaxpr.outvars) - n_carry
+    stacked = [_stack([y[j] for y in ys]) for j in range(n_ys)]
+    return [*carry, *stacked]
+
+
+@jax.jit
+def _stack(values: list[jax.Array]) -> jax.Array:
+    return jax.numpy.stack(values)
+
+
+def _is_drop(v: Any) -> bool:
+    return isinstance(v, core.DropVar) or type(v).__name__ == "DropVar"
+
+
+def _unique(items: Any) -> list[Any]:
+    return list(dict.fromkeys(items))
+
+
+class BlockProgram:
+    """`fn` traced once at the example arguments' shapes and run block by block.
+
+    Calling it with arguments of the same structure and shapes runs every distinct
+    block through one compiled executable. Outputs match `jax.jit(fn)` up to float
+    rounding (XLA fuses differently across block boundaries).
+    """
+
+    def __init__(self, fn: Callable, *example_args: Any) -> None:
+        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*example_args)
+        self.in_tree = jax.tree.structure(example_args)
+        self.out_tree = jax.tree.structure(out_shape)
+        self.plan = _Plan(closed.jaxpr, closed.consts)
+        self.n_blocks = sum(1 for item in self.plan.items if item.kind == "call")
+
+    def __call__(self, *args: Any) -> Any:
+        leaves, tree = jax.tree.flatten(args)
+        if tree != self.in_tree:
+            raise ValueError(
+                f"BlockProgram: arguments {tree} differ from the traced {self.in_tree}"
+            )
+        return jax.tree.unflatten(self.out_tree, self.plan.run(leaves))
+
+
+def block_jit(fn: Callable, donate_argnums: int | Sequence[int] = ()) -> Callable:
+    """Like `jax.jit(fn)`, but each call signature is traced once into a `BlockProgram`.
+
+    `donate_argnums` is accepted for the same call shape as `jax.jit` and ignored: the
+    programs of a block step are many, and the caller's arrays stay valid.
+    """
+    programs: dict[Any, BlockProgram] = {}
+
+    @functools.wraps(fn)
+    def call(*args: Any) -> Any:
+        leaves, tree = jax.tree.flatten(args)
+        key = (tree, tuple((np.shape(x), np.result_type(x)) for x in leaves))
+        program = programs.get(key)
+        if program is None:
+            program = programs[key] = BlockProgram(fn, *args)
+        return program(*args)
+
+    return call
+
+
+EXECUTIONS = ("auto", "blocks", "fused")
+
+
+def resolve_execution(execution: str) -> str:
+    """`auto` picks per platform: blocks on CPU, where compiling a fused supernet step
+    dominates a run, and the fused single program elsewhere (see benchmarks/README.md)."""
+    if execution not in EXECUTIONS:
+        raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
+    if execution == "auto":
+        return "blocks" if jax.default_backend() == "cpu" else "fused"
+    return execution
+
+
+def jit_for(execution: str) -> Callable[..., Callable]:
+    """`jax.jit` for the fused mode, `block_jit` for the block mode (after `auto` is resolved)."""
+    return block_jit if resolve_execution(execution) == "blocks" else jax.jit
+
+
+def compile_program(
+    fn: Callable, example_args: Sequence[Any], execution: str, *, donate: bool = False
+) -> Callable:
+    """`fn` ready to run at the shapes of `example_args`, compiled before it returns.
+
+    Fused: one XLA program, ahead of time (`donate` donates the first argument). Blocks:
+    the step traced once, then run once on the example arguments and the result thrown
+    away, which compiles every block (the arguments are not donated, so nothing changes).
+    """
+    if resolve_execution(execution) == "fused":
+        jitted = jax.jit(fn, donate_argnums=(0,) if donate else ())
+        return jitted.lower(*example_args).compile()
+    program = BlockProgram(fn, *example_args)
+    jax.block_until_ready(program(*example_args))
+    return program
+
+
+__all__ = [
+    "BLOCK_NAME",
+    "EXECUTIONS",
+    "BlockProgram",
+    "block",
+    "block_jit",
+    "compile_program",
+    "jit_for",
+    "resolve_execution",
+]
