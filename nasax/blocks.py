@@ -16,7 +16,9 @@ inlines, so the same model code serves both modes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -48,15 +50,20 @@ def nasax_block(
     state: Any,
     arrays: tuple,
 ) -> tuple[Any, nnx.State]:
-    """One block call: the module rebuilt from `state`, `method` applied, and the new
-    BatchNorm statistics returned (the only state a block may change)."""
+    """One block call: the module rebuilt from `state`, `method` applied, and the
+    BatchNorm statistics it set returned (the only state a block may change)."""
     module = nnx.merge(graphdef, state)
     leaves, it = [], iter(arrays)
     for static in statics:
         leaves.append(next(it) if static is _ARRAY else static)
     args, kwargs = jax.tree.unflatten(treedef, leaves)
+    before = {path: v[...] for path, v in nnx.to_flat_state(nnx.state(module, nnx.BatchStat))}
     out = method(module, *args, **kwargs)
-    return out, nnx.state(module, nnx.BatchStat)
+    after = nnx.to_flat_state(nnx.state(module, nnx.BatchStat))
+    # Only the statistics the call set (none in evaluation), so a block that changes
+    # nothing changes nothing outside either (and may run inside any control flow).
+    changed = [(path, v) for path, v in after if v[...] is not before[path]]
+    return out, nnx.from_flat_state(changed)
 
 
 class _ArrayLeaf:
@@ -84,7 +91,8 @@ def block(method: Callable) -> Callable:
         statics = tuple(_ARRAY if _is_array(x) else x for x in leaves)
         arrays = tuple(x for x in leaves if _is_array(x))
         out, stats = nasax_block(method, graphdef, treedef, statics, state, arrays)
-        nnx.update(self, stats)
+        if stats:
+            nnx.update(self, stats)
         return out
 
     return call
@@ -139,7 +147,8 @@ _SEGMENTS: dict[str, Callable] = {}
 def _segment_callable(eqns: Sequence[Any], invars: list[Any], outvars: list[Any]) -> Callable:
     """A run of glue equations as one jitted function of its free variables."""
     effects = frozenset().union(*(e.effects for e in eqns))
-    closed = core.ClosedJaxpr(core.Jaxpr([], invars, outvars, list(eqns), effects), [])
+    info = core.DebugInfo("glue", "nasax.blocks", None, None)
+    closed = core.ClosedJaxpr(core.Jaxpr([], invars, outvars, list(eqns), effects, info), [])
     key = str(closed)  # variables are renamed in order, so equal structure prints equal
     fn = _SEGMENTS.get(key)
     if fn is None:
@@ -316,6 +325,41 @@ def _special_item(eqn: Any) -> _Item:
     )
 
 
+def _compile_jobs(plan: _Plan) -> list[tuple[Callable, list[jax.ShapeDtypeStruct]]]:
+    """The plan's jitted callables (nested plans included) with their argument types."""
+    jobs = []
+    for item in plan.items:
+        if item.kind == "call" and all(isinstance(v, core.Var) for v in item.eqns[0].invars):
+            jobs.append((item.run, [_spec(v.aval) for v in item.eqns[0].invars]))
+        elif item.kind == "segment" and item.run is not None:
+            jobs.append((item.run, [_spec(v.aval) for v in item.invars]))
+        elif item.kind == "cond":
+            for branch in item.run:
+                jobs += _compile_jobs(branch)
+        elif item.kind in ("scan", "inline"):
+            jobs += _compile_jobs(item.run)
+    return jobs
+
+
+def _spec(aval: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
+
+
+def precompile(plan: _Plan, workers: int | None = None) -> None:
+    """Compiles every distinct program of `plan` before it first runs, several at a time
+    (XLA compiles one program on one core). Later calls find them in JAX's caches."""
+    seen, jobs = set(), []
+    for fn, specs in _compile_jobs(plan):
+        key = (id(fn), tuple((s.shape, s.dtype, s.weak_type) for s in specs))
+        if key not in seen:
+            seen.add(key)
+            jobs.append((fn, specs))
+    workers = workers or os.cpu_count() or 1
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for done in pool.map(lambda job: job[0].lower(*job[1]).compile(), jobs):
+            del done
+
+
 def _run_scan(body: _Plan, params: dict[str, Any], ins: list[Any]) -> list[Any]:
     """A scan whose body holds blocks, iterated on the host (its length is static)."""
     n_consts, n_carry, length = params["num_consts"], params["num_carry"], params["length"]
@@ -363,6 +407,10 @@ class BlockProgram:
         self.in_tree = jax.tree.structure(example_args)
         self.out_tree = jax.tree.structure(out_shape)
         self.plan = _Plan(closed.jaxpr, closed.consts)
+        if all(len(x.devices()) == 1 for x in jax.tree.leaves(example_args) if _is_array(x)):
+            # One device: the programs' argument types are known from the jaxpr. (Sharded
+            # arguments compile at their first call, with the shardings they arrive with.)
+            precompile(self.plan)
         self.n_blocks = sum(1 for item in self.plan.items if item.kind == "call")
 
     def __call__(self, *args: Any) -> Any:
@@ -385,7 +433,7 @@ def block_jit(fn: Callable, donate_argnums: int | Sequence[int] = ()) -> Callabl
     @functools.wraps(fn)
     def call(*args: Any) -> Any:
         leaves, tree = jax.tree.flatten(args)
-        key = (tree, tuple((np.shape(x), np.result_type(x)) for x in leaves))
+        key = (tree, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves))
         program = programs.get(key)
         if program is None:
             program = programs[key] = BlockProgram(fn, *args)

@@ -1,0 +1,173 @@
+"""Block execution: a step run block by block equals the fused program, and each distinct
+block is one program wherever it recurs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from nasax.blocks import BlockProgram, block, block_jit, compile_program, resolve_execution
+from nasax.config import load_config
+from nasax.data import batches, load_dataset
+from nasax.search.loop import build_setup
+from nasax.search.strategy import STRATEGIES
+from nasax.supernet.genotypes import DARTS_V2
+from nasax.train.loop import build_trainer
+
+
+class _Layer(nnx.Module):
+    """A dense layer with a running mean, so a block also updates state."""
+
+    def __init__(self, n: int, rngs: nnx.Rngs) -> None:
+        self.w = nnx.Param(jax.random.normal(rngs.params(), (n, n)) / n)
+        self.mean = nnx.BatchStat(jnp.zeros((n,)))
+
+    @block
+    def __call__(self, x: jax.Array, scale: jax.Array, train: bool) -> jax.Array:
+        y = jnp.tanh(x @ self.w[...]) * scale
+        if train:
+            self.mean.set_value(0.9 * self.mean[...] + 0.1 * y.mean(0))
+        return y
+
+
+class _Net(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.layers = nnx.List([_Layer(8, rngs) for _ in range(5)])
+
+    def __call__(self, x: jax.Array, scale: jax.Array, branch: jax.Array) -> jax.Array:
+        for layer in self.layers[:3]:
+            x = layer(x, scale, True) + x
+        # Blocks inside control flow: the branch is picked on the host, the scan unrolled.
+        x = jax.lax.cond(branch > 0, lambda x: self.layers[3](x, scale, False), lambda x: -x, x)
+
+        def body(carry: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
+            out = self.layers[4](carry, s, False)
+            return out, out.sum()
+
+        x, sums = jax.lax.scan(body, x, jnp.stack([scale, 2 * scale]))
+        return x.sum() + sums.sum()
+
+
+def _toy_step(graphdef, state, x, scale, branch):
+    def loss(state, scale):
+        net = nnx.merge(graphdef, state)
+        value = net(x, scale, branch)
+        return value, nnx.state(net)
+
+    (value, new_state), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(state, scale)
+    return value, new_state, grads
+
+
+def test_block_program_equals_jit_through_control_flow_and_shares_programs():
+    graphdef, state = nnx.split(_Net(nnx.Rngs(0)))
+    x = jax.random.normal(jax.random.key(1), (5, 8))
+    for branch in (1, 0):
+        args = (graphdef, state, x, jnp.float32(0.7), jnp.int32(branch))
+        fused = jax.jit(_toy_step, static_argnums=0)(*args)
+        program = BlockProgram(lambda *a: _toy_step(graphdef, *a), *args[1:])
+        blocks = program(*args[1:])
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), fused, blocks
+        )
+    # The top-level layers are one block: the second and third share their forward and
+    # backward programs (the first differs: its input has no tangent).
+    calls = [item for item in program.plan.items if item.kind == "call"]
+    assert len({id(item.run) for item in calls}) < len(calls)
+
+
+def test_block_jit_retraces_per_signature_only():
+    traces = []
+
+    def f(x):
+        traces.append(x.shape)
+        return x * 2
+
+    g = block_jit(f)
+    for shape in ((2,), (2,), (3,)):
+        np.testing.assert_allclose(g(jnp.ones(shape)), 2 * np.ones(shape))
+    assert traces == [(2,), (3,)]
+
+
+def test_auto_execution_is_blocks_on_cpu():
+    assert resolve_execution("auto") == "blocks"
+    assert resolve_execution("fused") == "fused"
+    with pytest.raises(ValueError, match="execution must be one of"):
+        resolve_execution("fast")
+
+
+def _search(name: str, tiny_npz: str, extra: tuple[str, ...] = ()):
+    config = load_config(
+        name,
+        [
+            "model.channels=4",
+            "model.layers=1",
+            "search.batch_size=16",
+            f"data.name=npz:{tiny_npz}",
+            *extra,
+        ],
+    )
+    dataset = load_dataset(config.data.name, None, None)
+    setup = build_setup(config, dataset, steps_per_epoch=4)
+    strategy = STRATEGIES.get(config.search.strategy)(setup, config.search.strategy_options())
+    order = np.arange(len(dataset.x_train))
+    stream = batches(dataset.x_train, dataset.y_train, order, config.search.batch_size)
+    data = [jax.device_put(next(stream)) for _ in range(4)]
+    return strategy, data
+
+
+def _run_steps(strategy, data, execution):
+    state = strategy.init(jax.random.PRNGKey(0))
+    step = compile_program(strategy.step, (state, data[0], data[1]), execution)
+    losses = []
+    for train, val in ((data[0], data[1]), (data[2], data[3]), (data[1], data[0])):
+        state, metrics = step(state, train, val)
+        losses.append([float(metrics[k]) for k in ("train_loss", "val_loss")])
+    return state, np.array(losses)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["darts_nb201_digits", "darts2_nb201_digits", "gdas_nb201_digits"],
+)
+def test_search_steps_agree_in_both_modes(name, tiny_npz):
+    strategy, data = _search(name, tiny_npz)
+    fused_state, fused_losses = _run_steps(strategy, data, "fused")
+    block_state, block_losses = _run_steps(strategy, data, "blocks")
+    np.testing.assert_allclose(block_losses, fused_losses, rtol=2e-4, atol=2e-5)
+    for a, b in zip(jax.tree.leaves(fused_state.arch), jax.tree.leaves(block_state.arch)):
+        np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-6)
+    assert strategy.derive(block_state) == strategy.derive(fused_state)
+
+
+def test_train_steps_agree_in_both_modes(tiny_npz):
+    config = load_config(
+        "retrain_digits",
+        [
+            "model.channels=4",
+            "model.layers=3",
+            "train.batch_size=16",
+            "train.auxiliary=true",
+            "train.drop_path=0.2",
+            f"data.name=npz:{tiny_npz}",
+        ],
+    )
+    dataset = load_dataset(config.data.name, None, None)
+    trainer = build_trainer(config, DARTS_V2, dataset)
+    order = np.arange(len(dataset.x_train))
+    stream = batches(dataset.x_train, dataset.y_train, order, config.train.batch_size)
+    data = [jax.device_put(next(stream)) for _ in range(3)]
+    results = {}
+    for execution in ("fused", "blocks"):
+        state = trainer.init(jax.random.PRNGKey(0))
+        step = compile_program(trainer.step, (state, data[0]), execution)
+        losses = []
+        for batch in data:
+            state, metrics = step(state, batch)
+            losses.append(float(metrics["train_loss"]))
+        results[execution] = (np.array(losses), state)
+    np.testing.assert_allclose(results["blocks"][0], results["fused"][0], rtol=2e-4, atol=2e-5)
+    for a, b in zip(jax.tree.leaves(results["fused"][1]), jax.tree.leaves(results["blocks"][1])):
+        np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-5)
