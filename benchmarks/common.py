@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from nasax.blocks import BlockProgram, resolve_execution
 from nasax.data import Dataset
 from nasax.runloop import peak_rss_mb
 
@@ -45,34 +46,47 @@ def time_step(
     batch: int,
     warmup: int,
     steps: int,
+    execution: str = "fused",
 ) -> tuple[Any, dict]:
-    """Compiles `step_fn` (donating the state), runs it, and returns the timing figures.
+    """Compiles `step_fn`, runs it, and returns the timing figures.
 
     `inputs(i)` gives the batches of step `i`. The median step time counts the steps
     after `warmup`; each step is timed until its `train_loss` reaches the host.
+    `execution` is "fused" (one program, the state donated) or "blocks" (`compile_s` is
+    the trace and the compilation of every block; `first_step_s` adds what compiles at
+    the first call, such as single primitives of the glue).
     """
+    execution = resolve_execution(execution)
     t0 = time.perf_counter()
-    step = jax.jit(step_fn, donate_argnums=(0,)).lower(state, *inputs(0)).compile()
+    if execution == "fused":
+        step = jax.jit(step_fn, donate_argnums=(0,)).lower(state, *inputs(0)).compile()
+        memory = step.memory_analysis()
+    else:
+        step, memory = BlockProgram(step_fn, state, *inputs(0)), None
     compile_s = time.perf_counter() - t0
     rss_after_compile = peak_rss_mb()
-    memory = step.memory_analysis()
     times = []
+    first_step_s = None
     for it in range(warmup + steps):
         t0 = time.perf_counter()
         state, metrics = step(state, *inputs(it))
         loss = float(metrics["train_loss"])  # blocks until the step is done
+        if it == 0:
+            first_step_s = time.perf_counter() - t0
         if it >= warmup:
             times.append(time.perf_counter() - t0)
         if not np.isfinite(loss):
             raise FloatingPointError("non-finite loss")
     med = statistics.median(times)
     figures = {
+        "execution": execution,
         "steps": steps,
         "warmup": warmup,
         "images_per_sec": round(batch / med, 3),
         "step_ms": round(1e3 * med, 1),
         "step_ms_min": round(1e3 * min(times), 1),
         "compile_s": round(compile_s, 1),
+        "first_step_s": round(first_step_s, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         # The high-water mark once compiled: what compiling (and building the state) took.
         "peak_rss_after_compile_mb": round(rss_after_compile, 1),

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--execution", default="auto", choices=("auto", "blocks", "fused"))
     ap.add_argument(
         "--set",
         action="append",
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch=args.batch,
         warmup=args.warmup,
         steps=args.steps,
+        execution=args.execution,
     )
     out = {
         "bench": f"{args.strategy}_search_step_nasax",

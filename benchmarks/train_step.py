@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--execution", default="auto", choices=("auto", "blocks", "fused"))
     args = ap.parse_args(argv)
 
     config = load_config(
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch=args.batch,
         warmup=args.warmup,
         steps=args.steps,
+        execution=args.execution,
     )
     out = {
         "bench": "train_step_nasax",

@@ -265,7 +265,9 @@ class _Plan:
             done.append(item._replace(free=free))
         return done[::-1]
 
-    def run(self, args: Sequence[Any]) -> list[Any]:
+    def run(self, args: Sequence[Any], record: list | None = None) -> list[Any]:
+        """Runs the plan on `args`; `record` collects (program, argument types) and the
+        primitives bound alone, for `BlockProgram.as_text`."""
         env: dict[Any, Any] = dict(zip(self.jaxpr.constvars, self.consts))
         env.update(zip(self.jaxpr.invars, args))
 
@@ -275,6 +277,8 @@ class _Plan:
         for item in self.items:
             kind, fn = item.kind, item.run
             if kind == "segment" and fn is None:
+                if record is not None:
+                    record += [("eager", eqn.primitive.name) for eqn in item.eqns]
                 for eqn in item.eqns:
                     outs = eqn.primitive.bind(*map(read, eqn.invars), **eqn.params)
                     outs = outs if eqn.primitive.multiple_results else [outs]
@@ -291,15 +295,17 @@ class _Plan:
                     else [read(v) for v in item.eqns[0].invars]
                 )
                 if kind in ("call", "segment"):
+                    if record is not None:
+                        record.append((fn, tuple(map(_typed_spec, ins))))
                     outs = fn(*ins)
                 elif kind == "cond":
                     # The branch is picked on the host: one scalar, read once per call.
                     index = int(jax.device_get(ins[0]))
-                    outs = fn[min(max(index, 0), len(fn) - 1)].run(ins[1:])
+                    outs = fn[min(max(index, 0), len(fn) - 1)].run(ins[1:], record)
                 elif kind == "scan":
-                    outs = _run_scan(fn, item.eqns[0].params, ins)
+                    outs = _run_scan(fn, item.eqns[0].params, ins, record)
                 else:
-                    outs = fn.run(ins)
+                    outs = fn.run(ins, record)
                 env.update((v, x) for v, x in zip(item.outvars, outs) if not _is_drop(v))
             for v in item.free:
                 env.pop(v, None)
@@ -360,7 +366,15 @@ def precompile(plan: _Plan, workers: int | None = None) -> None:
             del done
 
 
-def _run_scan(body: _Plan, params: dict[str, Any], ins: list[Any]) -> list[Any]:
+def _typed_spec(x: Any) -> jax.ShapeDtypeStruct:
+    """An argument's type and, for a JAX array, its sharding."""
+    sharding = x.sharding if isinstance(x, jax.Array) else None
+    return jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x), sharding=sharding)
+
+
+def _run_scan(
+    body: _Plan, params: dict[str, Any], ins: list[Any], record: list | None = None
+) -> list[Any]:
     """A scan whose body holds blocks, iterated on the host (its length is static)."""
     n_consts, n_carry, length = params["num_consts"], params["num_carry"], params["length"]
     consts, carry, xs = (
@@ -371,7 +385,7 @@ def _run_scan(body: _Plan, params: dict[str, Any], ins: list[Any]) -> list[Any]:
     ys: list[list[Any]] = []
     order = range(length - 1, -1, -1) if params["reverse"] else range(length)
     for i in order:
-        outs = body.run([*consts, *carry, *(x[i] for x in xs)])
+        outs = body.run([*consts, *carry, *(x[i] for x in xs)], record if i == order[0] else None)
         carry, y = outs[:n_carry], outs[n_carry:]
         ys.append(y)
     if params["reverse"]:
@@ -407,11 +421,30 @@ class BlockProgram:
         self.in_tree = jax.tree.structure(example_args)
         self.out_tree = jax.tree.structure(out_shape)
         self.plan = _Plan(closed.jaxpr, closed.consts)
-        if all(len(x.devices()) == 1 for x in jax.tree.leaves(example_args) if _is_array(x)):
+        arrays = [x for x in jax.tree.leaves(example_args) if isinstance(x, jax.Array)]
+        if all(len(x.devices()) == 1 for x in arrays):
             # One device: the programs' argument types are known from the jaxpr. (Sharded
             # arguments compile at their first call, with the shardings they arrive with.)
             precompile(self.plan)
         self.n_blocks = sum(1 for item in self.plan.items if item.kind == "call")
+        self.ran: list[tuple[Any, ...]] | None = None
+
+    def as_text(self) -> str:
+        """The HLO of every distinct program the first call ran (as compiled for the
+        shardings it got), and the names of the primitives bound one by one."""
+        if self.ran is None:
+            raise RuntimeError("BlockProgram.as_text: call the program once first")
+        texts, seen = [], set()
+        for entry in self.ran:
+            if entry[0] == "eager":
+                texts.append(f"// bound alone: {entry[1]}")
+                continue
+            fn, specs = entry
+            key = (id(fn), specs)
+            if key not in seen:
+                seen.add(key)
+                texts.append(fn.lower(*specs).compile().as_text())
+        return "\n".join(texts)
 
     def __call__(self, *args: Any) -> Any:
         leaves, tree = jax.tree.flatten(args)
@@ -419,7 +452,10 @@ class BlockProgram:
             raise ValueError(
                 f"BlockProgram: arguments {tree} differ from the traced {self.in_tree}"
             )
-        return jax.tree.unflatten(self.out_tree, self.plan.run(leaves))
+        record = None
+        if self.ran is None:  # keep what the first call compiled, for as_text
+            record = self.ran = []
+        return jax.tree.unflatten(self.out_tree, self.plan.run(leaves, record))
 
 
 def block_jit(fn: Callable, donate_argnums: int | Sequence[int] = ()) -> Callable:
@@ -433,6 +469,8 @@ def block_jit(fn: Callable, donate_argnums: int | Sequence[int] = ()) -> Callabl
     @functools.wraps(fn)
     def call(*args: Any) -> Any:
         leaves, tree = jax.tree.flatten(args)
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+            return fn(*args)  # inside another transformation: part of its trace
         key = (tree, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves))
         program = programs.get(key)
         if program is None:
@@ -466,15 +504,14 @@ def compile_program(
     """`fn` ready to run at the shapes of `example_args`, compiled before it returns.
 
     Fused: one XLA program, ahead of time (`donate` donates the first argument). Blocks:
-    the step traced once, then run once on the example arguments and the result thrown
-    away, which compiles every block (the arguments are not donated, so nothing changes).
+    the step traced once and every block and glue program compiled (on one device; on
+    several, each compiles at its first call with the shardings it gets); single glue
+    primitives compile at the first call.
     """
     if resolve_execution(execution) == "fused":
         jitted = jax.jit(fn, donate_argnums=(0,) if donate else ())
         return jitted.lower(*example_args).compile()
-    program = BlockProgram(fn, *example_args)
-    jax.block_until_ready(program(*example_args))
-    return program
+    return BlockProgram(fn, *example_args)
 
 
 __all__ = [

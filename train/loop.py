@@ -21,7 +21,6 @@ from nasax.data import (
     batches,
     check_batch_size,
     epoch_order,
-    eval_batches,
     load_dataset,
     make_preprocess,
 )
@@ -170,11 +169,10 @@ def run_train(
     )
     order = np.arange(len(dataset.x_train))
     sample = dp.put_batch(next(batches(dataset.x_train, dataset.y_train, order, t.batch_size)))
-    eval_sample = dp.put_batch(next(eval_batches(dataset.x_test, dataset.y_test, t.batch_size)))
     compile_start = time.perf_counter()
     step = guard_step(trainer.step, rc)
     step_fn = compile_program(step, (state, sample), rc.execution, donate=True)
-    eval_fn = compile_program(trainer.evaluate, (state, eval_sample), rc.execution)
+    eval_fn = jit_for(rc.execution)(trainer.evaluate)  # compiled at the first evaluation
     compile_seconds = time.perf_counter() - compile_start
     progress.log(f"compiled in {compile_seconds:.0f} s")
 
