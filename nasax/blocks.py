@@ -8,7 +8,10 @@ linearised and transposed forms, at any order), as a call to a jaxpr that is *th
 object* wherever the block recurs. `BlockProgram` runs that traced step equation by
 equation: a block call dispatches one executable per distinct jaxpr, compiled once; the
 glue between blocks (sums, optimizer updates, metrics) runs as small jitted segments.
-Arrays stay on their devices throughout: the only host work is Python dispatch.
+Arrays stay on their devices throughout: the only host work is Python dispatch, and one
+scalar read per `lax.cond` that holds blocks (the branch is chosen on the host). A `scan`
+that holds blocks is iterated on the host; other loops that hold blocks (`while_loop`)
+compile whole, as glue.
 
 Under an outer `jax.jit` (the fused mode) a block is an ordinary nested call that XLA
 inlines, so the same model code serves both modes.
@@ -159,8 +162,8 @@ def _segment_callable(eqns: Sequence[Any], invars: list[Any], outvars: list[Any]
 class _Item(NamedTuple):
     """One thing a plan runs: a block call, a glue segment, or control flow holding blocks."""
 
-    kind: str  # "call", "eager", "segment", "cond", "scan" or "inline"
-    run: Any  # the callable, the sub-plan(s), or None for eager glue
+    kind: str  # "call", "segment", "cond", "scan" or "inline"
+    run: Any  # the callable, the sub-plan(s), or None: a short segment bound op by op
     invars: list[Any]
     outvars: list[Any]
     eqns: tuple[Any, ...]  # the equation (one), or a segment's glue equations
