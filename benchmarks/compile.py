@@ -69,6 +69,7 @@ def cli_case(execution: str) -> dict:
                 "compile_s": round(summary["compile_seconds"], 1),
                 "to_first_step_s": round(startup + summary["seconds_to_first_step"], 1),
                 "images_per_sec": round(summary["images_per_sec"], 1),
+                "peak_rss_mb": round(summary["peak_rss_mb"]),
                 "test_accuracy": summary["test_accuracy"],
             }
     return figures
