@@ -129,11 +129,16 @@ def _run_steps(strategy, data, execution):
 
 
 @pytest.mark.parametrize(
-    "name",
-    ["darts_nb201_digits", "darts2_nb201_digits", "gdas_nb201_digits"],
+    "name, extra",
+    [
+        ("darts_nb201_digits", ()),
+        ("darts2_nb201_digits", ()),
+        ("darts2_nb201_digits", ("search.darts.hessian=finite_difference",)),
+        ("gdas_nb201_digits", ()),
+    ],
 )
-def test_search_steps_agree_in_both_modes(name, tiny_npz):
-    strategy, data = _search(name, tiny_npz)
+def test_search_steps_agree_in_both_modes(name, extra, tiny_npz):
+    strategy, data = _search(name, tiny_npz, extra)
     fused_state, fused_losses = _run_steps(strategy, data, "fused")
     block_state, block_losses = _run_steps(strategy, data, "blocks")
     np.testing.assert_allclose(block_losses, fused_losses, rtol=2e-4, atol=2e-5)
