@@ -133,7 +133,6 @@ def _run_steps(strategy, data, execution):
     [
         ("darts_nb201_digits", ()),
         ("darts2_nb201_digits", ()),
-        ("darts2_nb201_digits", ("search.darts.hessian=finite_difference",)),
         ("gdas_nb201_digits", ()),
     ],
 )
