@@ -299,7 +299,8 @@ class _Plan:
                 )
                 if kind in ("call", "segment"):
                     if record is not None:
-                        record.append((fn, tuple(map(_typed_spec, ins))))
+                        specs = (_spec(jax.typeof(x), getattr(x, "sharding", None)) for x in ins)
+                        record.append((fn, tuple(specs)))
                     outs = fn(*ins)
                 elif kind == "cond":
                     # The branch is picked on the host: one scalar, read once per call.
@@ -350,8 +351,9 @@ def _compile_jobs(plan: _Plan) -> list[tuple[Callable, list[jax.ShapeDtypeStruct
     return jobs
 
 
-def _spec(aval: Any) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
+def _spec(aval: Any, sharding: Any = None) -> jax.ShapeDtypeStruct:
+    """An argument type for lowering: shape, dtype, weak type and (if known) sharding."""
+    return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type, sharding=sharding)
 
 
 def precompile(plan: _Plan, workers: int | None = None) -> None:
@@ -367,12 +369,6 @@ def precompile(plan: _Plan, workers: int | None = None) -> None:
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         for done in pool.map(lambda job: job[0].lower(*job[1]).compile(), jobs):
             del done
-
-
-def _typed_spec(x: Any) -> jax.ShapeDtypeStruct:
-    """An argument's type and, for a JAX array, its sharding."""
-    sharding = x.sharding if isinstance(x, jax.Array) else None
-    return jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x), sharding=sharding)
 
 
 def _run_scan(
@@ -404,7 +400,7 @@ def _stack(values: list[jax.Array]) -> jax.Array:
 
 
 def _is_drop(v: Any) -> bool:
-    return isinstance(v, core.DropVar) or type(v).__name__ == "DropVar"
+    return isinstance(v, core.DropVar)
 
 
 def _unique(items: Any) -> list[Any]:
@@ -429,7 +425,6 @@ class BlockProgram:
             # One device: the programs' argument types are known from the jaxpr. (Sharded
             # arguments compile at their first call, with the shardings they arrive with.)
             precompile(self.plan)
-        self.n_blocks = sum(1 for item in self.plan.items if item.kind == "call")
         self.ran: list[tuple[Any, ...]] | None = None
 
     def as_text(self) -> str:
