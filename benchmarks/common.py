@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from nasax.blocks import BlockProgram, resolve_execution
+from nasax.blocks import compile_program, resolve_execution
 from nasax.data import Dataset
 from nasax.runloop import peak_rss_mb
 
@@ -58,12 +58,9 @@ def time_step(
     """
     execution = resolve_execution(execution)
     t0 = time.perf_counter()
-    if execution == "fused":
-        step = jax.jit(step_fn, donate_argnums=(0,)).lower(state, *inputs(0)).compile()
-        memory = step.memory_analysis()
-    else:
-        step, memory = BlockProgram(step_fn, state, *inputs(0)), None
+    step = compile_program(step_fn, (state, *inputs(0)), execution, donate=True)
     compile_s = time.perf_counter() - t0
+    memory = step.memory_analysis() if execution == "fused" else None
     rss_after_compile = peak_rss_mb()
     times = []
     first_step_s = None
