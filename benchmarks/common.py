@@ -47,6 +47,7 @@ def time_step(
     warmup: int,
     steps: int,
     execution: str = "fused",
+    remat: str = "none",
 ) -> tuple[Any, dict]:
     """Compiles `step_fn`, runs it, and returns the timing figures.
 
@@ -58,7 +59,7 @@ def time_step(
     """
     execution = resolve_execution(execution)
     t0 = time.perf_counter()
-    step = compile_program(step_fn, (state, *inputs(0)), execution, donate=True)
+    step = compile_program(step_fn, (state, *inputs(0)), execution, donate=True, remat=remat)
     compile_s = time.perf_counter() - t0
     memory = step.memory_analysis() if execution == "fused" else None
     rss_after_compile = peak_rss_mb()
@@ -77,6 +78,7 @@ def time_step(
     med = statistics.median(times)
     figures = {
         "execution": execution,
+        "remat": remat,
         "steps": steps,
         "warmup": warmup,
         "images_per_sec": round(batch / med, 3),

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         warmup=args.warmup,
         steps=args.steps,
         execution=args.execution,
+        remat=config.run.remat,
     )
     out = {
         "bench": f"{args.strategy}_search_step_nasax",

@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--execution", default="auto", choices=("auto", "blocks", "fused"))
+    ap.add_argument(
+        "--remat",
+        default=None,
+        choices=("none", "convs", "full"),
+        help="what each block keeps for backward (default: the config's run.remat)",
+    )
     args = ap.parse_args(argv)
 
     config = load_config(
@@ -58,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         warmup=args.warmup,
         steps=args.steps,
         execution=args.execution,
+        remat=args.remat or config.run.remat,
     )
     out = {
         "bench": "train_step_nasax",

@@ -20,6 +20,7 @@ inlines, so the same model code serves both modes.
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -44,29 +45,70 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, jax.Array | np.ndarray | np.generic)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "convs": jax.checkpoint_policies.dots_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+"""What a block keeps for its backward pass: everything (none); only its convolutions'
+outputs, recomputing normalisations, activations and pools (convs); only its inputs,
+recomputing its forward (full). Gradients are the same; memory and time differ."""
+
+_REMAT: contextvars.ContextVar[str] = contextvars.ContextVar("nasax_remat", default="none")
+
+
+def rematerialized(fn: Callable, remat: str) -> Callable:
+    """`fn`, whose blocks keep only what `remat` (`REMAT_POLICIES`) saves when it is traced.
+
+    A new function each time: JAX caches traces by function, so a trace made under one
+    policy is never reused under another.
+    """
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {remat!r}")
+
+    @functools.wraps(fn)
+    def traced(*args: Any) -> Any:
+        token = _REMAT.set(remat)
+        try:
+            return fn(*args)
+        finally:
+            _REMAT.reset(token)
+
+    return traced
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def nasax_block(
     method: Callable,
     graphdef: nnx.GraphDef,
     treedef: Any,
     statics: tuple,
+    remat: str,
     state: Any,
     arrays: tuple,
 ) -> tuple[Any, nnx.State]:
     """One block call: the module rebuilt from `state`, `method` applied, and the
     BatchNorm statistics it set returned (the only state a block may change)."""
-    module = nnx.merge(graphdef, state)
-    leaves, it = [], iter(arrays)
-    for static in statics:
-        leaves.append(next(it) if static is _ARRAY else static)
-    args, kwargs = jax.tree.unflatten(treedef, leaves)
-    before = {path: v[...] for path, v in nnx.to_flat_state(nnx.state(module, nnx.BatchStat))}
-    out = method(module, *args, **kwargs)
-    after = nnx.to_flat_state(nnx.state(module, nnx.BatchStat))
-    # Only the statistics the call set (none in evaluation), so a block that changes
-    # nothing changes nothing outside either (and may run inside any control flow).
-    changed = [(path, v) for path, v in after if v[...] is not before[path]]
-    return out, nnx.from_flat_state(changed)
+
+    def apply(state: Any, arrays: tuple) -> tuple[Any, nnx.State]:
+        module = nnx.merge(graphdef, state)
+        leaves, it = [], iter(arrays)
+        for static in statics:
+            leaves.append(next(it) if static is _ARRAY else static)
+        args, kwargs = jax.tree.unflatten(treedef, leaves)
+        stats = nnx.to_flat_state(nnx.state(module, nnx.BatchStat))
+        before = {path: v[...] for path, v in stats}
+        out = method(module, *args, **kwargs)
+        after = nnx.to_flat_state(nnx.state(module, nnx.BatchStat))
+        # Only the statistics the call set (none in evaluation), so a block that changes
+        # nothing changes nothing outside either (and may run inside any control flow).
+        changed = [(path, v) for path, v in after if v[...] is not before[path]]
+        return out, nnx.from_flat_state(changed)
+
+    policy = REMAT_POLICIES[remat]
+    if policy is not None:
+        apply = jax.checkpoint(apply, policy=policy)
+    return apply(state, arrays)
 
 
 class _ArrayLeaf:
@@ -93,7 +135,8 @@ def block(method: Callable) -> Callable:
         leaves, treedef = jax.tree.flatten((args, kwargs))
         statics = tuple(_ARRAY if _is_array(x) else x for x in leaves)
         arrays = tuple(x for x in leaves if _is_array(x))
-        out, stats = nasax_block(method, graphdef, treedef, statics, state, arrays)
+        remat = _REMAT.get()
+        out, stats = nasax_block(method, graphdef, treedef, statics, remat, state, arrays)
         if stats:
             nnx.update(self, stats)
         return out
@@ -497,15 +540,22 @@ def jit_for(execution: str) -> Callable[..., Callable]:
 
 
 def compile_program(
-    fn: Callable, example_args: Sequence[Any], execution: str, *, donate: bool = False
+    fn: Callable,
+    example_args: Sequence[Any],
+    execution: str,
+    *,
+    donate: bool = False,
+    remat: str = "none",
 ) -> Callable:
     """`fn` ready to run at the shapes of `example_args`, compiled before it returns.
 
     Fused: one XLA program, ahead of time (`donate` donates the first argument). Blocks:
     the step traced once and every block and glue program compiled (on one device; on
     several, each compiles at its first call with the shardings it gets); single glue
-    primitives compile at the first call.
+    primitives compile at the first call. `remat` says what each block keeps for its
+    backward pass (`REMAT_POLICIES`), in either execution.
     """
+    fn = rematerialized(fn, remat)
     if resolve_execution(execution) == "fused":
         jitted = jax.jit(fn, donate_argnums=(0,) if donate else ())
         return jitted.lower(*example_args).compile()
@@ -515,10 +565,12 @@ def compile_program(
 __all__ = [
     "BLOCK_NAME",
     "EXECUTIONS",
+    "REMAT_POLICIES",
     "BlockProgram",
     "block",
     "block_jit",
     "compile_program",
     "jit_for",
+    "rematerialized",
     "resolve_execution",
 ]

@@ -60,7 +60,7 @@ def program_key(config: Config, dataset: Dataset, steps_per_epoch: int, dp: Data
     """Everything the compiled search programs depend on, so a later run in the same
     process (a resume, another trial) reuses them instead of compiling again.
 
-    The seed and the `run` section (apart from `nonfinite` and `execution`) only change
+    The seed and the `run` section (apart from `nonfinite`, `execution` and `remat`) only change
     the state or the host side, not the programs.
     """
     resolved = config.to_dict()
@@ -71,6 +71,7 @@ def program_key(config: Config, dataset: Dataset, steps_per_epoch: int, dp: Data
             "config": resolved,
             "nonfinite": config.run.nonfinite,
             "execution": resolve_execution(config.run.execution),
+            "remat": config.run.remat,
             "data": [
                 list(dataset.image_shape),
                 str(dataset.x_train.dtype),
@@ -195,7 +196,9 @@ def run_search(
         step = guard_step(strategy.step, rc)
         _COMPILED[key] = (
             # No weight steps (epochs 0: trained weights came with the config): no program.
-            compile_program(step, (state, sample, sample), rc.execution, donate=True)
+            compile_program(
+                step, (state, sample, sample), rc.execution, donate=True, remat=rc.remat
+            )
             if s.epochs
             else None,
             # Compiled at the first evaluation, so the first step comes sooner.

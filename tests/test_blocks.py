@@ -91,6 +91,30 @@ def test_block_jit_retraces_per_signature_only():
     assert traces == [(2,), (3,)]
 
 
+def _block_outputs(program: BlockProgram) -> int:
+    return sum(len(item.outvars) for item in program.plan.items if item.kind == "call")
+
+
+def test_remat_keeps_values_and_gradients_and_drops_residuals():
+    graphdef, state = nnx.split(_Net(nnx.Rngs(0)))
+    x = jax.random.normal(jax.random.key(1), (5, 8))
+    args = (state, x, jnp.float32(0.7), jnp.int32(1))
+    expected = jax.jit(_toy_step, static_argnums=0)(graphdef, *args)
+    outputs = {}
+    for remat in ("none", "full", "convs", "none"):  # a policy never reuses another's trace
+        program = compile_program(lambda *a: _toy_step(graphdef, *a), args, "blocks", remat=remat)
+        got = program(*args)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), expected, got
+        )
+        outputs.setdefault(remat, set()).add(_block_outputs(program))
+    # "convs" keeps the matrix products (as it keeps convolutions), "full" only inputs.
+    (full,), (convs,), (none,) = outputs["full"], outputs["convs"], outputs["none"]
+    assert full < convs < none
+    with pytest.raises(ValueError, match="remat must be one of"):
+        compile_program(_toy_step, args, "blocks", remat="some")
+
+
 def test_auto_execution_is_blocks_on_cpu():
     assert resolve_execution("auto") == "blocks"
     assert resolve_execution("fused") == "fused"
@@ -118,9 +142,9 @@ def _search(name: str, tiny_npz: str, extra: tuple[str, ...] = ()):
     return strategy, data
 
 
-def _run_steps(strategy, data, execution):
+def _run_steps(strategy, data, execution, remat="none"):
     state = strategy.init(jax.random.PRNGKey(0))
-    step = compile_program(strategy.step, (state, data[0], data[1]), execution)
+    step = compile_program(strategy.step, (state, data[0], data[1]), execution, remat=remat)
     losses = []
     for train, val in ((data[0], data[1]), (data[2], data[3]), (data[1], data[0])):
         state, metrics = step(state, train, val)
@@ -129,17 +153,19 @@ def _run_steps(strategy, data, execution):
 
 
 @pytest.mark.parametrize(
-    "name, extra",
+    "name, remat",
     [
-        ("darts_nb201_digits", ()),
-        ("darts2_nb201_digits", ()),
-        ("gdas_nb201_digits", ()),
+        ("darts_nb201_digits", "none"),
+        # Rematerialised blocks under second-order autodiff, and inside a switch.
+        ("darts2_nb201_digits", "full"),
+        ("gdas_nb201_digits", "convs"),
     ],
 )
-def test_search_steps_agree_in_both_modes(name, extra, tiny_npz):
-    strategy, data = _search(name, tiny_npz, extra)
+def test_search_steps_agree_in_both_modes(name, remat, tiny_npz):
+    """The fused step (keeping every residual) against the block step (with `remat`)."""
+    strategy, data = _search(name, tiny_npz)
     fused_state, fused_losses = _run_steps(strategy, data, "fused")
-    block_state, block_losses = _run_steps(strategy, data, "blocks")
+    block_state, block_losses = _run_steps(strategy, data, "blocks", remat)
     np.testing.assert_allclose(block_losses, fused_losses, rtol=2e-4, atol=2e-5)
     for a, b in zip(jax.tree.leaves(fused_state.arch), jax.tree.leaves(block_state.arch)):
         np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-6)

@@ -171,7 +171,7 @@ def run_train(
     sample = dp.put_batch(next(batches(dataset.x_train, dataset.y_train, order, t.batch_size)))
     compile_start = time.perf_counter()
     step = guard_step(trainer.step, rc)
-    step_fn = compile_program(step, (state, sample), rc.execution, donate=True)
+    step_fn = compile_program(step, (state, sample), rc.execution, donate=True, remat=rc.remat)
     eval_fn = jit_for(rc.execution)(trainer.evaluate)  # compiled at the first evaluation
     compile_seconds = time.perf_counter() - compile_start
     progress.log(f"compiled in {compile_seconds:.0f} s")
