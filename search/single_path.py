@@ -14,7 +14,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from nasax.checkpoint import Checkpoints, flatten_state, unflatten_state
 from nasax.data import Batch
@@ -157,9 +156,7 @@ def load_supernet_weights(directory: Path, state: SupernetState) -> SupernetStat
         step = checkpoints.latest_step()
         if step is None:
             raise RunDirError(f"{directory} holds no complete checkpoint to take weights from")
-        saved = checkpoints.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-        )["state"]
+        saved, _ = checkpoints.restore_flat(step)
     finally:
         checkpoints.close()
     saved = {k.removeprefix("net/"): v for k, v in dict(saved).items()}

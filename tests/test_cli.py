@@ -127,8 +127,7 @@ def test_interrupted_search_resumes_to_the_uninterrupted_result(
             np.testing.assert_array_equal(fa[key], fb[key])
     ca, cb = Checkpoints(a / "checkpoints"), Checkpoints(b / "checkpoints")
     assert ca.latest_step() == cb.latest_step() == 8
-    flat_a = ca.manager.restore(8)["state"]
-    flat_b = cb.manager.restore(8)["state"]
+    flat_a, flat_b = ca.restore_flat(8)[0], cb.restore_flat(8)[0]
     assert flat_a.keys() == flat_b.keys()
     for key in flat_a:
         np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=key)

@@ -29,7 +29,7 @@ def last_checkpoint_arrays(run: Path) -> tuple[int, dict[str, np.ndarray]]:
     checkpoints = Checkpoints(run / "checkpoints")
     try:
         step = checkpoints.latest_step()
-        return step, dict(checkpoints.manager.restore(step)["state"])
+        return step, checkpoints.restore_flat(step)[0]
     finally:
         checkpoints.close()
 

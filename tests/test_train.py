@@ -105,7 +105,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(
 
     ca, cb = Checkpoints(trained / "checkpoints"), Checkpoints(out / "checkpoints")
     assert ca.latest_step() == cb.latest_step() == 12
-    flat_a, flat_b = ca.manager.restore(12)["state"], cb.manager.restore(12)["state"]
+    flat_a, flat_b = ca.restore_flat(12)[0], cb.restore_flat(12)[0]
     assert flat_a.keys() == flat_b.keys()
     for key in flat_a:
         np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=key)
