@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from nasax.storage import errno_in_message, storage_errno, storage_errors
 
 
 def _key(path: tuple[Any, ...]) -> str:
@@ -29,6 +35,53 @@ def unflatten_state(flat: dict[str, Any], like: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, [flat[_key(p)] for p, _ in paths])
 
 
+class _OrbaxEcho(logging.Filter):
+    """Drops orbax's own log records of a disk failure: nasax reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not ("orbax" in record.pathname and errno_in_message(record.getMessage()))
+
+
+def _closed_loop_hook(previous: Any) -> Any:
+    """An unraisable hook without tensorstore's callbacks that find orbax's event loop
+    closed: after a failed save, writes still in flight finish one by one and each would
+    print a traceback."""
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        closed_loop = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+        if not (closed_loop and unraisable.object is None):
+            previous(unraisable)
+
+    hook.closed_loop_echo = True
+    return hook
+
+
+logging.getLogger("absl").addFilter(_OrbaxEcho())
+
+
+@contextmanager
+def orbax_writes(path: str | os.PathLike, operation: str) -> Iterator[None]:
+    """`storage_errors` for orbax saves; after a disk failure it also keeps the echo of
+    orbax's background writers off the terminal."""
+    try:
+        with storage_errors(path, operation):
+            yield
+    except Exception as e:
+        if storage_errno(e) is not None and not hasattr(sys.unraisablehook, "closed_loop_echo"):
+            sys.unraisablehook = _closed_loop_hook(sys.unraisablehook)
+        raise
+
+
+def complete_steps(directory: str | os.PathLike) -> list[int]:
+    """The steps of the complete checkpoints in `directory`, read from the folder names
+    alone (a save in progress or cut off has a temporary name)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
 class Checkpoints:
     """Keeps the last `keep` checkpoints under `directory`; writes are atomic (orbax)."""
 
@@ -42,19 +95,21 @@ class Checkpoints:
             enable_async_checkpointing=False,
             cleanup_tmp_directories=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        with orbax_writes(self.directory, "create checkpoints in"):
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Saves `state` and `meta` as checkpoint `step` and waits until it is on disk."""
         flat = {k: np.asarray(v) for k, v in flatten_state(jax.device_get(state)).items()}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self.manager.wait_until_finished()
+        with orbax_writes(self.directory, f"save checkpoint {step} to"):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+            self.manager.wait_until_finished()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
