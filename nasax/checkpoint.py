@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from nasax.storage import errno_in_message, storage_errno, storage_errors
+from nasax.errors import StorageError
+from nasax.storage import errno_in_message, storage_errors
 
 
 def _key(path: tuple[Any, ...]) -> str:
@@ -36,16 +37,21 @@ def unflatten_state(flat: dict[str, Any], like: Any) -> Any:
 
 
 class _OrbaxEcho(logging.Filter):
-    """Drops orbax's own log records of a disk failure: nasax reports it in one line."""
+    """Drops the log records of a failed orbax save, which nasax reports in one line:
+    orbax's own, and asyncio's about the futures of tensorstore writes nobody awaits
+    any more. Records without a disk error in them pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not ("orbax" in record.pathname and errno_in_message(record.getMessage()))
+        failure = record.exc_info[1] if record.exc_info else None
+        if not (errno_in_message(record.getMessage()) or errno_in_message(str(failure))):
+            return True
+        return not ("orbax" in record.pathname or record.name == "asyncio")
 
 
-def _closed_loop_hook(previous: Any) -> Any:
-    """An unraisable hook without tensorstore's callbacks that find orbax's event loop
-    closed: after a failed save, writes still in flight finish one by one and each would
-    print a traceback."""
+def _without_closed_loop(previous: Any) -> Any:
+    """`previous` (an unraisable hook) without tensorstore's callbacks that find orbax's
+    event loop closed: when a save fails, orbax closes the loop while writes are still
+    in flight, and each of them, finishing, would print a traceback."""
 
     def hook(unraisable: Any) -> None:
         exc = unraisable.exc_value
@@ -53,24 +59,30 @@ def _closed_loop_hook(previous: Any) -> Any:
         if not (closed_loop and unraisable.object is None):
             previous(unraisable)
 
-    hook.closed_loop_echo = True
     return hook
 
 
-logging.getLogger("absl").addFilter(_OrbaxEcho())
+for _logger in ("absl", "asyncio"):
+    logging.getLogger(_logger).addFilter(_OrbaxEcho())
 
 
 @contextmanager
 def orbax_writes(path: str | os.PathLike, operation: str) -> Iterator[None]:
-    """`storage_errors` for orbax saves; after a disk failure it also keeps the echo of
-    orbax's background writers off the terminal."""
+    """`storage_errors` for orbax saves, which also keeps the echo of orbax's background
+    writers off the terminal: during the save, and after it for good if the disk failed
+    (writes in flight report until the process ends)."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = quiet = _without_closed_loop(previous)
+    failed = False
     try:
         with storage_errors(path, operation):
             yield
-    except Exception as e:
-        if storage_errno(e) is not None and not hasattr(sys.unraisablehook, "closed_loop_echo"):
-            sys.unraisablehook = _closed_loop_hook(sys.unraisablehook)
+    except StorageError:
+        failed = True
         raise
+    finally:
+        if not failed and sys.unraisablehook is quiet:
+            sys.unraisablehook = previous
 
 
 def complete_steps(directory: str | os.PathLike) -> list[int]:
