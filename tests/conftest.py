@@ -1,5 +1,5 @@
 """Shared fixtures: a persistent compilation cache, a tiny dataset made from digits, and
-one finished tiny search."""
+one finished tiny search and retraining."""
 
 from __future__ import annotations
 
@@ -66,6 +66,18 @@ def finished_run(tiny_npz, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     assert main(search_args(tiny_npz, out)) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def finished_training(tiny_npz, tmp_path_factory) -> Path:
+    """One uninterrupted tiny retraining of DARTS_V2 (`tests.test_train.train_args`), the
+    reference of the storage and lock tests (not to be changed)."""
+    from nasax.cli import main
+    from tests.test_train import train_args
+
+    out = tmp_path_factory.mktemp("runs") / "trained"
+    assert main(train_args(tiny_npz, out)) == 0
     return out
 
 

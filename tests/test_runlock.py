@@ -38,14 +38,7 @@ def refusal(capsys: pytest.CaptureFixture, holder: str) -> str:
     return err
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_npz, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runlock") / "trained"
-    assert main(train_args(tiny_npz, out)) == 0
-    return out
-
-
-def test_a_second_process_is_refused_while_a_run_writes(trained, tiny_npz, tmp_path):
+def test_a_second_process_is_refused_while_a_run_writes(finished_training, tiny_npz, tmp_path):
     """While a retraining runs here, `nasax train --overwrite` of its directory in another
     process exits 75 naming this process; the running one ends as if alone."""
     out, seen = tmp_path / "running", []
@@ -61,7 +54,7 @@ def test_a_second_process_is_refused_while_a_run_writes(trained, tiny_npz, tmp_p
     err = result.stderr.strip()
     assert result.returncode == RunDirBusy.exit_code, err
     assert len(err.splitlines()) == 1 and f"nasax train (PID {os.getpid()})" in err, err
-    Reference(trained).assert_same(out)
+    Reference(finished_training).assert_same(out)
 
 
 def command(kind: str, tiny_npz: str, run: Path, tmp_path: Path) -> list[str]:
@@ -84,9 +77,9 @@ def command(kind: str, tiny_npz: str, run: Path, tmp_path: Path) -> list[str]:
     ],
 )
 def test_every_command_on_a_locked_run_is_refused_and_changes_nothing(
-    kind, finished_run, trained, tiny_npz, tmp_path, capsys
+    kind, finished_run, finished_training, tiny_npz, tmp_path, capsys
 ):
-    run = finished_run if kind.startswith("search") else trained
+    run = finished_run if kind.startswith("search") else finished_training
     before = snapshot(run)
     with lock_run_dir(run, "train"):
         assert main(command(kind, tiny_npz, run, tmp_path / "model")) == RunDirBusy.exit_code

@@ -163,9 +163,10 @@ class Reference:
                     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def meet_faults_in_turn(args, sites, monkeypatch, capsys, out: Path) -> list[str]:
+def faults_in_turn_then_the_same_end(reference: Path, args, sites, monkeypatch, capsys) -> Path:
     """Runs `args`, each time with the next site's fault, then the command its line gives;
-    returns the last command (the one that should finish)."""
+    the last command finishes the run bit-identical to `reference`. Returns the run."""
+    expected, out = Reference(reference), Path(args[args.index("--out") + 1])
     for site, code, nth, latest, *extra in sites:
         with monkeypatch.context() as patched:
             inject(patched, site, code, nth)
@@ -176,13 +177,8 @@ def meet_faults_in_turn(args, sites, monkeypatch, capsys, out: Path) -> list[str
         assert f"--out {out}" in line, line
         assert_earlier_files_are_valid(out, latest)
         args = next_command(line)
-    return args
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_npz, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("storage") / "trained"
-    assert main(train_args(tiny_npz, out)) == 0
+    assert main(args) == 0
+    expected.assert_same(out)
     return out
 
 
@@ -201,10 +197,8 @@ SEARCH_SITES = [
 def test_search_meets_each_fault_in_turn_and_ends_bit_exactly(
     finished_run, tiny_npz, tmp_path, monkeypatch, capsys
 ):
-    reference, out = Reference(finished_run), tmp_path / "run"
-    args = meet_faults_in_turn(search_args(tiny_npz, out), SEARCH_SITES, monkeypatch, capsys, out)
-    assert main(args) == 0
-    reference.assert_same(out)
+    args = search_args(tiny_npz, tmp_path / "run")
+    out = faults_in_turn_then_the_same_end(finished_run, args, SEARCH_SITES, monkeypatch, capsys)
     assert {"epoch_002.png", "evolution_normal.png"} <= {p.name for p in (out / "arch").iterdir()}
 
 
@@ -222,26 +216,28 @@ TRAIN_SITES = [
 
 
 def test_training_meets_each_fault_in_turn_and_ends_bit_exactly(
-    trained, tiny_npz, tmp_path, monkeypatch, capsys
+    finished_training, tiny_npz, tmp_path, monkeypatch, capsys
 ):
-    reference, out = Reference(trained), tmp_path / "run"
-    args = meet_faults_in_turn(train_args(tiny_npz, out), TRAIN_SITES, monkeypatch, capsys, out)
-    assert main(args) == 0
-    reference.assert_same(out)
+    args = train_args(tiny_npz, tmp_path / "run")
+    faults_in_turn_then_the_same_end(finished_training, args, TRAIN_SITES, monkeypatch, capsys)
 
 
-def test_a_refused_report_names_its_file_and_reruns(trained, monkeypatch, capsys):
+def test_a_refused_report_names_its_file_and_reruns(
+    finished_training, tmp_path, monkeypatch, capsys
+):
+    run, report = finished_training, tmp_path / "report.html"
     fail_file(monkeypatch, "report.html", errno.ENOSPC, 1)
-    assert main(["report", str(trained)]) == StorageError.exit_code
+    assert main(["report", str(run), "--out", str(report)]) == StorageError.exit_code
     line = the_line(capsys, errno.ENOSPC)
-    assert f"cannot write {trained}/report.html" in line
-    assert line.endswith(f"then rerun with: nasax report {trained}")
-    assert not (trained / "report.html").exists()
+    assert f"cannot write {report}: No space left on device" in line
+    assert line.endswith(f"then rerun with: nasax report {run} --out {report}")
+    assert not list(tmp_path.iterdir())
     monkeypatch.undo()
-    assert main(next_command(line)) == 0 and (trained / "report.html").is_file()
+    assert main(next_command(line)) == 0 and report.is_file()
 
 
-def test_a_refused_export_leaves_nothing_behind(trained, tmp_path, monkeypatch, capsys):
+def test_a_refused_export_leaves_nothing_behind(finished_training, tmp_path, monkeypatch, capsys):
+    trained = finished_training
     real_save = ocp.StandardCheckpointer.save
 
     def save(self, directory, *args, **kwargs):
