@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from nasax.errors import StorageError
+from nasax.storage import errno_in_message, storage_errors
 
 
 def _key(path: tuple[Any, ...]) -> str:
@@ -64,6 +71,64 @@ _MANIFEST = "_arrays"
 """The metadata entry that holds the packed arrays' manifest."""
 
 
+class _OrbaxEcho(logging.Filter):
+    """Drops the log records of a failed orbax save, which nasax reports in one line:
+    orbax's own, and asyncio's about the futures of tensorstore writes nobody awaits
+    any more. Records without a disk error in them pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        failure = record.exc_info[1] if record.exc_info else None
+        if not (errno_in_message(record.getMessage()) or errno_in_message(str(failure))):
+            return True
+        return not ("orbax" in record.pathname or record.name == "asyncio")
+
+
+def _without_closed_loop(previous: Any) -> Any:
+    """`previous` (an unraisable hook) without tensorstore's callbacks that find orbax's
+    event loop closed: when a save fails, orbax closes the loop while writes are still
+    in flight, and each of them, finishing, would print a traceback."""
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        closed_loop = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+        if not (closed_loop and unraisable.object is None):
+            previous(unraisable)
+
+    return hook
+
+
+for _logger in ("absl", "asyncio"):
+    logging.getLogger(_logger).addFilter(_OrbaxEcho())
+
+
+@contextmanager
+def orbax_writes(path: str | os.PathLike, operation: str) -> Iterator[None]:
+    """`storage_errors` for orbax saves, which also keeps the echo of orbax's background
+    writers off the terminal: during the save, and after it for good if the disk failed
+    (writes in flight report until the process ends)."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = quiet = _without_closed_loop(previous)
+    failed = False
+    try:
+        with storage_errors(path, operation):
+            yield
+    except StorageError:
+        failed = True
+        raise
+    finally:
+        if not failed and sys.unraisablehook is quiet:
+            sys.unraisablehook = previous
+
+
+def complete_steps(directory: str | os.PathLike) -> list[int]:
+    """The steps of the complete checkpoints in `directory`, read from the folder names
+    alone (a save in progress or cut off has a temporary name)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
 class Checkpoints:
     """Keeps the last `keep` checkpoints under `directory`; writes are atomic (orbax)."""
 
@@ -77,20 +142,22 @@ class Checkpoints:
             enable_async_checkpointing=False,
             cleanup_tmp_directories=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        with orbax_writes(self.directory, "create checkpoints in"):
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Saves `state` and `meta` as checkpoint `step` and waits until it is on disk."""
         packed, manifest = pack_arrays(flatten_state(jax.device_get(state)))
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(packed),
-                meta=ocp.args.JsonSave({**meta, _MANIFEST: manifest}),
-            ),
-            force=True,
-        )
-        self.manager.wait_until_finished()
+        with orbax_writes(self.directory, f"save checkpoint {step} to"):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(packed),
+                    meta=ocp.args.JsonSave({**meta, _MANIFEST: manifest}),
+                ),
+                force=True,
+            )
+            self.manager.wait_until_finished()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

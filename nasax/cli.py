@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nasax.errors import NasaxError
+from nasax.errors import NasaxError, StorageError
 
 if TYPE_CHECKING:
     from nasax.config import RunConfig
@@ -29,7 +30,7 @@ def _search(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set)
     initialize(config.run)
-    run_dir = args.out or default_run_dir(config.run.out_dir, config.name)
+    run_dir = args.out = args.out or default_run_dir(config.run.out_dir, config.name)
     if args.quiet:
         config.run.progress = False
     summary = run_search(config, run_dir, resume=args.resume, overwrite=args.overwrite)
@@ -52,7 +53,7 @@ def _train(args: argparse.Namespace) -> int:
     initialize(config.run)
     if args.genotype:
         config.train.genotype = args.genotype
-    run_dir = args.out or default_run_dir(config.run.out_dir, config.name)
+    run_dir = args.out = args.out or default_run_dir(config.run.out_dir, config.name)
     if args.quiet:
         config.run.progress = False
     summary = run_train(
@@ -125,7 +126,7 @@ def _tune(args: argparse.Namespace) -> int:
     initialize(config.run)
     if args.trials is not None and config.tune is not None:
         config.tune.trials = args.trials
-    out = args.out or Path(config.run.out_dir) / f"{config.name}-tune"
+    out = args.out = args.out or Path(config.run.out_dir) / f"{config.name}-tune"
     if args.quiet:
         config.run.progress = False
     summary = run_tune(config, out)
@@ -236,8 +237,45 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
+def _names(word: str, option: str) -> bool:
+    """Whether a command-line word is `option` (or `option=...`, or a prefix argparse takes)."""
+    name = word.split("=", 1)[0]
+    return len(name) > 2 and name.startswith("--") and option.startswith(name)
+
+
+def continue_command(argv: Sequence[str], args: argparse.Namespace) -> str:
+    """The command that carries on after a storage error: for search and train the same
+    one with `--out` and `--resume` (or `--overwrite` before the first checkpoint), for
+    tune the same one with `--out`, for the others the same one."""
+    from nasax.checkpoint import complete_steps
+
+    words = list(argv)
+    if args.command in ("search", "train", "tune") and not any(_names(w, "--out") for w in words):
+        words += ["--out", str(args.out)]
+    if args.command in ("search", "train"):
+        words = [w for w in words if not (_names(w, "--resume") or _names(w, "--overwrite"))]
+        started = complete_steps(Path(args.out) / "checkpoints")
+        words.append("--resume" if started else "--overwrite")
+    return shlex.join(["nasax", *words])
+
+
+def storage_line(e: StorageError, argv: Sequence[str], args: argparse.Namespace) -> str:
+    """A storage error's line: what failed, what to do, and the command that carries on."""
+    command = continue_command(argv, args)
+    if command.endswith("--resume"):
+        elsewhere, then = f"or move {args.out} to another disk and pass it as --out", "continue"
+    elif args.command == "export":
+        elsewhere, then = "or pick another OUT_DIR", "rerun"
+    else:
+        elsewhere = "or pass --out elsewhere"
+        then = "start again" if command.endswith("--overwrite") else "rerun"
+    return f"nasax: {e}, {elsewhere}; then {then} with: {command}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; nasax's own errors print as one line and exit with status 2."""
+    """Entry point; nasax's own errors print as one line and exit with their status (2 for
+    bad input, 74 for a storage error, 75 for a busy run directory, 128 + N for signal N)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     enable_compilation_cache()
     if getattr(args, "resume", False) and not args.out:
@@ -245,11 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
+    except StorageError as e:
+        print(storage_line(e, argv, args), file=sys.stderr)
+        return e.exit_code
     except NasaxError as e:
-        from nasax.runloop import Interrupted
-
         print(f"nasax: {e}", file=sys.stderr)
-        return e.exit_code if isinstance(e, Interrupted) else 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("nasax: interrupted", file=sys.stderr)
         return 130

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +73,26 @@ def _load_npz(arg: str, data_dir: str | None) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"npz dataset {str(path)!r} does not exist (data.name = 'npz:{arg}')")
     try:
+        with path.open("rb") as f:
+            archive = zipfile.is_zipfile(f)
+    except OSError as e:
+        raise DataError(f"cannot read npz dataset {str(path)!r}: {e.strerror}") from None
+    if not archive:  # numpy would take it for a pickle and say so
+        what = "an empty file" if path.stat().st_size == 0 else "not an npz archive"
+        raise DataError(
+            f"npz dataset {str(path)!r} is {what}; write one with numpy.savez(path, "
+            "x_train=..., y_train=..., x_test=..., y_test=...)"
+        )
+    try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except Exception as e:  # zipfile/pickle errors: say what the file should hold
         raise DataError(f"cannot read {str(path)!r} as .npz: {e}") from None
+    if not arrays:
+        raise DataError(
+            f"npz dataset {str(path)!r} is an empty archive; an npz dataset holds x_train, "
+            "y_train, x_test, y_test"
+        )
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     if missing:
         raise DataError(

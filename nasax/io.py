@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never half of one."""
+"""Atomic file writes: a crash or a full disk leaves the old file or the new one, never
+half of one; a disk that refuses the write raises `StorageError` naming the file."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nasax.storage import storage_errors
 
 
 def _current_umask() -> int:
@@ -35,6 +38,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     if not is_primary():
         return
     path = Path(path)
+    with storage_errors(path, "write"):
+        _replace(path, data)
+
+
+def _replace(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -52,6 +60,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Appends `text` to `path` whole or not at all: a failed write is cut off again, so
+    the file keeps only complete lines."""
+    path = Path(path)
+    data = text.encode("utf-8")
+    with storage_errors(path, "append to"):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except BaseException:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

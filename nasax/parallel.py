@@ -45,6 +45,15 @@ def initialize(run: RunConfig) -> None:
     jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
 
 
+def process_zero_flag(flag: bool) -> bool:
+    """Process 0's `flag`, on every process of a multi-host job (`flag` itself on one)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
 def sync_processes(name: str) -> None:
     """Waits until every process of a multi-host job gets here (no-op on one process)."""
     if jax.process_count() > 1:
@@ -106,4 +115,10 @@ def data_parallel(run: RunConfig, batch_sizes: dict[str, int]) -> DataParallel:
     )
 
 
-__all__ = ["DataParallel", "data_parallel", "initialize", "sync_processes"]
+__all__ = [
+    "DataParallel",
+    "data_parallel",
+    "initialize",
+    "process_zero_flag",
+    "sync_processes",
+]

@@ -63,6 +63,30 @@ class StopRequests:
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def closing_all(*closers: Callable[[], None]) -> Iterator[None]:
+    """Closes a run's writers (checkpoints, TensorBoard) when the block ends.
+
+    After a failure every closer still runs, and what they raise is dropped: the failure
+    that stopped the run is the one to report (a full disk also fails the last flushes).
+    """
+    try:
+        yield
+    except BaseException:
+        for close in closers:
+            with contextlib.suppress(Exception):
+                close()
+        raise
+    errors = []
+    for close in closers:
+        try:
+            close()
+        except Exception as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
+
+
 def prefetch(
     it: Iterator[Batch], size: int = 2, put: Callable[[Batch], Batch] = jax.device_put
 ) -> Iterator[Batch]:

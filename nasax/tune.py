@@ -9,6 +9,7 @@ rerunning the same command continues an interrupted tuning.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Any
 import yaml
 
 from nasax.config import Config, TuneConfig, TuneParam, apply_overrides, validate_config
-from nasax.errors import ConfigError, NasaxError, RunDirError
+from nasax.errors import ConfigError, NasaxError, RunDirBusy, RunDirError, StorageError
 from nasax.io import atomic_write_json, atomic_write_text
 from nasax.registry import Registry
+from nasax.rundir import lock_on_process_zero
 from nasax.runloop import Interrupted
+from nasax.storage import storage_errors
 
 RUNNERS: Registry[Any] = Registry("tune command")
 """`tune.command` -> run(config, run_dir, *, overwrite, on_epoch) -> summary."""
@@ -122,16 +125,25 @@ def _check_same_config(base: Config, out: Path) -> None:
 
 def run_tune(base: Config, out: str | Path, *, log: Any = print) -> dict[str, Any]:
     """Runs (or continues) the study in `out` until `tune.trials` trials have ended;
-    returns the summary also written to `out/tune_summary.json`."""
+    returns the summary also written to `out/tune_summary.json`.
+
+    The study folder is locked while it runs (and each trial's run directory while the
+    trial runs), so a second tuning of it, or a manual `--resume` of a running trial,
+    is refused. A full disk stops the tuning, not just a trial.
+    """
+    if base.tune is None or not base.tune.params:
+        raise ConfigError("nasax tune needs a `tune` section with at least one knob in params")
+    check_knobs(base)
+    out = Path(out)
+    with lock_on_process_zero(out, "tune"), storage_errors(out / "study.db", "update"):
+        return _run_study(base, out, log)
+
+
+def _run_study(base: Config, out: Path, log: Any) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
 
-    if base.tune is None or not base.tune.params:
-        raise ConfigError("nasax tune needs a `tune` section with at least one knob in params")
     tune: TuneConfig = base.tune
-    check_knobs(base)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     _check_same_config(base, out)
     study = _study(base, out)
     for stale in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
@@ -179,8 +191,9 @@ def run_tune(base: Config, out: str | Path, *, log: Any = print) -> dict[str, An
                 f"the same command with --out {out} to continue",
                 e.signum,
             ) from None
-        except ConfigError:
-            study.tell(trial, state=TrialState.FAIL)
+        except (ConfigError, StorageError, RunDirBusy):  # no later trial would fare better
+            with contextlib.suppress(Exception):  # a full disk refuses this too; a rerun does it
+                study.tell(trial, state=TrialState.FAIL)
             raise
         except NasaxError as e:  # a diverging trial (NaN) is a failed trial, not the end
             study.tell(trial, state=TrialState.FAIL)

@@ -1,8 +1,10 @@
-"""Shared fixtures: a persistent compilation cache and a tiny dataset made from digits."""
+"""Shared fixtures: a persistent compilation cache, a tiny dataset made from digits, and
+one finished tiny search and retraining."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -42,6 +44,41 @@ def tiny_npz(tmp_path_factory: pytest.TempPathFactory) -> str:
         y_test=digits.target[128:192],
     )
     return str(path)
+
+
+def search_args(tiny_npz: str, out: Path, *extra: str) -> list[str]:
+    """`nasax search` arguments of the tiny darts_digits search into `out`."""
+    sets = [*TINY, f"data.name=npz:{tiny_npz}"]
+    return [
+        "search",
+        "darts_digits",
+        *[a for s in sets for a in ("--set", s)],
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_npz, tmp_path_factory) -> Path:
+    """One uninterrupted tiny search, the reference of every resumed one (not to be changed)."""
+    from nasax.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(search_args(tiny_npz, out)) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def finished_training(tiny_npz, tmp_path_factory) -> Path:
+    """One uninterrupted tiny retraining of DARTS_V2 (`tests.test_train.train_args`), the
+    reference of the storage and lock tests (not to be changed)."""
+    from nasax.cli import main
+    from tests.test_train import train_args
+
+    out = tmp_path_factory.mktemp("runs") / "trained"
+    assert main(train_args(tiny_npz, out)) == 0
+    return out
 
 
 TINY_CLASSIFIER = [

@@ -15,26 +15,7 @@ from nasax.checkpoint import Checkpoints
 from nasax.cli import main
 from nasax.search import loop as search_loop
 from nasax.supernet.genotypes import Genotype
-from tests.conftest import TINY
-
-
-def search_args(tiny_npz: str, out: Path, *extra: str) -> list[str]:
-    sets = [*TINY, f"data.name=npz:{tiny_npz}"]
-    return [
-        "search",
-        "darts_digits",
-        *[a for s in sets for a in ("--set", s)],
-        "--out",
-        str(out),
-        *extra,
-    ]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_npz, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    assert main(search_args(tiny_npz, out)) == 0
-    return out
+from tests.conftest import search_args
 
 
 def test_search_writes_a_complete_run_directory(finished_run):

@@ -61,6 +61,28 @@ def test_missing_npz_file_gives_a_clear_error(tmp_path):
     assert "nothing.npz" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"x_train,y_train\n1,2\n", "is not an npz archive"),
+        (np.lib.format.MAGIC_PREFIX + b"\x01\x00", "is not an npz archive"),  # an .npy
+        (b"", "is an empty file"),
+    ],
+)
+def test_a_file_that_is_not_an_npz_archive_says_so(tmp_path, content, fragment):
+    path = tmp_path / "x.npz"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=fragment) as info:
+        load_dataset(f"npz:{path}")
+    assert "numpy.savez" in str(info.value) and "pickle" not in str(info.value)
+
+
+def test_an_empty_npz_archive_says_so(tmp_path):
+    np.savez(tmp_path / "empty.npz")
+    with pytest.raises(DataError, match="is an empty archive; an npz dataset holds x_train"):
+        load_dataset(f"npz:{tmp_path / 'empty.npz'}")
+
+
 def test_npz_with_missing_arrays_names_them(tmp_path):
     name = write_npz(tmp_path / "m.npz", x_train=np.zeros((4, 3, 3)), y_train=np.zeros(4))
     with pytest.raises(DataError, match=r"missing arrays \['x_test', 'y_test'\]"):

@@ -26,14 +26,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from nasax.checkpoint import flatten_state, unflatten_state
+from nasax.checkpoint import flatten_state, orbax_writes, unflatten_state
 from nasax.data import normalize
-from nasax.errors import RunDirError
+from nasax.errors import RunDirError, StorageError
 from nasax.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from nasax.progress import TaskProgress
+from nasax.storage import storage_errors
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.skeletons import skeleton_of
-from nasax.train.loop import load_train_run
+from nasax.train.loop import load_train_run, reading_run
 
 FORMAT = "nasax-model"
 VERSION = 1
@@ -70,11 +71,19 @@ def export_run(
     progress: bool = False,
 ) -> Path:
     """Writes the latest checkpoint of a retraining run as a self-contained model folder;
-    `progress` shows a bar over its stages (restore, weights, StableHLO, rename)."""
+    `progress` shows a bar over its stages (restore, weights, StableHLO, rename).
+
+    Raises:
+        RunDirBusy: the run is still running.
+        StorageError: the disk refused the folder; nothing of it is left behind.
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir).absolute()
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise RunDirError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
-    with TaskProgress(4, enabled=progress, label="export", unit="stages") as bar:
+    with (
+        reading_run(run_dir),
+        TaskProgress(4, enabled=progress, label="export", unit="stages") as bar,
+    ):
         bar.advance(0, "restoring the checkpoint")
         return _export(run_dir, out_dir, bar)
 
@@ -105,26 +114,31 @@ def _export(run_dir: Path, out_dir: Path, bar: TaskProgress) -> Path:
     }
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        with storage_errors(tmp, "create"):
+            tmp.mkdir(parents=True)
         atomic_write_json(tmp / "model.json", manifest)
         genotype.save(tmp / "genotype.json")
         atomic_write_text(tmp / "config.yaml", config.to_yaml())
         weights = {"params": state.params, "batch_stats": state.batch_stats}
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(tmp / "params", flatten_state(jax.device_get(weights)))
-        checkpointer.wait_until_finished()
+        with orbax_writes(tmp / "params", "write the weights to"):
+            checkpointer = ocp.StandardCheckpointer()
+            checkpointer.save(tmp / "params", flatten_state(jax.device_get(weights)))
+            checkpointer.wait_until_finished()
         bar.advance(1, f"lowering to StableHLO for {', '.join(EXPORT_PLATFORMS)}")
         blob = export_inference(module, dataset.image_shape, dataset.mean, dataset.std)
         atomic_write_bytes(tmp / "inference.jax", blob)
         bar.advance(1, "moving into place")
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
+        with storage_errors(out_dir, "move the exported model to"):
+            if out_dir.exists():
+                old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+                out_dir.rename(old)
+                tmp.rename(out_dir)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(out_dir)
+    except StorageError as e:  # name the folder asked for, not its partial copy
+        raise StorageError(out_dir, "write the exported model to", e.errno) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     bar.advance(1, "done")

@@ -29,10 +29,12 @@ from nasax.io import atomic_write_json, atomic_write_text
 from nasax.optim import weight_optimizer, weight_schedule
 from nasax.parallel import data_parallel
 from nasax.progress import LoopProgress
-from nasax.rundir import MetricsLog, prepare_run_dir
+from nasax.rundir import MetricsLog, open_run_dir
+from nasax.runlock import RunLock, share_run_dir
 from nasax.runloop import (
     check_resume_config,
     checkpoint_writer,
+    closing_all,
     evaluate,
     guard_step,
     is_eval_epoch,
@@ -139,116 +141,120 @@ def run_train(
     check_train_config(config)
     dataset = load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
     check_batch_size(dataset, t.batch_size, len(dataset.x_train), "training set")
-    if resume:
-        run_dir = prepare_run_dir(run_dir, resume=True, overwrite=False)
-        genotype = _resolve_genotype(config, genotype, run_dir, resume=True)
-        check_resume_config(config, run_dir, ignore=("train.genotype",))
-    else:
+    if not resume:
         genotype = _resolve_genotype(config, genotype, Path(run_dir), resume=False)
         genotype.validate(get_space(config.model.space))
-        run_dir = prepare_run_dir(run_dir, resume=False, overwrite=overwrite)
-        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
-        genotype.save(run_dir / "genotype.json")
+    with open_run_dir(run_dir, resume=resume, overwrite=overwrite, command="train") as run_dir:
+        if resume:
+            genotype = _resolve_genotype(config, genotype, run_dir, resume=True)
+            check_resume_config(config, run_dir, ignore=("train.genotype",))
+        else:
+            atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+            genotype.save(run_dir / "genotype.json")
 
-    trainer = build_trainer(config, genotype, dataset)
-    steps_per_epoch, total_steps = trainer.steps_per_epoch, trainer.steps_per_epoch * t.epochs
-    dp = data_parallel(rc, {"train.batch_size": t.batch_size})
-    state = trainer.init(jax.random.PRNGKey(config.seed))
-    checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
-    views = RunViews(run_dir, tensorboard=rc.tensorboard, plots=False)
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl", sinks=views.sinks)
-    resumed = restore_or_start(checkpoints, metrics_log, state, resume)
-    state = dp.put_state(resumed.state)
+        trainer = build_trainer(config, genotype, dataset)
+        steps_per_epoch, total_steps = trainer.steps_per_epoch, trainer.steps_per_epoch * t.epochs
+        dp = data_parallel(rc, {"train.batch_size": t.batch_size})
+        state = trainer.init(jax.random.PRNGKey(config.seed))
+        checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
+        views = RunViews(run_dir, tensorboard=rc.tensorboard, plots=False)
+        metrics_log = MetricsLog(run_dir / "metrics.jsonl", sinks=views.sinks)
+        resumed = restore_or_start(checkpoints, metrics_log, state, resume)
+        state = dp.put_state(resumed.state)
 
-    counts = param_counts(trainer.module(state))
-    progress = LoopProgress(total_steps, t.epochs, enabled=rc.progress, label="train")
-    progress.log(
-        f"{dataset.name}: {len(dataset.x_train)} training images, {steps_per_epoch} steps per "
-        f"epoch; {counts['params']:,} parameters (+{counts['params_auxiliary']:,} auxiliary); "
-        "compiling the training step (cached for later runs)"
-    )
-    order = np.arange(len(dataset.x_train))
-    sample = dp.put_batch(next(batches(dataset.x_train, dataset.y_train, order, t.batch_size)))
-    compile_start = time.perf_counter()
-    step = guard_step(trainer.step, rc)
-    step_fn = compile_program(step, (state, sample), rc.execution, donate=True, remat=rc.remat)
-    eval_fn = jit_for(rc.execution)(trainer.evaluate)  # compiled at the first evaluation
-    compile_seconds = time.perf_counter() - compile_start
-    progress.log(f"compiled in {compile_seconds:.0f} s")
-
-    def epoch_batches(epoch: int, first: int) -> Iterator[tuple[Batch]]:
-        idx = epoch_order(order, config.seed, epoch, 0)
-        stream = prefetch(
-            batches(dataset.x_train, dataset.y_train, idx, t.batch_size, first), put=dp.put_batch
+        counts = param_counts(trainer.module(state))
+        progress = LoopProgress(total_steps, t.epochs, enabled=rc.progress, label="train")
+        progress.log(
+            f"{dataset.name}: {len(dataset.x_train)} training images, {steps_per_epoch} steps per "
+            f"epoch; {counts['params']:,} parameters (+{counts['params_auxiliary']:,} auxiliary); "
+            "compiling the training step (cached for later runs)"
         )
-        return ((batch,) for batch in stream)
+        order = np.arange(len(dataset.x_train))
+        sample = dp.put_batch(next(batches(dataset.x_train, dataset.y_train, order, t.batch_size)))
+        compile_start = time.perf_counter()
+        step = guard_step(trainer.step, rc)
+        step_fn = compile_program(step, (state, sample), rc.execution, donate=True, remat=rc.remat)
+        eval_fn = jit_for(rc.execution)(trainer.evaluate)  # compiled at the first evaluation
+        compile_seconds = time.perf_counter() - compile_start
+        progress.log(f"compiled in {compile_seconds:.0f} s")
 
-    test: dict[str, float] = {}
+        def epoch_batches(epoch: int, first: int) -> Iterator[tuple[Batch]]:
+            idx = epoch_order(order, config.seed, epoch, 0)
+            stream = prefetch(
+                batches(dataset.x_train, dataset.y_train, idx, t.batch_size, first),
+                put=dp.put_batch,
+            )
+            return ((batch,) for batch in stream)
 
-    def end_epoch(state: TrainState, epoch: int, step: int) -> dict[str, Any]:
-        if is_eval_epoch(epoch, t.epochs, t.eval_every):
-            test.update(
-                evaluate(
-                    eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size, put=dp.put_batch
+        test: dict[str, float] = {}
+
+        def end_epoch(state: TrainState, epoch: int, step: int) -> dict[str, Any]:
+            if is_eval_epoch(epoch, t.epochs, t.eval_every):
+                test.update(
+                    evaluate(
+                        eval_fn,
+                        state,
+                        dataset.x_test,
+                        dataset.y_test,
+                        t.batch_size,
+                        put=dp.put_batch,
+                    )
                 )
-            )
-            progress.log(
-                f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f}"
-            )
-            return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
-        return {}
+                progress.log(
+                    f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}, "
+                    f"loss {test['loss']:.4f}"
+                )
+                return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
+            return {}
 
-    deadline = None if rc.time_limit is None else wall_start + rc.time_limit - resumed.elapsed
-    try:
-        result = run_epochs(
-            state,
-            step_fn,
-            epoch_batches,
-            epochs=t.epochs,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=t.batch_size,
-            start=resumed.start,
-            pending=resumed.pending,
-            run=rc,
-            kind="train",
-            metrics_log=metrics_log,
-            progress=progress,
-            save=checkpoint_writer(checkpoints, resumed.elapsed, wall_start),
-            end_epoch=end_epoch,
-            shown=("train_loss", "train_acc", "images_per_sec"),
-            resume_hint=f"continue with: nasax train CONFIG --resume --out {run_dir}",
-            deadline=deadline,
-            on_epoch=on_epoch,
-        )
-    finally:
-        checkpoints.close()
-        views.close()
-    state, step, images, train_seconds = result[:4]
+        deadline = None if rc.time_limit is None else wall_start + rc.time_limit - resumed.elapsed
+        with closing_all(checkpoints.close, views.close):
+            result = run_epochs(
+                state,
+                step_fn,
+                epoch_batches,
+                epochs=t.epochs,
+                steps_per_epoch=steps_per_epoch,
+                batch_size=t.batch_size,
+                start=resumed.start,
+                pending=resumed.pending,
+                run=rc,
+                kind="train",
+                metrics_log=metrics_log,
+                progress=progress,
+                save=checkpoint_writer(checkpoints, resumed.elapsed, wall_start),
+                end_epoch=end_epoch,
+                shown=("train_loss", "train_acc", "images_per_sec"),
+                resume_hint=f"continue with: nasax train CONFIG --resume --out {run_dir}",
+                deadline=deadline,
+                on_epoch=on_epoch,
+            )
+        state, step, images, train_seconds = result[:4]
 
-    if not test or result.stopped_early:  # evaluate the state the training ended with
-        test = evaluate(
-            eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size, put=dp.put_batch
-        )
-    summary = {
-        "kind": "train",
-        "dataset": dataset.name,
-        "seed": config.seed,
-        "epochs": t.epochs,
-        "steps": step,
-        "batch_size": t.batch_size,
-        "test_loss": test["loss"],
-        "test_accuracy": test["accuracy"],
-        **counts,
-        "wall_seconds": resumed.elapsed + time.perf_counter() - wall_start,
-        "compile_seconds": compile_seconds,
-        "images_per_sec": images / train_seconds if train_seconds else None,
-        "peak_rss_mb": peak_rss_mb(),
-        "genotype": genotype.to_dict(),
-        "stopped_early": result.stopped_early,
-        "time_limit": rc.time_limit,
-    }
-    atomic_write_json(run_dir / "summary.json", summary)
-    return summary
+        if not test or result.stopped_early:  # evaluate the state the training ended with
+            test = evaluate(
+                eval_fn, state, dataset.x_test, dataset.y_test, t.batch_size, put=dp.put_batch
+            )
+        summary = {
+            "kind": "train",
+            "dataset": dataset.name,
+            "seed": config.seed,
+            "epochs": t.epochs,
+            "steps": step,
+            "batch_size": t.batch_size,
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            **counts,
+            "wall_seconds": resumed.elapsed + time.perf_counter() - wall_start,
+            "compile_seconds": compile_seconds,
+            "images_per_sec": images / train_seconds if train_seconds else None,
+            "peak_rss_mb": peak_rss_mb(),
+            "genotype": genotype.to_dict(),
+            "stopped_early": result.stopped_early,
+            "time_limit": rc.time_limit,
+        }
+        atomic_write_json(run_dir / "summary.json", summary)
+        return summary
 
 
 def load_train_run(
@@ -284,9 +290,20 @@ def load_train_run(
     return config, genotype, dataset, trainer, state, meta
 
 
+def reading_run(run_dir: str | Path) -> RunLock:
+    """The shared lock of a run directory, for commands that read its checkpoints: a run
+    still writing them is refused. A directory that is not there is left to the checks."""
+    return share_run_dir(run_dir) if Path(run_dir).is_dir() else RunLock(Path(run_dir), None)
+
+
 def evaluate_run(run_dir: str | Path, *, progress: bool = False) -> dict[str, Any]:
-    """Test loss and top-1 of the latest checkpoint of a finished or interrupted retraining."""
-    config, _, dataset, trainer, state, meta = load_train_run(run_dir)
+    """Test loss and top-1 of the latest checkpoint of a finished or interrupted retraining.
+
+    Raises:
+        RunDirBusy: the run is still running (its checkpoints may change while read).
+    """
+    with reading_run(run_dir):
+        config, _, dataset, trainer, state, meta = load_train_run(run_dir)
     eval_fn = jit_for(config.run.execution)(trainer.evaluate)
     test = evaluate(
         eval_fn,
@@ -308,4 +325,11 @@ def evaluate_run(run_dir: str | Path, *, progress: bool = False) -> dict[str, An
     }
 
 
-__all__ = ["build_trainer", "check_train_config", "evaluate_run", "load_train_run", "run_train"]
+__all__ = [
+    "build_trainer",
+    "check_train_config",
+    "evaluate_run",
+    "load_train_run",
+    "reading_run",
+    "run_train",
+]
