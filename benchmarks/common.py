@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from nasax.blocks import compile_program, resolve_execution
+from nasax.blocks import compile_program, resolve_execution, resolve_remat
 from nasax.data import Dataset
 from nasax.runloop import peak_rss_mb
 
@@ -47,7 +47,7 @@ def time_step(
     warmup: int,
     steps: int,
     execution: str = "fused",
-    remat: str = "none",
+    remat: str = "auto",
 ) -> tuple[Any, dict]:
     """Compiles `step_fn`, runs it, and returns the timing figures.
 
@@ -78,7 +78,7 @@ def time_step(
     med = statistics.median(times)
     figures = {
         "execution": execution,
-        "remat": remat,
+        "remat": resolve_remat(remat, execution),
         "steps": steps,
         "warmup": warmup,
         "images_per_sec": round(batch / med, 3),

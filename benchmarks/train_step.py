@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--remat",
         default=None,
-        choices=("none", "convs", "full"),
+        choices=("auto", "none", "convs", "full"),
         help="what each block keeps for backward (default: the config's run.remat)",
     )
     args = ap.parse_args(argv)

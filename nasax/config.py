@@ -198,10 +198,11 @@ class RunConfig(Section):
         description="blocks: compile each distinct block once and run the step block by "
         "block; fused: one XLA program per step; auto: blocks on CPU, fused elsewhere",
     )
-    remat: Literal["none", "convs", "full"] = Field(
-        "none",
+    remat: Literal["auto", "none", "convs", "full"] = Field(
+        "auto",
         description="what each block keeps for the backward pass: everything (none), its "
-        "convolutions' outputs (convs) or only its inputs (full); less memory, more compute",
+        "convolutions' outputs (convs) or only its inputs (full), trading memory for "
+        "compute; auto: convs in block execution, none in fused",
     )
     devices: int | None = Field(
         None, ge=1, description="data-parallel devices (null: all of them); batches split evenly"

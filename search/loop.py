@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from nasax.blocks import compile_program, jit_for, resolve_execution
+from nasax.blocks import compile_program, jit_for, resolve_execution, resolve_remat
 from nasax.checkpoint import Checkpoints
 from nasax.config import Config
 from nasax.data import (
@@ -72,7 +72,7 @@ def program_key(config: Config, dataset: Dataset, steps_per_epoch: int, dp: Data
             "config": resolved,
             "nonfinite": config.run.nonfinite,
             "execution": resolve_execution(config.run.execution),
-            "remat": config.run.remat,
+            "remat": resolve_remat(config.run.remat, config.run.execution),
             "data": [
                 list(dataset.image_shape),
                 str(dataset.x_train.dtype),

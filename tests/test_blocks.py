@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nasax.blocks import BlockProgram, block, block_jit, compile_program, resolve_execution
+from nasax.blocks import (
+    BlockProgram,
+    block,
+    block_jit,
+    compile_program,
+    resolve_execution,
+    resolve_remat,
+)
 from nasax.config import load_config
 from nasax.data import batches, load_dataset
 from nasax.search.loop import build_setup
@@ -115,11 +122,14 @@ def test_remat_keeps_values_and_gradients_and_drops_residuals():
         compile_program(_toy_step, args, "blocks", remat="some")
 
 
-def test_auto_execution_is_blocks_on_cpu():
+def test_auto_execution_is_blocks_on_cpu_and_auto_remat_follows_it():
     assert resolve_execution("auto") == "blocks"
     assert resolve_execution("fused") == "fused"
     with pytest.raises(ValueError, match="execution must be one of"):
         resolve_execution("fast")
+    assert resolve_remat("auto", "auto") == resolve_remat("auto", "blocks") == "convs"
+    assert resolve_remat("auto", "fused") == "none"
+    assert resolve_remat("full", "fused") == "full"
 
 
 def _search(name: str, tiny_npz: str, extra: tuple[str, ...] = ()):
