@@ -167,8 +167,8 @@ def _run_steps(strategy, data, execution, remat="none"):
     [
         ("darts_nb201_digits", "none"),
         # Rematerialised blocks under second-order autodiff, and inside a switch.
-        ("darts2_nb201_digits", "full"),
-        ("gdas_nb201_digits", "convs"),
+        ("darts2_nb201_digits", "convs"),
+        ("gdas_nb201_digits", "full"),
     ],
 )
 def test_search_steps_agree_in_both_modes(name, remat, tiny_npz):
@@ -211,3 +211,14 @@ def test_train_steps_agree_in_both_modes(tiny_npz):
     np.testing.assert_allclose(results["blocks"][0], results["fused"][0], rtol=2e-4, atol=2e-5)
     for a, b in zip(jax.tree.leaves(results["fused"][1]), jax.tree.leaves(results["blocks"][1])):
         np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-5)
+
+
+def test_second_order_refuses_full_remat_in_block_execution(tiny_npz, tmp_path):
+    """A known wrong-gradient combination stops before anything is written."""
+    from nasax.errors import ConfigError
+    from nasax.search.loop import run_search
+
+    config = load_config("darts2_nb201_digits", ["run.remat=full", f"data.name=npz:{tiny_npz}"])
+    with pytest.raises(ConfigError, match=r"set run\.remat=convs or none"):
+        run_search(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
