@@ -46,17 +46,33 @@ def tiny_npz(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
+TINY_TRAIN = [
+    "model.channels=4",
+    "model.layers=3",
+    "train.epochs=3",
+    "train.batch_size=32",
+    "train.cutout=3",
+    "train.drop_path=0.3",
+    "run.log_every=2",
+    "run.progress=false",
+]
+"""Overrides that make retrain_digits a seconds-long run: 4 steps per epoch on tiny data."""
+
+
+def _cli_args(command: list[str], sets: list[str], tiny_npz: str, out: Path, extra) -> list[str]:
+    sets = [*sets, f"data.name=npz:{tiny_npz}"]
+    return [*command, *[a for s in sets for a in ("--set", s)], "--out", str(out), *extra]
+
+
 def search_args(tiny_npz: str, out: Path, *extra: str) -> list[str]:
     """`nasax search` arguments of the tiny darts_digits search into `out`."""
-    sets = [*TINY, f"data.name=npz:{tiny_npz}"]
-    return [
-        "search",
-        "darts_digits",
-        *[a for s in sets for a in ("--set", s)],
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return _cli_args(["search", "darts_digits"], TINY, tiny_npz, out, extra)
+
+
+def train_args(tiny_npz: str, out: Path, *extra: str, genotype: str = "DARTS_V2") -> list[str]:
+    """`nasax train` arguments of the tiny retraining of `genotype` into `out`."""
+    command = ["train", "retrain_digits", "--genotype", genotype]
+    return _cli_args(command, TINY_TRAIN, tiny_npz, out, extra)
 
 
 @pytest.fixture(scope="session")
@@ -71,10 +87,9 @@ def finished_run(tiny_npz, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def finished_training(tiny_npz, tmp_path_factory) -> Path:
-    """One uninterrupted tiny retraining of DARTS_V2 (`tests.test_train.train_args`), the
-    reference of the storage and lock tests (not to be changed)."""
+    """One uninterrupted tiny retraining of DARTS_V2 (`train_args`), the reference of
+    the retraining, reliability, storage and lock tests (not to be changed)."""
     from nasax.cli import main
-    from tests.test_train import train_args
 
     out = tmp_path_factory.mktemp("runs") / "trained"
     assert main(train_args(tiny_npz, out)) == 0

@@ -22,7 +22,7 @@ from nasax.cli import main
 from nasax.config import load_config, validate_config
 from nasax.errors import ConfigError, GenotypeError
 from nasax.train import loop as train_loop
-from tests.test_train import TINY_TRAIN, train_args
+from tests.conftest import TINY_TRAIN, train_args
 
 
 def last_checkpoint_arrays(run: Path) -> tuple[int, dict[str, np.ndarray]]:
@@ -57,10 +57,9 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_npz, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("reliability") / "reference"
-    assert main(train_args(tiny_npz, out)) == 0
-    return out
+def reference(finished_training) -> Path:
+    """The session's finished tiny retraining (read only)."""
+    return finished_training
 
 
 def test_kill_9_at_any_moment_loses_nothing(reference, tiny_npz, tmp_path):

@@ -17,9 +17,8 @@ from nasax.config import load_config
 from nasax.errors import RunDirBusy
 from nasax.runlock import LOCK_NAME, describe_holder, lock_run_dir, share_run_dir
 from nasax.train.loop import run_train
-from tests.conftest import search_args
+from tests.conftest import TINY_TRAIN, search_args, train_args
 from tests.test_storage import Reference
-from tests.test_train import TINY_TRAIN, train_args
 
 
 def snapshot(run: Path) -> dict[str, tuple[int, int]]:

@@ -20,8 +20,7 @@ from nasax.checkpoint import complete_steps
 from nasax.cli import main
 from nasax.config import validate_config
 from nasax.errors import StorageError
-from tests.conftest import search_args
-from tests.test_train import train_args
+from tests.conftest import search_args, train_args
 
 
 def refuse(code: int, path: object) -> OSError:

@@ -18,39 +18,13 @@ from nasax.checkpoint import Checkpoints
 from nasax.cli import main
 from nasax.train import loop as train_loop
 from nasax.train.export import preprocess_for, read_manifest
-
-TINY_TRAIN = [
-    "model.channels=4",
-    "model.layers=3",
-    "train.epochs=3",
-    "train.batch_size=32",
-    "train.cutout=3",
-    "train.drop_path=0.3",
-    "run.log_every=2",
-    "run.progress=false",
-]
-"""Overrides that make retrain_digits a seconds-long run: 4 steps per epoch on tiny data."""
-
-
-def train_args(tiny_npz: str, out: Path, *extra: str, genotype: str = "DARTS_V2") -> list[str]:
-    sets = [*TINY_TRAIN, f"data.name=npz:{tiny_npz}"]
-    return [
-        "train",
-        "retrain_digits",
-        "--genotype",
-        genotype,
-        *[a for s in sets for a in ("--set", s)],
-        "--out",
-        str(out),
-        *extra,
-    ]
+from tests.conftest import train_args
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_npz, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train") / "tiny"
-    assert main(train_args(tiny_npz, out)) == 0
-    return out
+def trained(finished_training) -> Path:
+    """The session's finished tiny retraining (read only)."""
+    return finished_training
 
 
 def test_train_writes_a_complete_run_directory(trained):
