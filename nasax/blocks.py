@@ -69,14 +69,11 @@ def resolve_remat(remat: str, execution: str) -> str:
     return remat
 
 
-def rematerialized(fn: Callable, remat: str) -> Callable:
-    """`fn`, whose blocks keep only what `remat` (`REMAT_POLICIES`) saves when it is traced.
-
-    A new function each time: JAX caches traces by function, so a trace made under one
-    policy is never reused under another.
+def _rematerialized(fn: Callable, remat: str) -> Callable:
+    """`fn`, whose blocks keep only what `remat` (a key of `REMAT_POLICIES`) saves when it
+    is traced. A new function each time: JAX caches traces by function, so a trace made
+    under one policy is never reused under another.
     """
-    if remat not in REMAT_POLICIES:
-        raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {remat!r}")
 
     @functools.wraps(fn)
     def traced(*args: Any) -> Any:
@@ -567,7 +564,7 @@ def compile_program(
     primitives compile at the first call. `remat` says what each block keeps for its
     backward pass (`REMAT_POLICIES`, or `auto`: `resolve_remat`), in either execution.
     """
-    fn = rematerialized(fn, resolve_remat(remat, execution))
+    fn = _rematerialized(fn, resolve_remat(remat, execution))
     if resolve_execution(execution) == "fused":
         jitted = jax.jit(fn, donate_argnums=(0,) if donate else ())
         return jitted.lower(*example_args).compile()
@@ -583,7 +580,6 @@ __all__ = [
     "block_jit",
     "compile_program",
     "jit_for",
-    "rematerialized",
     "resolve_execution",
     "resolve_remat",
 ]
