@@ -263,15 +263,18 @@ def batches(
 
 
 def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> Iterator[Batch]:
-    """Every example once, padded to full batches; `mask` marks the real ones."""
+    """Every example once, padded to full batches; `mask` marks the real ones.
+
+    The padding repeats the batch's real examples, so a network that normalises with the
+    batch's statistics (single-path supernets) sees the same distribution in the last batch.
+    """
     n = len(x)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        pad = batch_size - (stop - start)
         image, label = x[start:stop], y[start:stop]
-        if pad:
-            image = np.concatenate([image, np.zeros((pad, *x.shape[1:]), x.dtype)])
-            label = np.concatenate([label, np.zeros(pad, y.dtype)])
+        if stop - start < batch_size:
+            repeat = np.resize(np.arange(stop - start), batch_size)
+            image, label = image[repeat], label[repeat]
         mask = np.arange(batch_size) < stop - start
         yield {"image": image, "label": label, "mask": mask}
 

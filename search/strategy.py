@@ -184,10 +184,16 @@ class Supernet(NamedTuple):
         return loss, (accuracy, stats)
 
     def evaluate(self, state: SupernetState, batch: Batch, **forward: Any) -> Metrics:
-        """Summed loss and correct count over the real examples of a padded batch."""
+        """Summed loss and correct count over the real examples of a padded batch.
+
+        A single-path forward (`paths=`) normalises with the batch's own statistics, as
+        the candidate scorers do: the running statistics were gathered under whichever
+        paths training sampled, fit none of them, and put a random cell at chance level.
+        """
         x = self.setup.preprocess(batch["image"], state.rng, False)
+        batch_statistics = forward.get("paths") is not None
         logits, _ = self.apply(
-            state.params, state.batch_stats, state.arch, x, train=False, **forward
+            state.params, state.batch_stats, state.arch, x, train=batch_statistics, **forward
         )
         return masked_sums(logits, batch["label"], batch["mask"])
 
