@@ -1,13 +1,16 @@
 """Search strategies, the discretizer and the search loop (`nasax.search`)."""
 
 from nasax.search import (  # noqa: F401  (importing registers the strategies)
+    beta_darts,
     darts,
+    darts_minus,
     drnas,
     enas,
     evolution,
     gdas,
     pcdarts,
     random_ws,
+    sdarts,
     snas,
 )
 from nasax.search.discretize import derive_cell, derive_genotype

@@ -70,7 +70,7 @@ def make_drnas(setup: SearchSetup, options: DrnasOptions) -> Strategy:
             }
         }
 
-    def penalty(alphas: dict[str, jax.Array]) -> jax.Array:
+    def penalty(alphas: dict[str, jax.Array], step: jax.Array) -> jax.Array:
         concs = [concentration(a) for a in alphas.values()]
         if options.regularizer == "l2":
             value = sum(jnp.sum(jnp.square(c)) for c in concs)

@@ -50,15 +50,20 @@ class Relaxation(NamedTuple):
             evaluate the supernet and to derive the genotype.
         eval_forward: alphas by kind -> forward kwargs for evaluation (default: the
             mixed forward with `weights`).
-        penalty: optional alphas by kind -> regulariser added to the architecture loss.
+        penalty: optional (alphas by kind, step) -> regulariser added to the
+            architecture loss.
         metrics: optional step -> extra scalars to log (e.g. the temperature).
+        weight_sample: optional forward of the weight step, with the same arguments as
+            `sample` (default: `sample`), for strategies that train the weights under
+            other op weights than the alphas see (SDARTS' perturbed ones).
     """
 
     sample: Callable[[dict[str, jax.Array], jax.Array, jax.Array], Forward]
     weights: Callable[[dict[str, jax.Array]], dict[str, jax.Array]]
     eval_forward: Callable[[dict[str, jax.Array]], Forward] | None = None
-    penalty: Callable[[dict[str, jax.Array]], jax.Array] | None = None
+    penalty: Callable[[dict[str, jax.Array], jax.Array], jax.Array] | None = None
     metrics: Callable[[jax.Array], Metrics] | None = None
+    weight_sample: Callable[[dict[str, jax.Array], jax.Array, jax.Array], Forward] | None = None
 
 
 class Annealing(BaseModel):
@@ -77,14 +82,25 @@ class Annealing(BaseModel):
         return self
 
 
+def epoch_progress(setup: SearchSetup) -> Callable[[jax.Array], jax.Array]:
+    """progress(step): the step's epoch as a fraction of the search, 0 in the first epoch
+    and 1 in the last. Schedules written per epoch this way keep their shape at any budget."""
+    last = max(setup.epochs - 1, 1)
+
+    def progress(step: jax.Array) -> jax.Array:
+        return jnp.minimum(step // setup.steps_per_epoch, last) / last
+
+    return progress
+
+
 def temperature(options: Annealing, setup: SearchSetup) -> Callable[[jax.Array], jax.Array]:
     """tau(step): steps through the epochs from `tau_max` to `tau_min`, linearly as in GDAS
     or geometrically."""
-    last = max(setup.epochs - 1, 1)
     hi, lo = options.tau_max, options.tau_min
+    epoch_fraction = epoch_progress(setup)
 
     def tau(step: jax.Array) -> jax.Array:
-        progress = jnp.minimum(step // setup.steps_per_epoch, last) / last
+        progress = epoch_fraction(step)
         if options.anneal == "linear":
             return hi - (hi - lo) * progress
         return hi * (lo / hi) ** progress
@@ -146,16 +162,21 @@ def relaxed_strategy(
         labels: jax.Array,
         rng: jax.Array,
         step: jax.Array,
+        sample: Callable[..., Forward] = relaxation.sample,
     ) -> tuple[jax.Array, Aux]:
         """Cross-entropy under a fresh sample of the relaxation."""
-        forward = relaxation.sample(alphas_of(arch), rng, step)
+        forward = sample(alphas_of(arch), rng, step)
         return net.loss(params, stats, arch, x, labels, **forward)
+
+    def weight_loss(params: nnx.State, arch: nnx.State, *args: jax.Array) -> tuple[jax.Array, Aux]:
+        """`loss` under the weight step's sample."""
+        return loss(params, arch, *args, sample=relaxation.weight_sample or relaxation.sample)
 
     def regularised(params: nnx.State, arch: nnx.State, *args: jax.Array) -> tuple[jax.Array, Aux]:
         """`loss` plus the relaxation's penalty on the alphas: the architecture objective."""
         value, aux = loss(params, arch, *args)
         if relaxation.penalty is not None:
-            value = value + relaxation.penalty(alphas_of(arch))
+            value = value + relaxation.penalty(alphas_of(arch), args[-1])
         return value, aux
 
     ArchOut = tuple[nnx.State, optax.OptState, nnx.State, jax.Array, jax.Array]
@@ -199,7 +220,7 @@ def relaxed_strategy(
                 )
             else:
                 arch, arch_opt, stats, val_loss, val_acc = arch_step(*args)
-            grad_fn = jax.value_and_grad(loss, has_aux=True)
+            grad_fn = jax.value_and_grad(weight_loss, has_aux=True)
             (train_loss, (train_acc, stats)), grads = grad_fn(
                 state.params, arch, stats, *batch_args[1:]
             )

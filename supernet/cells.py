@@ -38,6 +38,10 @@ class MixedEdge(nnx.Module):
             the two parts. 1 is a plain DARTS edge.
         pool_norms: follow the ops flagged `norm_on_mixed_edge` (DARTS' pools) with a
             non-affine BatchNorm; spaces like NAS-Bench-201 do not.
+        aux_skip: DARTS-' auxiliary skip connection, outside the candidate ops: weight
+            rows with one entry more than the ops add that entry times the edge's
+            input (a parameter-free identity, or a non-affine factorized reduction at
+            stride 2). Rows of the ops' length leave it out.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class MixedEdge(nnx.Module):
         *,
         partial_channels: int = 1,
         pool_norms: bool = True,
+        aux_skip: bool = False,
     ) -> None:
         if partial_channels < 1 or channels % partial_channels:
             raise ValueError(
@@ -66,6 +71,9 @@ class MixedEdge(nnx.Module):
                 for k in self.positions
             ]
         )
+        reduce_aux = aux_skip and stride == 2
+        self.aux = FactorizedReduce(c, c, False, rngs) if reduce_aux else None
+        self.aux_skip = aux_skip
         self.stride = stride
         self.partial_channels = partial_channels
         self.droppable = False
@@ -82,7 +90,16 @@ class MixedEdge(nnx.Module):
         for j, k in enumerate(self.positions):
             term = weights[k] * self._op(j, x, train)
             out = term if out is None else out + term
-        return self._zeros(x) if out is None else out
+        out = self._zeros(x) if out is None else out
+        if weights.shape[-1] > self.n_ops:
+            if not self.aux_skip:
+                raise ValueError(
+                    f"{weights.shape[-1]} op weights for an edge of {self.n_ops} ops: the "
+                    "extra one weighs the auxiliary skip, so build the network with aux_skip"
+                )
+            skip = x if self.aux is None else self.aux(x, train)
+            out = out + weights[self.n_ops] * skip
+        return out
 
     def _single(
         self, x: jax.Array, weights: jax.Array | None, path: jax.Array, train: bool

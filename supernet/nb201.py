@@ -106,6 +106,7 @@ class NB201SearchNetwork(nnx.Module):
         in_channels: image channels.
         stem_multiplier: must be 1 (the stem outputs C channels).
         partial_channels: PC-DARTS' K on every mixed edge.
+        aux_skip: DARTS-' auxiliary skip connection on every mixed edge (`MixedEdge`).
         edge_normalization: add per-edge scores `beta_normal` (PC-DARTS).
     """
 
@@ -120,6 +121,7 @@ class NB201SearchNetwork(nnx.Module):
         stem_multiplier: int = 1,
         partial_channels: int = 1,
         edge_normalization: bool = False,
+        aux_skip: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
         _check_space(space)
@@ -137,6 +139,7 @@ class NB201SearchNetwork(nnx.Module):
                 rngs,
                 partial_channels=partial_channels,
                 pool_norms=space.pool_norms,
+                aux_skip=aux_skip,
             )
 
         blocks, c_prev = [], channels

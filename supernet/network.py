@@ -64,6 +64,7 @@ class SearchNetwork(nnx.Module):
         stem_multiplier: int = 3,
         partial_channels: int = 1,
         edge_normalization: bool = False,
+        aux_skip: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
         if space.skeleton != "darts":
@@ -86,6 +87,7 @@ class SearchNetwork(nnx.Module):
                 rngs,
                 partial_channels=partial_channels,
                 pool_norms=space.pool_norms,
+                aux_skip=aux_skip,
             )
 
         plans = plan_cells(stem_multiplier * channels, channels, layers, nodes)

@@ -1,0 +1,144 @@
+"""The anti-collapse strategies (β-DARTS, DARTS-, SDARTS-RS) checked against hand-computed
+values, and each one's search step against first-order DARTS when its addition is off."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from nasax.config import validate_config
+from nasax.search.beta_darts import beta_decay
+from nasax.search.darts_minus import with_aux_skip
+from nasax.search.sdarts import perturb
+from nasax.search.strategy import STRATEGIES, SearchSetup
+from nasax.supernet.cells import MixedEdge
+
+SETUP = SearchSetup(*[None] * 6, epochs=5, steps_per_epoch=10)
+
+
+def _strategy(name: str, options: dict, tiny_npz: str, epochs: int = 5):
+    """A strategy over the tiny NB201 supernet (C4, one cell per stage), 2 steps per epoch."""
+    from nasax.data import load_dataset
+    from nasax.search.loop import build_setup
+
+    config = validate_config(
+        {
+            "data": {"name": f"npz:{tiny_npz}"},
+            "model": {"space": "nb201", "stem_multiplier": 1, "channels": 4, "layers": 1},
+            "search": {"strategy": name, "epochs": epochs, "batch_size": 16, name: options},
+        }
+    )
+    setup = build_setup(config, load_dataset(config.data.name), steps_per_epoch=2)
+    return STRATEGIES.get(name)(setup, config.search.strategy_options()), setup
+
+
+def test_beta_decay_is_the_mean_logsumexp_and_its_gradient_the_softmax():
+    normal = jnp.array([[0.0, 0.0, 0.0, 0.0], [np.log(3.0), 0.0, 0.0, 0.0]])
+    reduce = jnp.array([[np.log(5.0), np.log(2.0), 0.0, 0.0]])
+    alphas = {"normal": normal, "reduce": reduce}
+    # Rows: log(4), log(3 + 3) = log 6, log(5 + 2 + 1 + 1) = log 9; mean over the 3 rows.
+    assert float(beta_decay(alphas)) == pytest.approx((np.log(4) + np.log(6) + np.log(9)) / 3)
+    grad = jax.grad(beta_decay)(alphas)
+    np.testing.assert_allclose(grad["normal"][1], np.array([3, 1, 1, 1]) / 6 / 3, rtol=1e-6)
+    np.testing.assert_allclose(grad["reduce"][0], np.array([5, 2, 1, 1]) / 9 / 3, rtol=1e-6)
+
+
+def test_epoch_progress_runs_from_0_in_the_first_epoch_to_1_in_the_last():
+    from nasax.search.relaxed import epoch_progress
+
+    progress = epoch_progress(SETUP)
+    got = [float(progress(jnp.asarray(s))) for s in (0, 9, 10, 25, 49, 99)]
+    assert got == pytest.approx([0.0, 0.0, 0.25, 0.5, 1.0, 1.0])
+
+
+def test_aux_skip_adds_beta_times_the_input_outside_the_ops():
+    edge = MixedEdge(("none", "skip_connect", "avg_pool_3x3"), 4, 1, nnx.Rngs(0), aux_skip=True)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
+    weights = with_aux_skip({"e": jnp.array([[0.2, 0.3, 0.0]])}, jnp.asarray(0.5))["e"]
+    np.testing.assert_allclose(weights, [[0.2, 0.3, 0.0, 0.5]])
+    # skip_connect is the identity at stride 1: 0.3 x + 0.5 x.
+    np.testing.assert_allclose(edge(x, weights[0], False), 0.8 * x, rtol=1e-6)
+    # Rows of the ops' length leave the auxiliary skip out.
+    np.testing.assert_allclose(edge(x, weights[0, :3], False), 0.3 * x, rtol=1e-6)
+    reducing = MixedEdge(("none", "skip_connect"), 4, 2, nnx.Rngs(0), aux_skip=True)
+    y = reducing(x, jnp.array([0.0, 0.0, 1.0]), False)
+    np.testing.assert_allclose(y, reducing.aux(x, False), rtol=1e-6)
+    assert y.shape == (2, 3, 3, 4)
+    plain = MixedEdge(("none", "skip_connect"), 4, 1, nnx.Rngs(0))
+    with pytest.raises(ValueError, match="aux_skip"):
+        plain(x, jnp.array([0.0, 0.5, 0.5]), False)
+
+
+def test_perturbed_weights_are_clipped_and_renormalised_per_edge():
+    weights = jnp.array([[0.5, 0.3, 0.2], [0.6, 0.4, 0.0]])
+    noise = jnp.array([[0.6, -0.4, 0.1], [-0.7, -0.5, -0.1]])
+    got = perturb(weights, noise)
+    # Row 1: clip(1.1, -0.1, 0.3) = (1, 0, 0.3), over 1.3. Row 2: all clipped to zero, so
+    # the whole weight goes to the strongest op before the noise.
+    np.testing.assert_allclose(got, [[1 / 1.3, 0.0, 0.3 / 1.3], [1.0, 0.0, 0.0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("beta_darts", {"scale": 0.0}),
+        ("sdarts_rs", {"epsilon_min": 0.0, "epsilon_max": 0.0}),
+        ("darts_minus", {"beta_max": 0.0}),  # NB201 edges are stride 1: no extra weights
+    ],
+)
+def test_with_its_addition_off_the_step_is_first_order_darts(name, options, tiny_npz):
+    strategy, _ = _strategy(name, options, tiny_npz)
+    darts, _ = _strategy("darts", {}, tiny_npz)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+    }
+    states = []
+    for s in (strategy, darts):
+        state = s.init(jax.random.PRNGKey(0))
+        step = jax.jit(s.step)
+        for _ in range(2):
+            state, _ = step(state, batch, batch)
+        states.append(state)
+    for a, b in zip(jax.tree.leaves(states[0].arch), jax.tree.leaves(states[1].arch)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_beta_decay_and_noise_change_the_step_when_on(tiny_npz):
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+    }
+    finals = {}
+    for name, options in (
+        ("darts", {}),
+        ("beta_darts", {"scale": 50.0}),
+        ("sdarts_rs", {"epsilon_min": 0.03, "epsilon_max": 0.3}),
+        ("darts_minus", {"beta_max": 1.0}),
+    ):
+        strategy, _ = _strategy(name, options, tiny_npz, epochs=2)  # 2 steps per epoch
+        state = strategy.init(jax.random.PRNGKey(0))
+        step = jax.jit(strategy.step)
+        history = []
+        for _ in range(3):
+            state, metrics = step(state, batch, batch)
+            history.append(metrics)
+        finals[name] = (state, history)
+    # The schedules: first epoch at the start value, the last epoch at the end value.
+    for name, key, first, last in (
+        ("beta_darts", "beta_decay_weight", 0.0, 50.0),
+        ("darts_minus", "aux_skip_beta", 1.0, 0.0),
+        ("sdarts_rs", "epsilon", 0.03, 0.3),
+    ):
+        got = [float(m[key]) for m in finals[name][1]]
+        assert got == pytest.approx([first, first, last]), name
+    darts_alpha = jax.tree.leaves(finals["darts"][0].arch)[0]
+    for name in ("beta_darts", "sdarts_rs", "darts_minus"):
+        alpha = jax.tree.leaves(finals[name][0].arch)[0]
+        assert alpha.shape == darts_alpha.shape == (6, 5)
+        assert not np.allclose(alpha, darts_alpha, atol=1e-6), name
