@@ -262,8 +262,11 @@ def batches(
         yield {"image": x[idx], "label": y[idx]}
 
 
-def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> Iterator[Batch]:
-    """Every example once, padded to full batches; `mask` marks the real ones.
+def eval_batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, order: np.ndarray | None = None
+) -> Iterator[Batch]:
+    """Every example once (in `order`, default as stored), padded to full batches; `mask`
+    marks the real ones.
 
     The padding repeats the batch's real examples, so a network that normalises with the
     batch's statistics (single-path supernets) sees the same distribution in the last batch.
@@ -271,12 +274,23 @@ def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> Iterator[Batc
     n = len(x)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        image, label = x[start:stop], y[start:stop]
+        if order is None:
+            image, label = x[start:stop], y[start:stop]
+        else:
+            idx = np.sort(order[start:stop])
+            image, label = x[idx], y[idx]
         if stop - start < batch_size:
             repeat = np.resize(np.arange(stop - start), batch_size)
             image, label = image[repeat], label[repeat]
         mask = np.arange(batch_size) < stop - start
         yield {"image": image, "label": label, "mask": mask}
+
+
+def shuffled_order(n: int) -> np.ndarray:
+    """A fixed shuffle of n examples for evaluation: sums do not depend on the order, and
+    a network normalising with each batch's statistics sees batches of mixed classes
+    even when a data set is stored class by class (the shared CIFAR-10 copy is)."""
+    return np.random.default_rng(0x5EED).permutation(n)
 
 
 def check_batch_size(dataset: Dataset, batch_size: int, n_examples: int, what: str) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 from nasax.checkpoint import Checkpoints
 from nasax.config import Config, RunConfig, validate_config
-from nasax.data import Batch, eval_batches
+from nasax.data import Batch, eval_batches, shuffled_order
 from nasax.errors import NasaxError, NonFiniteError, RunDirError
 from nasax.progress import LoopProgress, TaskProgress
 from nasax.rundir import MetricsLog
@@ -128,7 +128,7 @@ def evaluate(
     totals: dict[str, float] = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     sums = []
     with TaskProgress(len(x), enabled=progress is not None, label=progress or "") as bar:
-        for b in prefetch(eval_batches(x, y, batch_size), put=put):
+        for b in prefetch(eval_batches(x, y, batch_size, shuffled_order(len(x))), put=put):
             sums.append(eval_fn(state, b))
             if progress is not None:
                 jax.block_until_ready(sums[-1])  # so the bar's rate is the real one

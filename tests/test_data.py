@@ -136,6 +136,20 @@ def test_batches_drop_the_remainder_and_eval_batches_mask_padding():
     evals = list(eval_batches(x, y, 4))
     assert [int(b["mask"].sum()) for b in evals] == [4, 4, 2]
     assert sorted(np.concatenate([b["label"][b["mask"]] for b in evals])) == list(range(10))
+    # The padding repeats real examples; masked out, they change no sum.
+    assert list(evals[-1]["label"]) == [8, 9, 8, 9]
+
+
+def test_evaluation_visits_a_class_sorted_set_in_mixed_batches():
+    from nasax.data import shuffled_order
+
+    y = np.repeat(np.arange(10), 20)  # stored class by class, as the shared CIFAR-10 is
+    x = y[:, None, None, None].astype(np.uint8)
+    order = shuffled_order(len(y))
+    evals = list(eval_batches(x, y, 32, order))
+    assert sorted(np.concatenate([b["label"][b["mask"]] for b in evals])) == sorted(y)
+    assert all(len(set(b["label"])) >= 5 for b in evals)
+    assert np.array_equal(shuffled_order(len(y)), order)  # the same order every time
 
 
 def test_random_crop_shifts_within_the_padding_and_flip_mirrors():
