@@ -161,6 +161,12 @@ class ArchOptimConfig(Section):
     lr: float = Field(3e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = Field(1e-3, ge=0)
+    budget_steps: int | None = Field(
+        None,
+        ge=1,
+        description="search steps `lr` was tuned for (the protocol's epochs x steps per "
+        "epoch); a shorter search raises lr by budget_steps / its steps, never lowers it",
+    )
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> ArchOptimConfig:

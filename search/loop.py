@@ -106,7 +106,7 @@ def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> Searc
         space=space,
         network=lambda rngs, **options: network(rngs=rngs, **options),
         weight_optimizer=weight_optimizer(config.optim.weights, epochs, steps_per_epoch),
-        arch_optimizer=arch_optimizer(config.optim.arch),
+        arch_optimizer=arch_optimizer(config.optim.arch, epochs * steps_per_epoch),
         learning_rate=weight_schedule(config.optim.weights, epochs, steps_per_epoch),
         preprocess=make_preprocess(dataset.mean, dataset.std, augment.crop_padding, augment.flip),
         max_skip_connect=config.search.discretizer.max_skip_connect,

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from nasax.config import WeightOptimConfig
-from nasax.optim import weight_optimizer
+from nasax.optim import arch_optimizer, weight_optimizer
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -34,3 +34,19 @@ def test_sgd_matches_pytorchs_update_rule(nesterov):
         buf = 0.9 * buf + d
         ref = ref - 0.1 * (d + 0.9 * buf if nesterov else buf)
         np.testing.assert_allclose(p, ref, rtol=1e-6)
+
+
+def test_arch_lr_scales_up_to_the_budget_it_was_tuned_for_and_never_down():
+    from nasax.config import ArchOptimConfig
+    from nasax.optim import arch_lr
+
+    tuned = ArchOptimConfig(lr=3e-4, budget_steps=19_500)
+    assert arch_lr(tuned, 2_340) == pytest.approx(3e-4 * 19_500 / 2_340)
+    assert arch_lr(tuned, 19_500) == pytest.approx(3e-4)
+    assert arch_lr(tuned, 50_000) == pytest.approx(3e-4)
+    assert arch_lr(ArchOptimConfig(lr=3e-4), 10) == pytest.approx(3e-4)
+    # The optimizer takes that rate: Adam's first step moves each alpha by about lr.
+    opt = arch_optimizer(ArchOptimConfig(lr=1e-3, budget_steps=1000, weight_decay=0.0), 100)
+    params = {"a": jnp.zeros(3)}
+    updates, _ = opt.update({"a": jnp.array([1.0, -2.0, 0.5])}, opt.init(params), params)
+    np.testing.assert_allclose(np.abs(updates["a"]), 1e-2, rtol=1e-3)
