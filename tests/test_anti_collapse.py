@@ -142,3 +142,26 @@ def test_beta_decay_and_noise_change_the_step_when_on(tiny_npz):
         alpha = jax.tree.leaves(finals[name][0].arch)[0]
         assert alpha.shape == darts_alpha.shape == (6, 5)
         assert not np.allclose(alpha, darts_alpha, atol=1e-6), name
+
+
+def test_a_single_path_is_evaluated_with_the_batchs_statistics(tiny_npz):
+    """The supernet's test figure for one cell ignores the running BN statistics (shared by
+    every path training sampled); the mixed supernet's uses them."""
+    from nasax.search.strategy import Supernet
+
+    _, setup = _strategy("darts", {}, tiny_npz)
+    net = Supernet.create(setup)
+    state = net.init(jax.random.PRNGKey(0))
+    spoiled = state._replace(batch_stats=jax.tree.map(lambda v: v + 100.0, state.batch_stats))
+    rng = np.random.default_rng(1)
+    batch = {
+        "image": rng.integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+        "mask": np.arange(16) < 16,
+    }
+    paths = {"normal": jnp.array([3, 1, 3, 2, 4, 3])}
+    evaluate = jax.jit(net.evaluate)
+    single = [evaluate(s, batch, paths=paths) for s in (state, spoiled)]
+    mixed = [evaluate(s, batch) for s in (state, spoiled)]
+    np.testing.assert_allclose(single[0]["loss_sum"], single[1]["loss_sum"], rtol=1e-6)
+    assert abs(float(mixed[0]["loss_sum"]) - float(mixed[1]["loss_sum"])) > 1e-3

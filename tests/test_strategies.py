@@ -177,6 +177,9 @@ def test_random_cells_are_valid_genotypes_with_two_inputs_per_node():
         ({"strategy": "drnas", "drnas": {"regularizer": "l1"}}, "regularizer"),
         ({"strategy": "pcdarts", "pcdarts": {"partial_channel": 4}}, "partial_channel"),
         ({"strategy": "random_ws", "random_ws": {"candidates": 0}}, "candidates"),
+        ({"strategy": "beta_darts", "beta_darts": {"scale": -1.0}}, "scale"),
+        ({"strategy": "darts_minus", "darts_minus": {"beta": 1.0}}, "beta"),
+        ({"strategy": "sdarts_rs", "sdarts_rs": {"epsilon_min": 0.5}}, "epsilon_min"),
     ],
 )
 def test_strategy_sections_reject_bad_values_naming_the_key(section, fragment):

@@ -31,6 +31,7 @@ STRATEGIES = {
     "gdas": ["search.strategy=gdas"],
     "snas": ["search.strategy=snas"],
     "drnas": ["search.strategy=drnas"],
+    "darts_minus": ["search.strategy=darts_minus"],
     "pcdarts": ["search.strategy=pcdarts", "search.pcdarts.arch_warmup_epochs=1"],
     "random_ws": ["search.strategy=random_ws", "search.random_ws.candidates=8"],
     "enas": [
