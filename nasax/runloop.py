@@ -234,7 +234,9 @@ def skip_nonfinite_steps(
         new_state, metrics = step_fn(state, *batches)
         ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
         kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
-        if hasattr(kept, "_replace") and hasattr(kept, "step"):
+        if hasattr(kept, "with_step"):  # a state whose counter sits deeper (ENAS)
+            kept = kept.with_step(new_state.step)
+        elif hasattr(kept, "_replace") and hasattr(kept, "step"):
             kept = kept._replace(step=new_state.step)
         return kept, {**metrics, "skipped": 1.0 - ok.astype(jnp.float32)}
 

@@ -84,6 +84,15 @@ class EnasState(NamedTuple):
     def params(self) -> nnx.State:
         return self.net.params
 
+    @property
+    def step(self) -> jax.Array:
+        """The weight-step counter (the supernet's), which keys the step's random draws."""
+        return self.net.step
+
+    def with_step(self, step: jax.Array) -> EnasState:
+        """This state with the supernet's step counter set to `step`."""
+        return self._replace(net=self.net._replace(step=step))
+
 
 def reinforce_loss(
     log_probs: jax.Array, entropies: jax.Array, advantages: jax.Array, entropy_weight: float

@@ -247,3 +247,28 @@ def test_malformed_genotypes_give_one_line_naming_the_field(data):
         assert "\n" not in message
         fields = ("space", "normal", "reduce", "keys", "genotype must be")
         assert any(f in message for f in fields), message
+
+
+def test_a_skipped_step_advances_the_counter_of_every_state_kind():
+    """A skipped step keeps the weights but moves the step counter on, so the next step
+    draws new random numbers; ENAS keeps its counter inside the supernet's state."""
+    import jax.numpy as jnp
+
+    from nasax.runloop import skip_nonfinite_steps
+    from nasax.search.enas import EnasState
+    from nasax.search.strategy import SupernetState
+
+    net = SupernetState(jnp.asarray(4), jnp.zeros(2), {"w": jnp.ones(3)}, {}, {}, (), ())
+    for state in (net, EnasState(net, {}, (), jnp.asarray(0.0), jnp.asarray(0))):
+
+        def exploding(state, batch):
+            inner = state.net if isinstance(state, EnasState) else state
+            inner = inner._replace(step=inner.step + 1, params={"w": jnp.full(3, jnp.nan)})
+            new = state._replace(net=inner) if isinstance(state, EnasState) else inner
+            return new, {"loss": jnp.asarray(jnp.nan)}
+
+        kept, metrics = skip_nonfinite_steps(exploding)(state, {})
+        assert float(metrics["skipped"]) == 1.0
+        assert int(kept.step) == 5
+        inner = kept.net if isinstance(kept, EnasState) else kept
+        np.testing.assert_array_equal(inner.params["w"], np.ones(3))
