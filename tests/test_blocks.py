@@ -167,7 +167,7 @@ def _run_steps(strategy, data, execution, remat="none"):
     [
         ("darts_nb201_digits", "none"),
         # Rematerialised blocks under second-order autodiff, and inside a switch.
-        ("darts2_nb201_digits", "convs"),
+        ("darts2_nb201_digits", "full"),
         ("gdas_nb201_digits", "full"),
     ],
 )
@@ -177,8 +177,12 @@ def test_search_steps_agree_in_both_modes(name, remat, tiny_npz):
     fused_state, fused_losses = _run_steps(strategy, data, "fused")
     block_state, block_losses = _run_steps(strategy, data, "blocks", remat)
     np.testing.assert_allclose(block_losses, fused_losses, rtol=2e-4, atol=2e-5)
+    # Adam divides by sqrt(v) + 1e-8: on alphas whose gradient is near 1e-8, rounding
+    # differences of 1e-9 between two XLA programs move them by up to a tenth of the
+    # learning rate (3e-4), differently with one thread or two. The gradients themselves
+    # are compared tightly below.
     for a, b in zip(jax.tree.leaves(fused_state.arch), jax.tree.leaves(block_state.arch)):
-        np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-6)
+        np.testing.assert_allclose(b, a, rtol=2e-3, atol=1e-4)
     assert strategy.derive(block_state) == strategy.derive(fused_state)
 
 
@@ -213,12 +217,39 @@ def test_train_steps_agree_in_both_modes(tiny_npz):
         np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-5)
 
 
-def test_second_order_refuses_full_remat_in_block_execution(tiny_npz, tmp_path):
-    """A known wrong-gradient combination stops before anything is written."""
-    from nasax.errors import ConfigError
-    from nasax.search.loop import run_search
+def test_second_order_architecture_gradient_is_the_same_under_every_remat(tiny_npz):
+    """Exact second-order DARTS' hypergradient (reverse over reverse through the blocks)
+    with blocks that keep everything, their convolutions' outputs, or only their inputs."""
+    from nasax.search.strategy import Supernet
+    from nasax.search.unrolled import unrolled_arch_grad
 
-    config = load_config("darts2_nb201_digits", ["run.remat=full", f"data.name=npz:{tiny_npz}"])
-    with pytest.raises(ConfigError, match=r"set run\.remat=convs or none"):
-        run_search(config, tmp_path / "run")
-    assert not (tmp_path / "run").exists()
+    _, data = _search("darts2_nb201_digits", tiny_npz)
+    config = load_config(
+        "darts2_nb201_digits",
+        ["model.channels=4", "model.layers=1", "search.batch_size=16", f"data.name=npz:{tiny_npz}"],
+    )
+    setup = build_setup(config, load_dataset(config.data.name, None, None), steps_per_epoch=4)
+    net = Supernet.create(setup)
+    state = net.init(jax.random.PRNGKey(0))
+
+    def hypergradient(state, train, val):
+        x_train = setup.preprocess(train["image"], state.rng, True)
+        x_val = setup.preprocess(val["image"], state.rng, True)
+        grad, _ = unrolled_arch_grad(
+            net, setup, state, x_train, train["label"], x_val, val["label"], hessian="exact"
+        )
+        return grad
+
+    grads = {
+        remat: jax.tree.leaves(
+            compile_program(hypergradient, (state, data[0], data[1]), "blocks", remat=remat)(
+                state, data[0], data[1]
+            )
+        )
+        for remat in ("none", "convs", "full")
+    }
+    scale = max(float(np.abs(g).max()) for g in grads["none"])
+    assert scale > 1e-3
+    for remat in ("convs", "full"):
+        for a, b in zip(grads["none"], grads[remat]):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * scale)
