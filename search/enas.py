@@ -253,4 +253,5 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
         arch_weights=lambda state: {k: np.asarray(v) for k, v in policy(state).items()},
         select=select,
         after_epoch=after_epoch,
+        evaluate_cell=lambda state, paths, batch: net.evaluate(state.net, batch, paths=paths),
     )

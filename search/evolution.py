@@ -192,4 +192,5 @@ def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
         derive=derive,
         arch_weights=lambda state: {},
         select=select,
+        evaluate_cell=lambda state, paths, batch: net.evaluate(state, batch, paths=paths),
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from nasax.blocks import compile_program, jit_for, resolve_execution, resolve_remat
@@ -46,6 +47,7 @@ from nasax.runloop import (
     restore_or_start,
     run_epochs,
 )
+from nasax.search.single_path import genotype_paths
 from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.skeletons import skeleton_of
@@ -206,10 +208,13 @@ def run_search(
                 else None,
                 # Compiled at the first evaluation, so the first step comes sooner.
                 jit_for(rc.execution)(strategy.evaluate),
+                None
+                if strategy.evaluate_cell is None
+                else jit_for(rc.execution)(strategy.evaluate_cell),
             )
             while len(_COMPILED) > _COMPILED_KEEP:
                 _COMPILED.pop(next(iter(_COMPILED)))
-        step_fn, eval_fn = _COMPILED[key]
+        step_fn, eval_fn, cell_eval_fn = _COMPILED[key]
         compile_seconds = time.perf_counter() - compile_start
         to_first_step = time.perf_counter() - wall_start
         progress.log(f"compiled in {compile_seconds:.0f} s")
@@ -240,6 +245,19 @@ def run_search(
             )
 
         selection = {"seconds": 0.0, "calls": 0}
+
+        def test_metrics(state: Any, genotype: Genotype | None) -> dict[str, float]:
+            """Test loss and accuracy: of the selected cell where the strategy can run one
+            cell (`evaluate_cell`), else of the supernet as its `evaluate` says."""
+            fn = eval_fn
+            if cell_eval_fn is not None and genotype is not None:
+                paths = {
+                    k: jnp.asarray(p) for k, p in genotype_paths(genotype, setup.space).items()
+                }
+                fn = partial(_with_paths, cell_eval_fn, paths)
+            return evaluate(
+                fn, state, dataset.x_test, dataset.y_test, s.batch_size, put=dp.put_batch
+            )
 
         def current_genotype(state: Any) -> Genotype:
             if strategy.select is None:
@@ -284,16 +302,7 @@ def run_search(
                 genotype = derived["latest"] = current_genotype(state)
                 genotype.save(run_dir / "genotype.json")
             if evaluating:
-                test.update(
-                    evaluate(
-                        eval_fn,
-                        state,
-                        dataset.x_test,
-                        dataset.y_test,
-                        s.batch_size,
-                        put=dp.put_batch,
-                    )
-                )
+                test.update(test_metrics(state, derived.get("latest")))
                 progress.log(
                     f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}  "
                     f"genotype {_describe(genotype)}"
@@ -327,11 +336,9 @@ def run_search(
             views.arch_history(alphas.rows, setup.space.ops, np.array(setup.space.edges))
         state, step, images, search_seconds = result[:4]
 
-        if not test or result.stopped_early:  # evaluate the state the search ended with
-            test = evaluate(
-                eval_fn, state, dataset.x_test, dataset.y_test, s.batch_size, put=dp.put_batch
-            )
         genotype = derived.get("latest") or current_genotype(state)
+        if not test or result.stopped_early:  # evaluate the state the search ended with
+            test = test_metrics(state, genotype)
         genotype.save(run_dir / "genotype.json")
         summary = {
             "kind": "search",
@@ -358,6 +365,11 @@ def run_search(
         }
         atomic_write_json(run_dir / "summary.json", summary)
         return summary
+
+
+def _with_paths(cell_eval_fn: Callable, paths: dict[str, jax.Array], state: Any, batch: Batch):
+    """`cell_eval_fn` with its cell fixed, in the (state, batch) form `evaluate` calls."""
+    return cell_eval_fn(state, paths, batch)
 
 
 def _describe(genotype: Genotype) -> str:

@@ -79,4 +79,5 @@ def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
         derive=derive,
         arch_weights=lambda state: {},
         select=select,
+        evaluate_cell=lambda state, paths, batch: net.evaluate(state, batch, paths=paths),
     )

@@ -73,6 +73,9 @@ class Strategy(NamedTuple):
         after_epoch: optional (state, validation batches) -> (state, per-step metrics), a
             phase the loop runs after each epoch's weight steps and before its checkpoint
             (ENAS trains its controller here); it draws as many batches as it needs.
+        evaluate_cell: optional (state, paths, batch with mask) -> summed metrics of the
+            cell `paths` (cell kind -> op index per edge) with the shared weights; the
+            loop's test figure then measures the cell `select` chose.
     """
 
     init: Callable[[jax.Array], Any]
@@ -82,6 +85,7 @@ class Strategy(NamedTuple):
     arch_weights: Callable[[Any], dict[str, np.ndarray]]
     select: Callable[[Any, Iterable[Batch]], Genotype] | None = None
     after_epoch: Callable[[Any, Iterator[Batch]], tuple[Any, list[Metrics]]] | None = None
+    evaluate_cell: Callable[[Any, dict[str, jax.Array], Batch], Metrics] | None = None
 
 
 StrategyBuilder = Callable[[SearchSetup, BaseModel], Strategy]

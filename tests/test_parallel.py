@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
         for item in [*overrides, f"run.devices={n}"]:
             args += ["--set", item]
         assert main(args) == 0
-        step, _ = next(reversed(loop._COMPILED.values()))
+        step, *_ = next(reversed(loop._COMPILED.values()))
         result[f"all_reduce_{n}"] = "all-reduce" in step.as_text()
     print(json.dumps(result))
     """

@@ -54,7 +54,7 @@ def _search(name: str, tiny_npz: str, out, *extra: str) -> tuple:
     for item in [*TINY_NB201, f"data.name=npz:{tiny_npz}", *STRATEGIES[name], *extra]:
         args += ["--set", item]
     assert main(args) == 0
-    step, _ = next(reversed(loop._COMPILED.values()))  # the programs this run compiled
+    step, *_ = next(reversed(loop._COMPILED.values()))  # the programs this run compiled
     return step, json.loads((out / "summary.json").read_text())
 
 
@@ -133,6 +133,21 @@ def test_evolution_starts_from_another_runs_weights(tiny_npz, tmp_path, capsys):
     for a, b in zip(jax.tree.leaves(loaded.batch_stats), jax.tree.leaves(trained.batch_stats)):
         np.testing.assert_array_equal(a, b)
     assert int(loaded.step) == 0  # only the weights come over
+
+    # The run's test figure is that of the cell it selected, with the shared weights.
+    import jax.numpy as jnp
+
+    from nasax.runloop import evaluate
+    from nasax.search.single_path import genotype_paths
+
+    strategy = BUILDERS.get("random_ws")(setup, config.search.strategy_options())
+    genotype = Genotype.load(trained_dir / "genotype.json")
+    paths = {k: jnp.asarray(p) for k, p in genotype_paths(genotype, setup.space).items()}
+    cell = jax.jit(lambda state, batch: strategy.evaluate_cell(state, paths, batch))
+    got = evaluate(cell, trained, dataset.x_test, dataset.y_test, config.search.batch_size)
+    reported = json.loads((trained_dir / "summary.json").read_text())
+    assert got["accuracy"] == pytest.approx(reported["test_accuracy"])
+    assert got["loss"] == pytest.approx(reported["test_loss"], rel=1e-4)
     assert not np.array_equal(jax.tree.leaves(loaded.params)[0], jax.tree.leaves(fresh.params)[0])
 
     args = ["search", "darts_nb201_digits", "--out", str(tmp_path / "wider")]
