@@ -50,7 +50,9 @@ class ImageClassifier:
     cell from scratch, then `evaluate`, `predict` and `export` use the retrained network.
 
     Args:
-        strategy: a registered search strategy (`darts`, `gdas`, ...).
+        strategy: a registered search strategy; `beta_darts` by default: the best mean
+            and the smallest spread of the strategies on the NAS-Bench-201 CPU proxy
+            (seeds 0-2, see benchmarks/README.md).
         time_limit: seconds the search may take (None: the whole `max_epochs`).
         seed: the runs' seed.
         space: the search space (`darts`, `nb201`).
@@ -66,7 +68,7 @@ class ImageClassifier:
 
     def __init__(
         self,
-        strategy: str = "darts",
+        strategy: str = "beta_darts",
         time_limit: float | None = 600.0,
         seed: int = 0,
         *,
