@@ -14,10 +14,10 @@ import jax.numpy as jnp
 from pydantic import BaseModel, ConfigDict, Field
 
 from nasax.search.relaxed import (
-    Forward,
     Relaxation,
     epoch_progress,
     relaxed_strategy,
+    softmax_forward,
     softmax_weights,
 )
 from nasax.search.strategy import SearchSetup, Strategy, register_strategy
@@ -47,11 +47,8 @@ def make_beta_darts(setup: SearchSetup, options: BetaDartsOptions) -> Strategy:
     def weight(step: jax.Array) -> jax.Array:
         return options.scale * progress(step)
 
-    def sample(alphas: dict[str, jax.Array], rng: jax.Array, step: jax.Array) -> Forward:
-        return {"weights": softmax_weights(alphas)}
-
     relaxation = Relaxation(
-        sample=sample,
+        sample=softmax_forward,
         weights=softmax_weights,
         penalty=lambda alphas, step: weight(step) * beta_decay(alphas),
         metrics=lambda step: {"beta_decay_weight": weight(step)},

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.scipy.special import digamma, gammaln
 from pydantic import BaseModel, ConfigDict, Field
 
-from nasax.search.relaxed import Forward, Relaxation, relaxed_strategy
+from nasax.search.relaxed import Forward, Relaxation, per_kind, relaxed_strategy
 from nasax.search.strategy import SearchSetup, Strategy, register_strategy
 
 
@@ -62,12 +62,10 @@ def make_drnas(setup: SearchSetup, options: DrnasOptions) -> Strategy:
     """Builds DrNAS over the supernet of `setup`."""
 
     def sample(alphas: dict[str, jax.Array], rng: jax.Array, step: jax.Array) -> Forward:
-        keys = jax.random.split(rng, len(alphas))
         return {
-            "weights": {
-                kind: jax.random.dirichlet(key, concentration(a))
-                for key, (kind, a) in zip(keys, sorted(alphas.items()))
-            }
+            "weights": per_kind(
+                lambda a, key: jax.random.dirichlet(key, concentration(a)), alphas, rng
+            )
         }
 
     def penalty(alphas: dict[str, jax.Array], step: jax.Array) -> jax.Array:

@@ -16,6 +16,7 @@ from nasax.search.relaxed import (
     Forward,
     Relaxation,
     gumbel,
+    per_kind,
     relaxed_strategy,
     softmax_weights,
     temperature,
@@ -53,11 +54,7 @@ def make_gdas(setup: SearchSetup, options: GdasOptions) -> Strategy:
     tau = temperature(options, setup)
 
     def sample(alphas: dict[str, jax.Array], rng: jax.Array, step: jax.Array) -> Forward:
-        keys = jax.random.split(rng, len(alphas))
-        drawn = {
-            kind: hard_gumbel(a, key, tau(step))
-            for key, (kind, a) in zip(keys, sorted(alphas.items()))
-        }
+        drawn = per_kind(lambda a, key: hard_gumbel(a, key, tau(step)), alphas, rng)
         return {
             "weights": {kind: w for kind, (w, _) in drawn.items()},
             "paths": {kind: index for kind, (_, index) in drawn.items()},

@@ -132,6 +132,19 @@ def softmax_weights(alphas: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {kind: jax.nn.softmax(a, axis=-1) for kind, a in alphas.items()}
 
 
+def softmax_forward(alphas: dict[str, jax.Array], rng: jax.Array, step: jax.Array) -> Forward:
+    """A `Relaxation.sample` without randomness: the mixed forward under softmax(alpha)."""
+    return {"weights": softmax_weights(alphas)}
+
+
+def per_kind(
+    draw: Callable[[jax.Array, jax.Array], Any], arrays: dict[str, jax.Array], rng: jax.Array
+) -> dict[str, Any]:
+    """{kind: draw(array, key)}, one key of `rng` per cell kind, in sorted kind order."""
+    keys = jax.random.split(rng, len(arrays))
+    return {kind: draw(a, key) for key, (kind, a) in zip(keys, sorted(arrays.items()))}
+
+
 def relaxed_strategy(
     setup: SearchSetup,
     relaxation: Relaxation,

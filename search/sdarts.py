@@ -18,7 +18,9 @@ from nasax.search.relaxed import (
     Forward,
     Relaxation,
     epoch_progress,
+    per_kind,
     relaxed_strategy,
+    softmax_forward,
     softmax_weights,
 )
 from nasax.search.strategy import SearchSetup, Strategy, register_strategy
@@ -59,25 +61,17 @@ def make_sdarts_rs(setup: SearchSetup, options: SdartsOptions) -> Strategy:
     def epsilon(step: jax.Array) -> jax.Array:
         return options.epsilon_min + (options.epsilon_max - options.epsilon_min) * progress(step)
 
-    def sample(alphas: dict[str, jax.Array], rng: jax.Array, step: jax.Array) -> Forward:
-        return {"weights": softmax_weights(alphas)}
-
     def noisy(alphas: dict[str, jax.Array], rng: jax.Array, step: jax.Array) -> Forward:
-        weights = softmax_weights(alphas)
-        keys = jax.random.split(rng, len(weights))
         eps = epsilon(step)
-        return {
-            "weights": {
-                kind: perturb(
-                    jax.lax.stop_gradient(w),
-                    jax.random.uniform(key, w.shape, w.dtype, -1.0, 1.0) * eps,
-                )
-                for key, (kind, w) in zip(keys, sorted(weights.items()))
-            }
-        }
+
+        def draw(w: jax.Array, key: jax.Array) -> jax.Array:
+            noise = jax.random.uniform(key, w.shape, w.dtype, -1.0, 1.0) * eps
+            return perturb(jax.lax.stop_gradient(w), noise)
+
+        return {"weights": per_kind(draw, softmax_weights(alphas), rng)}
 
     relaxation = Relaxation(
-        sample=sample,
+        sample=softmax_forward,
         weights=softmax_weights,
         weight_sample=noisy,
         metrics=lambda step: {"epsilon": epsilon(step)},

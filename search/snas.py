@@ -17,6 +17,7 @@ from nasax.search.relaxed import (
     Forward,
     Relaxation,
     gumbel,
+    per_kind,
     relaxed_strategy,
     softmax_weights,
     temperature,
@@ -46,13 +47,7 @@ def make_snas(setup: SearchSetup, options: SnasOptions) -> Strategy:
     tau = temperature(options, setup)
 
     def sample(alphas: dict[str, jax.Array], rng: jax.Array, step: jax.Array) -> Forward:
-        keys = jax.random.split(rng, len(alphas))
-        return {
-            "weights": {
-                kind: soft_gumbel(a, key, tau(step))
-                for key, (kind, a) in zip(keys, sorted(alphas.items()))
-            }
-        }
+        return {"weights": per_kind(lambda a, key: soft_gumbel(a, key, tau(step)), alphas, rng)}
 
     relaxation = Relaxation(
         sample=sample, weights=softmax_weights, metrics=lambda step: {"tau": tau(step)}
