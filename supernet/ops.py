@@ -23,10 +23,12 @@ from nasax.registry import Registry
 _DIMS = ("NHWC", "HWIO", "NHWC")
 # PyTorch's default conv/linear init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
 torch_default_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-# Up to this many channels a depthwise conv runs as a dense conv with a diagonal kernel
-# on CPU: measured faster than XLA's native depthwise form from 8 to 128 channels (2-3x),
-# and 7-10x faster than splitting the diagonal into blocks (XLA's grouped convs are slow).
-CPU_DENSE_DEPTHWISE_MAX_CHANNELS = 256
+# On CPU a depthwise conv runs as k*k shifted windows times per-channel weights: XLA's
+# grouped conv is 3-10x slower, and a dense conv with a diagonal kernel does C times the
+# work. The windows' kernel gradient (a reduction over batch and space per tap) runs as
+# a dense conv whose diagonal is kept, up to this many channels: it compiles in half the
+# time of autodiff's per-tap reductions and runs as fast or faster (benchmarks/README.md).
+CPU_DENSE_KERNEL_GRAD_MAX_CHANNELS = 256
 
 
 class Op(Protocol):
@@ -171,15 +173,80 @@ def conv2d(
     )
 
 
+def _windows(
+    x: jax.Array, size: int, stride: int, padding: int, dilation: int, fill: float = 0.0
+) -> list[jax.Array]:
+    """The size*size taps of a k x k window over `x` padded with `fill`, row-major:
+    tap (i, j) holds the input pixel each output pixel sees at that window position."""
+    n, h, w, c = x.shape
+    pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    xp = jnp.pad(x, pads, constant_values=fill)
+    span = dilation * (size - 1)
+    rows = (h + 2 * padding - span - 1) // stride + 1
+    cols = (w + 2 * padding - span - 1) // stride + 1
+    return [
+        lax.slice(
+            xp,
+            (0, i * dilation, j * dilation, 0),
+            (n, i * dilation + (rows - 1) * stride + 1, j * dilation + (cols - 1) * stride + 1, c),
+            (1, stride, stride, 1),
+        )
+        for i in range(size)
+        for j in range(size)
+    ]
+
+
+def _depthwise_windows(
+    x: jax.Array, kernel: jax.Array, stride: int, padding: int, dilation: int
+) -> jax.Array:
+    """Depthwise conv as a sum of shifted windows times per-channel weights (k, k, 1, C)."""
+    size = kernel.shape[0]
+    taps = _windows(x, size, stride, padding, dilation)
+    out = taps[0] * kernel[0, 0, 0]
+    for t, tap in enumerate(taps[1:], 1):
+        out = out + tap * kernel[t // size, t % size, 0]
+    return out
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise_windows_dense_kernel_grad(
+    x: jax.Array, kernel: jax.Array, stride: int, padding: int, dilation: int
+) -> jax.Array:
+    """`_depthwise_windows` whose kernel gradient is the diagonal of a dense conv's.
+
+    The dense form does C times the work of the per-tap reductions autodiff emits, but
+    XLA's CPU library conv runs it as fast or faster at up to 256 channels, and it
+    compiles in about half the time.
+    """
+    return _depthwise_windows(x, kernel, stride, padding, dilation)
+
+
+def _dw_fwd(x, kernel, stride, padding, dilation):
+    return _depthwise_windows(x, kernel, stride, padding, dilation), (x, kernel)
+
+
+def _dw_bwd(stride, padding, dilation, res, g):
+    x, kernel = res
+    _, pull = jax.vjp(lambda x: _depthwise_windows(x, kernel, stride, padding, dilation), x)
+    (dx,) = pull(g)
+    size = kernel.shape[0]
+    # As in `_conv_bwd`: channels in as the batch, images as the features, g as the kernel.
+    dense = _conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), dilation, padding, stride)
+    dk = jnp.diagonal(dense[:, :size, :size, :], axis1=0, axis2=3)  # (k, k, C)
+    return dx, dk[:, :, None, :].astype(kernel.dtype)
+
+
+_depthwise_windows_dense_kernel_grad.defvjp(_dw_fwd, _dw_bwd)
+
+
 def depthwise_conv(
     x: jax.Array, kernel: jax.Array, *, stride: int, padding: int, dilation: int
 ) -> jax.Array:
     """Depthwise conv with a (k, k, 1, C) kernel, in the fastest form for the backend.
 
-    XLA's CPU depthwise (grouped) convolution is far slower than a dense convolution
-    with a diagonal kernel, so on CPU the kernel is spread onto the diagonal of a
-    (k, k, C, C) kernel (run with `conv2d`'s CPU gradients); elsewhere the native
-    depthwise form is used. Both compute the same function and have the same parameters.
+    On CPU it is a sum of k*k shifted windows, whose kernel gradient is a dense conv up
+    to `CPU_DENSE_KERNEL_GRAD_MAX_CHANNELS`; elsewhere XLA's native grouped conv. Both
+    compute the same function and have the same parameters.
     """
     channels = x.shape[-1]
     kernel = kernel.astype(x.dtype)
@@ -187,14 +254,13 @@ def depthwise_conv(
     def grouped(kernel: jax.Array) -> jax.Array:
         return _conv(x, kernel, stride, padding, dilation, groups=channels)
 
-    def dense_diagonal(kernel: jax.Array) -> jax.Array:
-        diagonal = kernel * jnp.eye(channels, dtype=x.dtype)  # (k, k, 1, C) -> (k, k, C, C)
-        return _conv_canonical_grads(x, diagonal, stride, padding, dilation)
+    def windows(kernel: jax.Array) -> jax.Array:
+        if channels <= CPU_DENSE_KERNEL_GRAD_MAX_CHANNELS:
+            return _depthwise_windows_dense_kernel_grad(x, kernel, stride, padding, dilation)
+        return _depthwise_windows(x, kernel, stride, padding, dilation)
 
-    if channels > CPU_DENSE_DEPTHWISE_MAX_CHANNELS:
-        return grouped(kernel)
     # Chosen when lowering for a platform, so exported programs carry the right form for each.
-    return lax.platform_dependent(kernel, cpu=dense_diagonal, default=grouped)
+    return lax.platform_dependent(kernel, cpu=windows, default=grouped)
 
 
 def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -394,8 +460,8 @@ class Identity(nnx.Module):
         return x
 
 
-def max_pool(x: jax.Array, stride: int) -> jax.Array:
-    """3x3 max pool with padding 1 (padding never wins)."""
+def _max_pool_window(x: jax.Array, stride: int) -> jax.Array:
+    """3x3 max pool with padding 1 as XLA's `reduce_window` (padding never wins)."""
     return lax.reduce_window(
         x,
         -jnp.inf,
@@ -403,6 +469,52 @@ def max_pool(x: jax.Array, stride: int) -> jax.Array:
         (1, 3, 3, 1),
         (1, stride, stride, 1),
         ((0, 0), (1, 1), (1, 1), (0, 0)),
+    )
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_taps(x: jax.Array, stride: int) -> jax.Array:
+    """3x3 max pool over nine shifted windows; the gradient goes to the first maximal tap
+    in row-major order, as `reduce_window`'s (and PyTorch's) does. On CPU the gradient
+    `reduce_window` gets from autodiff (select-and-scatter) is 5-13x slower."""
+    return _max_pool_taps_fwd(x, stride)[0]
+
+
+def _max_pool_taps_fwd(x, stride):
+    taps = _windows(x, 3, stride, 1, 1, fill=-jnp.inf)
+    out, first = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
+    for t, tap in enumerate(taps[1:], 1):
+        better = (tap > out) | jnp.isnan(tap)  # NaN wins, as in PyTorch
+        out = jnp.where(better, tap, out)
+        first = jnp.where(better, jnp.int8(t), first)
+    return out, (first, x.shape)
+
+
+def _max_pool_taps_bwd(stride, res, g):
+    first, (n, h, w, c) = res
+    rows, cols = g.shape[1], g.shape[2]
+    zero = jnp.zeros((), g.dtype)
+    dx = jnp.zeros((n, h + 2, w + 2, c), g.dtype)
+    for t in range(9):
+        i, j = divmod(t, 3)
+        # Tap (i, j) of output pixel (a, b) is padded pixel (i + a*stride, j + b*stride).
+        spread = (
+            (0, 0, 0),
+            (i, h + 2 - i - (rows - 1) * stride - 1, stride - 1),
+            (j, w + 2 - j - (cols - 1) * stride - 1, stride - 1),
+            (0, 0, 0),
+        )
+        dx = dx + lax.pad(jnp.where(first == t, g, zero), zero, spread)
+    return (dx[:, 1 : h + 1, 1 : w + 1, :],)
+
+
+_max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
+
+
+def max_pool(x: jax.Array, stride: int) -> jax.Array:
+    """3x3 max pool with padding 1 (padding never wins); on CPU as shifted windows."""
+    return lax.platform_dependent(
+        x, cpu=lambda x: _max_pool_taps(x, stride), default=lambda x: _max_pool_window(x, stride)
     )
 
 

@@ -106,11 +106,14 @@ def xla_conv(x, w, stride, padding, dilation, groups=1):
     )
 
 
-@pytest.mark.parametrize(("kernel", "dilation", "stride"), [(3, 1, 1), (5, 1, 2), (3, 2, 1)])
-def test_depthwise_conv_equals_the_native_grouped_form(kernel, dilation, stride):
-    channels = 24
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "stride", "size", "channels"),
+    # Past 256 channels the windows' kernel gradient is autodiff's, not a dense conv's.
+    [(3, 1, 1, 9, 24), (5, 1, 2, 9, 24), (3, 2, 1, 9, 24), (5, 2, 1, 8, 260), (3, 1, 2, 7, 260)],
+)
+def test_depthwise_conv_equals_the_native_grouped_form(kernel, dilation, stride, size, channels):
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
-    x = jax.random.normal(keys[0], (2, 9, 9, channels))
+    x = jax.random.normal(keys[0], (2, size, size, channels))
     w = jax.random.normal(keys[1], (kernel, kernel, 1, channels))
     pad = dilation * (kernel - 1) // 2
 
@@ -124,11 +127,35 @@ def test_depthwise_conv_equals_the_native_grouped_form(kernel, dilation, stride)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     probe = jax.random.normal(keys[2], want.shape)
 
-    def grads(f):
+    def grads(f, w=w):
         return jax.grad(lambda x, w: jnp.sum(f(x, w) * probe), (0, 1))(x, w)
 
     for g_ours, g_native in zip(grads(ours), grads(native), strict=True):
         np.testing.assert_allclose(g_ours, g_native, rtol=1e-4, atol=1e-4)
+
+    # Exact second-order DARTS differentiates through the gradient.
+    def curvature(f):
+        return jax.grad(lambda w: jnp.sum(jnp.tanh(grads(f, w)[0])))(w)
+
+    np.testing.assert_allclose(curvature(ours), curvature(native), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("size", "stride"), [(9, 1), (9, 2), (8, 2), (7, 1)])
+def test_max_pool_and_its_gradient_equal_reduce_window(size, stride):
+    keys = jax.random.split(jax.random.PRNGKey(size + stride), 2)
+    x = jax.random.normal(keys[0], (2, size, size, 3))
+    # Ties: the gradient goes to the first maximal tap, as reduce_window's (and PyTorch's).
+    x = x.at[:, 2, 2:4, :].set(5.0).at[:, 4:6, 5, :].set(4.0)  # tied maxima
+    want = ops_lib._max_pool_window(x, stride)
+    np.testing.assert_array_equal(ops_lib.max_pool(x, stride), want)
+    probe = jax.random.normal(keys[1], want.shape)
+
+    def grad(pool):
+        return jax.jit(jax.grad(lambda x: jnp.sum(pool(x, stride) * probe)))(x)
+
+    np.testing.assert_allclose(grad(ops_lib.max_pool), grad(ops_lib._max_pool_window), atol=1e-6)
+    y = ops_lib.max_pool(x.at[0, 1, 1, 0].set(jnp.nan), stride)
+    assert bool(jnp.isnan(y[0, 0, 0, 0]))
 
 
 @pytest.mark.parametrize(
