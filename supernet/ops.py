@@ -227,9 +227,14 @@ def _dw_fwd(x, kernel, stride, padding, dilation):
 
 def _dw_bwd(stride, padding, dilation, res, g):
     x, kernel = res
-    _, pull = jax.vjp(lambda x: _depthwise_windows(x, kernel, stride, padding, dilation), x)
-    (dx,) = pull(g)
-    size = kernel.shape[0]
+    size, height, width = kernel.shape[0], x.shape[1], x.shape[2]
+    span = dilation * (size - 1)
+    # Input gradient: the stride-dilated g, padded, in windows with the flipped kernel.
+    low = span - padding
+    rows = (low, height + padding - (g.shape[1] - 1) * stride - 1, stride - 1)
+    cols = (low, width + padding - (g.shape[2] - 1) * stride - 1, stride - 1)
+    spread = lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), rows, cols, (0, 0, 0)))
+    dx = _depthwise_windows(spread, jnp.flip(kernel, (0, 1)), 1, 0, dilation)
     # As in `_conv_bwd`: channels in as the batch, images as the features, g as the kernel.
     dense = _conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), dilation, padding, stride)
     dk = jnp.diagonal(dense[:, :size, :size, :], axis1=0, axis2=3)  # (k, k, C)
