@@ -133,27 +133,41 @@ def _conv_fwd(x, kernel, stride, padding, dilation):
     return _conv(x, kernel, stride, padding, dilation), (x, kernel)
 
 
+def _input_grad_pads(
+    x: jax.Array, g: jax.Array, size: int, stride: int, padding: int, dilation: int
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(low, high) padding of the stride-dilated output gradient `g` that makes its
+    correlation with the flipped kernel the input gradient, rows and columns."""
+    low = dilation * (size - 1) - padding
+    rows = (low, x.shape[1] - 1 - (g.shape[1] - 1) * stride + padding)
+    cols = (low, x.shape[2] - 1 - (g.shape[2] - 1) * stride + padding)
+    return rows, cols
+
+
+def _dense_kernel_grad(
+    x: jax.Array, g: jax.Array, size: int, stride: int, padding: int, dilation: int
+) -> jax.Array:
+    """A dense conv's kernel gradient, (C_in, k, k, C_out): channels in as the batch,
+    images as the features, g as the kernel; the conv's stride and dilation trade
+    places, and output (i, j) is tap (i, j)."""
+    dk = _conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), dilation, padding, stride)
+    return dk[:, :size, :size, :]
+
+
 def _conv_bwd(stride, padding, dilation, res, g):
     x, kernel = res
-    size, height, width = kernel.shape[0], x.shape[1], x.shape[2]
-    span = dilation * (size - 1)
+    size = kernel.shape[0]
     # Input gradient: the stride-dilated g correlated with the flipped, io-swapped kernel.
-    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    rows = (span - padding, height - 1 - (g.shape[1] - 1) * stride + padding)
-    cols = (span - padding, width - 1 - (g.shape[2] - 1) * stride + padding)
     dx = lax.conv_general_dilated(
         g,
-        flipped,
+        jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2),
         window_strides=(1, 1),
-        padding=(rows, cols),
+        padding=_input_grad_pads(x, g, size, stride, padding, dilation),
         lhs_dilation=(stride, stride),
         rhs_dilation=(dilation, dilation),
         dimension_numbers=_DIMS,
     )
-    # Kernel gradient: channels in as the batch, images as the features, g as the
-    # kernel; the conv's stride and dilation trade places, and output (i, j) is tap (i, j).
-    dk = _conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), dilation, padding, stride)
-    dk = dk[:, :size, :size, :]
+    dk = _dense_kernel_grad(x, g, size, stride, padding, dilation)
     return dx, dk.transpose(1, 2, 0, 3)
 
 
@@ -227,17 +241,14 @@ def _dw_fwd(x, kernel, stride, padding, dilation):
 
 def _dw_bwd(stride, padding, dilation, res, g):
     x, kernel = res
-    size, height, width = kernel.shape[0], x.shape[1], x.shape[2]
-    span = dilation * (size - 1)
+    size = kernel.shape[0]
     # Input gradient: the stride-dilated g, padded, in windows with the flipped kernel.
-    low = span - padding
-    rows = (low, height + padding - (g.shape[1] - 1) * stride - 1, stride - 1)
-    cols = (low, width + padding - (g.shape[2] - 1) * stride - 1, stride - 1)
-    spread = lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), rows, cols, (0, 0, 0)))
+    rows, cols = _input_grad_pads(x, g, size, stride, padding, dilation)
+    zero = jnp.zeros((), g.dtype)
+    spread = lax.pad(g, zero, ((0, 0, 0), (*rows, stride - 1), (*cols, stride - 1), (0, 0, 0)))
     dx = _depthwise_windows(spread, jnp.flip(kernel, (0, 1)), 1, 0, dilation)
-    # As in `_conv_bwd`: channels in as the batch, images as the features, g as the kernel.
-    dense = _conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), dilation, padding, stride)
-    dk = jnp.diagonal(dense[:, :size, :size, :], axis1=0, axis2=3)  # (k, k, C)
+    dense = _dense_kernel_grad(x, g, size, stride, padding, dilation)
+    dk = jnp.diagonal(dense, axis1=0, axis2=3)  # (k, k, C)
     return dx, dk[:, :, None, :].astype(kernel.dtype)
 
 
