@@ -21,8 +21,8 @@ from common import random_dataset
 from nasax.checkpoint import Checkpoints
 from nasax.config import validate_config
 from nasax.runloop import count_leaves, peak_rss_mb
-from nasax.search.loop import build_setup
 from nasax.search.strategy import STRATEGIES
+from nasax.search.task import build_setup
 
 
 def folder_bytes(path: Path) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nasax.cli import enable_compilation_cache
 from nasax.config import load_config
-from nasax.search.loop import run_search
+from nasax.search.task import run_search
 
 
 def main(argv: list[str] | None = None) -> dict:

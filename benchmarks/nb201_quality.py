@@ -106,9 +106,9 @@ def one_shot_scores(config, run_dir: Path, arch_strings: list[str], batches: int
     """Validation accuracy of each cell run alone on the search's final shared weights."""
     from nasax.data import batches as batch_iter
     from nasax.data import load_dataset, search_split
-    from nasax.search.loop import build_setup
     from nasax.search.single_path import genotype_paths, load_supernet_weights, path_scorer
     from nasax.search.strategy import Supernet
+    from nasax.search.task import build_setup
     from nasax.supernet.genotypes import Genotype
 
     s = config.search
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from nasax.config import load_config
-    from nasax.search.loop import run_search
+    from nasax.search.task import run_search
     from nasax.supernet.genotypes import Genotype
 
     table = load_table(args.table)

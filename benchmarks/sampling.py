@@ -19,8 +19,8 @@ from common import batch_pool, environment, random_dataset
 
 from nasax.config import apply_overrides, validate_config
 from nasax.runloop import peak_rss_mb
-from nasax.search.loop import build_setup
 from nasax.search.strategy import STRATEGIES
+from nasax.search.task import build_setup
 
 
 def _strategy(args: argparse.Namespace, name: str, options: dict, data) -> tuple:

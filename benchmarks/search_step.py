@@ -19,8 +19,8 @@ from common import batch_pool, environment, random_dataset, time_step
 
 from nasax.config import apply_overrides, validate_config
 from nasax.runloop import count_leaves
-from nasax.search.loop import build_setup
 from nasax.search.strategy import STRATEGIES
+from nasax.search.task import build_setup
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -17,7 +17,7 @@ from common import batch_pool, environment, random_dataset, time_step
 from nasax.config import load_config
 from nasax.supernet.discrete import param_counts
 from nasax.supernet.genotypes import load_genotype
-from nasax.train.loop import build_trainer
+from nasax.train.task import build_trainer
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -118,14 +118,15 @@ class ImageClassifier:
         self, x: Any, y: Any, validation_data: tuple[Any, Any] | None = None
     ) -> ImageClassifier:
         """Searches a cell on (x, y) within the time limit; returns self."""
-        from nasax.search.loop import run_search
-        from nasax.supernet.genotypes import Genotype
+        from nasax.run import run
+        from nasax.search.task import SearchTask
 
         _use_compilation_cache()
         source = self._hold("search", x, y, validation_data)
         config = self._config("search", source)
-        self.search_summary = run_search(config, self.search_dir, overwrite=self.overwrite)
-        self.genotype = Genotype.load(self.search_dir / "genotype.json")
+        task = SearchTask(config)
+        self.search_summary = run(task, config, self.search_dir, overwrite=self.overwrite)
+        self.genotype = task.genotype
         if self.search_summary["stopped_early"] and not self.quiet:
             print(
                 f"nasax: the search stopped at the time limit ({self.time_limit:.0f} s) after "
@@ -138,17 +139,16 @@ class ImageClassifier:
     ) -> ImageClassifier:
         """Retrains the found cell from scratch on (x, y); returns self."""
         from nasax.blocks import jit_for
-        from nasax.train.loop import load_train_run, run_train
+        from nasax.run import run
+        from nasax.train.task import TrainTask
 
         if self.genotype is None:
             raise NasaxError("final_fit needs a searched cell: call fit(x, y) first")
         source = self._hold("final", x, y, validation_data)
         config = self._config("final", source)
-        self.final_summary = run_train(
-            config, self.final_dir, genotype=self.genotype, overwrite=self.overwrite
-        )
-        _, _, _, trainer, state, _ = load_train_run(self.final_dir)
-        self._model = (trainer, state, config.train.batch_size)
+        task = TrainTask(config, self.genotype)
+        self.final_summary = run(task, config, self.final_dir, overwrite=self.overwrite)
+        self._model = (task.trainer, task.state, config.train.batch_size)
         self._jit = jit_for(config.run.execution)
         return self
 

@@ -26,7 +26,7 @@ def initialize(run: RunConfig) -> None:
 def _search(args: argparse.Namespace) -> int:
     from nasax.config import load_config
     from nasax.rundir import default_run_dir
-    from nasax.search.loop import run_search
+    from nasax.search.task import run_search
 
     config = load_config(args.config, args.set)
     initialize(config.run)
@@ -47,7 +47,7 @@ def _search(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from nasax.config import load_config
     from nasax.rundir import default_run_dir
-    from nasax.train.loop import run_train
+    from nasax.train.task import run_train
 
     config = load_config(args.config, args.set)
     initialize(config.run)
@@ -67,7 +67,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from nasax.train.loop import evaluate_run
+    from nasax.train.evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, progress=not args.quiet)
     state = "finished" if result["finished"] else "interrupted"

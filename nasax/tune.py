@@ -30,13 +30,13 @@ RUNNERS: Registry[Any] = Registry("tune command")
 
 
 def _run_search(config: Config, run_dir: Path, **kw: Any) -> dict[str, Any]:
-    from nasax.search.loop import run_search
+    from nasax.search.task import run_search
 
     return run_search(config, run_dir, **kw)
 
 
 def _run_train(config: Config, run_dir: Path, **kw: Any) -> dict[str, Any]:
-    from nasax.train.loop import run_train
+    from nasax.train.task import run_train
 
     return run_train(config, run_dir, **kw)
 

@@ -22,7 +22,7 @@ SETUP = SearchSetup(*[None] * 6, epochs=5, steps_per_epoch=10)
 def _strategy(name: str, options: dict, tiny_npz: str, epochs: int = 5):
     """A strategy over the tiny NB201 supernet (C4, one cell per stage), 2 steps per epoch."""
     from nasax.data import load_dataset
-    from nasax.search.loop import build_setup
+    from nasax.search.task import build_setup
 
     config = validate_config(
         {

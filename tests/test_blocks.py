@@ -19,10 +19,10 @@ from nasax.blocks import (
 )
 from nasax.config import load_config
 from nasax.data import batches, load_dataset
-from nasax.search.loop import build_setup
 from nasax.search.strategy import STRATEGIES
+from nasax.search.task import build_setup
 from nasax.supernet.genotypes import DARTS_V2
-from nasax.train.loop import build_trainer
+from nasax.train.task import build_trainer
 
 
 class _Layer(nnx.Module):

@@ -13,7 +13,7 @@ import yaml
 
 from nasax.checkpoint import Checkpoints
 from nasax.cli import main
-from nasax.search import loop as search_loop
+from nasax.search import task as search_task
 from nasax.supernet.genotypes import Genotype
 from tests.conftest import search_args
 
@@ -83,7 +83,7 @@ def test_interrupted_search_resumes_to_the_uninterrupted_result(
     finished_run, tiny_npz, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "interrupted"
-    real_prefetch = search_loop.prefetch
+    real_prefetch = search_task.prefetch
     drawn = {"batches": 0}
 
     def prefetch_then_interrupt(it, size=2, **kw):
@@ -93,12 +93,12 @@ def test_interrupted_search_resumes_to_the_uninterrupted_result(
                 os.kill(os.getpid(), signal.SIGINT)
             yield batch
 
-    monkeypatch.setattr(search_loop, "prefetch", prefetch_then_interrupt)
+    monkeypatch.setattr(search_task, "prefetch", prefetch_then_interrupt)
     assert main(search_args(tiny_npz, out)) == 130
     err = capsys.readouterr().err
     assert "SIGINT" in err and "--resume" in err
     assert (out / "genotype.json").exists() and not (out / "summary.json").exists()
-    monkeypatch.setattr(search_loop, "prefetch", real_prefetch)
+    monkeypatch.setattr(search_task, "prefetch", real_prefetch)
     assert main(search_args(tiny_npz, out, "--resume")) == 0
 
     a, b = finished_run, out

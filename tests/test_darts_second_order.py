@@ -19,8 +19,8 @@ import pytest
 
 from nasax.config import load_config, validate_config
 from nasax.errors import ConfigError
-from nasax.search.loop import build_setup
 from nasax.search.strategy import STRATEGIES, Supernet, alphas_of
+from nasax.search.task import build_setup
 from nasax.search.unrolled import unrolled_arch_grad, virtual_weight_step
 from nasax.supernet.network import SearchNetwork
 from nasax.supernet.spaces import SearchSpace

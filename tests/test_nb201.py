@@ -36,8 +36,9 @@ from nasax.supernet import (
 )
 from nasax.supernet.discrete import param_counts
 from nasax.supernet.nb201 import ResidualReduction, avg_pool_2x2
+from nasax.train.evaluate import load_train_run
 from nasax.train.export import preprocess_for
-from nasax.train.loop import check_train_config, load_train_run
+from nasax.train.task import check_train_config
 
 OPS = NB201_SPACE.ops
 NO_CONV = "|avg_pool_3x3~0|+|skip_connect~0|none~1|+|none~0|avg_pool_3x3~1|skip_connect~2|"

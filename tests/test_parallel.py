@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import jax
     from nasax.cli import main
-    from nasax.search import loop
+    from nasax.search import task as loop
 
     out, overrides = sys.argv[1], json.loads(sys.argv[2])
     result = {"devices": len(jax.devices())}

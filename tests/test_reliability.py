@@ -21,7 +21,7 @@ from nasax.checkpoint import Checkpoints
 from nasax.cli import main
 from nasax.config import load_config, validate_config
 from nasax.errors import ConfigError, GenotypeError
-from nasax.train import loop as train_loop
+from nasax.train import task as train_task
 from tests.conftest import TINY_TRAIN, train_args
 
 
@@ -101,7 +101,7 @@ def test_kill_9_at_any_moment_loses_nothing(reference, tiny_npz, tmp_path):
 def test_sigterm_saves_a_checkpoint_and_exits_143(
     reference, tiny_npz, tmp_path, monkeypatch, capsys
 ):
-    real_prefetch = train_loop.prefetch
+    real_prefetch = train_task.prefetch
     count = {"batches": 0}
 
     def prefetch_then_terminate(it, size=2, **kw):
@@ -111,12 +111,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(
                 os.kill(os.getpid(), signal.SIGTERM)
             yield batch
 
-    monkeypatch.setattr(train_loop, "prefetch", prefetch_then_terminate)
+    monkeypatch.setattr(train_task, "prefetch", prefetch_then_terminate)
     out = tmp_path / "terminated"
     assert main(train_args(tiny_npz, out)) == 143
     err = capsys.readouterr().err.strip()
     assert "SIGTERM" in err and "--resume" in err and len(err.splitlines()) == 1
-    monkeypatch.setattr(train_loop, "prefetch", real_prefetch)
+    monkeypatch.setattr(train_task, "prefetch", real_prefetch)
     assert main(train_args(tiny_npz, out, "--resume")) == 0
     assert_same_run(reference, out)
 

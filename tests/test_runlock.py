@@ -16,7 +16,7 @@ from nasax.cli import main
 from nasax.config import load_config
 from nasax.errors import RunDirBusy
 from nasax.runlock import LOCK_NAME, describe_holder, lock_run_dir, share_run_dir
-from nasax.train.loop import run_train
+from nasax.train.task import run_train
 from tests.conftest import TINY_TRAIN, search_args, train_args
 from tests.test_storage import Reference
 

@@ -9,8 +9,8 @@ import pytest
 
 from nasax.config import validate_config
 from nasax.data import Dataset
-from nasax.search.loop import build_setup
 from nasax.search.strategy import STRATEGIES, Supernet, alphas_of, cross_entropy
+from nasax.search.task import build_setup
 from nasax.supernet.spaces import DARTS_OPS, SPACES, SearchSpace
 
 

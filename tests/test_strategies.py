@@ -189,8 +189,8 @@ def test_strategy_sections_reject_bad_values_naming_the_key(section, fragment):
 
 def test_pcdarts_refuses_a_warmup_that_leaves_no_architecture_epochs(tiny_npz):
     from nasax.data import load_dataset
-    from nasax.search.loop import build_setup
     from nasax.search.strategy import STRATEGIES
+    from nasax.search.task import build_setup
 
     config = validate_config(
         {"data": {"name": f"npz:{tiny_npz}"}, "search": {"strategy": "pcdarts", "epochs": 10}}

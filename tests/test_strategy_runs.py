@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nasax.cli import main
-from nasax.search import loop
+from nasax.search import task as loop
 from nasax.supernet.genotypes import Genotype
 
 TINY_NB201 = [

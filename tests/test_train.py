@@ -16,7 +16,8 @@ import yaml
 import nasax
 from nasax.checkpoint import Checkpoints
 from nasax.cli import main
-from nasax.train import loop as train_loop
+from nasax.train import evaluate as train_evaluate
+from nasax.train import task as train_task
 from nasax.train.export import preprocess_for, read_manifest
 from tests.conftest import train_args
 
@@ -59,7 +60,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(
     trained, tiny_npz, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "interrupted"
-    real_prefetch = train_loop.prefetch
+    real_prefetch = train_task.prefetch
     drawn = {"batches": 0}
 
     def prefetch_then_interrupt(it, size=2, **kw):
@@ -69,12 +70,12 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(
                 os.kill(os.getpid(), signal.SIGINT)
             yield batch
 
-    monkeypatch.setattr(train_loop, "prefetch", prefetch_then_interrupt)
+    monkeypatch.setattr(train_task, "prefetch", prefetch_then_interrupt)
     assert main(train_args(tiny_npz, out)) == 130
     assert "--resume" in capsys.readouterr().err
     assert main(["evaluate", str(out)]) == 0
     assert "interrupted after 1 of 3 epochs, step 6" in capsys.readouterr().out
-    monkeypatch.setattr(train_loop, "prefetch", real_prefetch)
+    monkeypatch.setattr(train_task, "prefetch", real_prefetch)
     assert main(train_args(tiny_npz, out, "--resume", genotype="DARTS_V2")) == 0
 
     ca, cb = Checkpoints(trained / "checkpoints"), Checkpoints(out / "checkpoints")
@@ -103,7 +104,7 @@ def exported(trained, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(trained, exported) -> tuple[np.ndarray, np.ndarray]:
     """Test images and the logits the trained run's own network gives them."""
-    _, _, dataset, trainer, state, _ = train_loop.load_train_run(trained)
+    _, _, dataset, trainer, state, _ = train_evaluate.load_train_run(trained)
     x = dataset.x_test[:10].astype(np.float32)
     return x, np.asarray(trainer.module(state)(preprocess_for(exported)(x), train=False))
 

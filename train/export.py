@@ -34,7 +34,7 @@ from nasax.progress import TaskProgress
 from nasax.storage import storage_errors
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.skeletons import skeleton_of
-from nasax.train.loop import load_train_run, reading_run
+from nasax.train.evaluate import load_train_run, reading_run
 
 FORMAT = "nasax-model"
 VERSION = 1

@@ -1,0 +1,242 @@
+"""One run loop for every kind of run: `run(task, config, workdir)`.
+
+A `Task` says what a kind of run trains and reports: the search of a strategy, the
+retraining of a genotype. `run` owns the rest, written once: the data, the run directory,
+compiling, logging, checkpoints, resume, the time limit and progress, in the spirit of
+flax's `train_and_evaluate(config, workdir)`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+
+from nasax.checkpoint import Checkpoints
+from nasax.config import Config
+from nasax.data import Batch, Dataset, load_dataset
+from nasax.io import atomic_write_json, atomic_write_text
+from nasax.parallel import DataParallel, data_parallel
+from nasax.progress import LoopProgress
+from nasax.rundir import MetricsLog, open_run_dir
+from nasax.runloop import (
+    LoopResult,
+    check_resume_config,
+    checkpoint_writer,
+    closing_all,
+    is_eval_epoch,
+    peak_rss_mb,
+    restore_or_start,
+    run_epochs,
+)
+from nasax.views import RunViews
+
+
+class RunContext(NamedTuple):
+    """What `run` opened for a task: the config, directory, data, devices and outputs."""
+
+    config: Config
+    run_dir: Path
+    dataset: Dataset
+    dp: DataParallel
+    progress: LoopProgress
+    views: RunViews
+
+
+class Task:
+    """A kind of run. `run` calls the methods in the order they are listed here.
+
+    Subclasses set the class fields and, in `prepare`, the sizes; the methods without a
+    body here must be written, the others are optional hooks.
+    """
+
+    kind: ClassVar[str]
+    """`search` or `train`: the command named in messages and the step records' kind."""
+    step_name: ClassVar[str]
+    """What the first progress line says is compiling (`search step`)."""
+    shown: ClassVar[tuple[str, ...]]
+    """Step metrics the progress bar shows."""
+    plots: ClassVar[bool] = False
+    """Whether the run directory gets plots (when `run.plots` is on)."""
+    resume_ignore: ClassVar[tuple[str, ...]] = ()
+    """Dotted config keys a resume may change (checked by the task itself)."""
+
+    label: str
+    """The progress bar's label."""
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int
+    eval_every: int
+    after_epoch: Callable[[Any, int, int], tuple[Any, list[dict[str, Any]]]] | None = None
+    """A phase after each complete epoch (ENAS' controller): (state, epoch, step) ->
+    (state, records to log); see `runloop.run_epochs`."""
+
+    def prepare(self, dataset: Dataset, workdir: Path, resume: bool) -> None:
+        """Checks what can fail before the run directory is touched and sets the sizes."""
+        raise NotImplementedError
+
+    def open(self, run_dir: Path, resume: bool) -> None:
+        """Writes the task's own files in a new run directory, or checks them on resume."""
+
+    def init(self, ctx: RunContext, key: jax.Array) -> Any:
+        """The fresh state; resuming, the checkpoint is restored into its structure."""
+        raise NotImplementedError
+
+    def start(self, state: Any, start: tuple[int, int]) -> None:
+        """The run starts from `state` at (epoch, batch) `start`: (0, 0), or where a resumed
+        run's checkpoint left off."""
+
+    def describe(self) -> str:
+        """The run's first progress line: the data and the sizes."""
+        raise NotImplementedError
+
+    def compile(self, state: Any) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
+        """The step program, (state, *batches) -> (state, metrics), guarded as `run.nonfinite`
+        asks."""
+        raise NotImplementedError
+
+    def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch, ...]]:
+        """The batches of each step of `epoch`, from its batch `first`, on the devices."""
+        raise NotImplementedError
+
+    def end_epoch(self, state: Any, epoch: int, step: int, evaluating: bool) -> None:
+        """Work at an epoch's end before its test evaluation (architecture weights, the cell)."""
+
+    def test(self, state: Any) -> dict[str, float]:
+        """Test `loss` and `accuracy` of `state`."""
+        raise NotImplementedError
+
+    def test_line(self, test: dict[str, float]) -> str:
+        """What an epoch's progress line says after its test accuracy."""
+        return f"loss {test['loss']:.4f}"
+
+    def close(self, state: Any) -> None:
+        """Last writes of the loop's outputs (the views are still open)."""
+
+    def finish(self, state: Any, result: LoopResult) -> None:
+        """Work once the loop is over, before the final test (the final cell)."""
+
+    def summary(self) -> dict[str, Any]:
+        """The task's own fields of `summary.json`."""
+        return {}
+
+
+def run(
+    task: Task,
+    config: Config,
+    workdir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Runs `task` as `config` says into the run directory `workdir`; returns the summary.
+
+    The state the run ended with is left in `task.state` for callers that go on in
+    memory (`ImageClassifier`).
+
+    Args:
+        task: the kind of run.
+        config: the validated config.
+        workdir: where config.yaml, metrics.jsonl, checkpoints/, summary.json and the
+            task's own files go.
+        resume: continue from the last checkpoint in `workdir`.
+        overwrite: delete an existing `workdir` first.
+        on_epoch: called with each finished epoch's figures (`runloop.epoch_summary`).
+    """
+    wall_start = time.perf_counter()
+    rc = config.run
+    dataset = load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
+    task.prepare(dataset, Path(workdir), resume)
+    with open_run_dir(workdir, resume=resume, overwrite=overwrite, command=task.kind) as run_dir:
+        task.open(run_dir, resume)
+        if resume:
+            check_resume_config(config, run_dir, ignore=task.resume_ignore)
+        else:
+            atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+        dp = data_parallel(rc, {f"{task.kind}.batch_size": task.batch_size})
+        views = RunViews(run_dir, tensorboard=rc.tensorboard, plots=task.plots and rc.plots)
+        progress = LoopProgress(
+            task.steps_per_epoch * task.epochs, task.epochs, enabled=rc.progress, label=task.label
+        )
+        ctx = RunContext(config, run_dir, dataset, dp, progress, views)
+        state = task.init(ctx, jax.random.PRNGKey(config.seed))
+        checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
+        metrics_log = MetricsLog(run_dir / "metrics.jsonl", sinks=views.sinks)
+        resumed = restore_or_start(checkpoints, metrics_log, state, resume)
+        state = dp.put_state(resumed.state)
+        task.start(state, resumed.start)
+        progress.log(f"{task.describe()}; compiling the {task.step_name} (cached for later runs)")
+        compile_start = time.perf_counter()
+        step_fn = task.compile(state)
+        compile_seconds = time.perf_counter() - compile_start
+        to_first_step = time.perf_counter() - wall_start
+        progress.log(f"compiled in {compile_seconds:.0f} s")
+
+        test: dict[str, float] = {}
+
+        def end_epoch(state: Any, epoch: int, step: int) -> dict[str, Any]:
+            evaluating = is_eval_epoch(epoch, task.epochs, task.eval_every)
+            task.end_epoch(state, epoch, step, evaluating)
+            if not evaluating:
+                return {}
+            test.update(task.test(state))
+            progress.log(
+                f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}{task.test_line(test)}"
+            )
+            return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
+
+        deadline = None if rc.time_limit is None else wall_start + rc.time_limit - resumed.elapsed
+        with closing_all(checkpoints.close, views.close):
+            result = run_epochs(
+                state,
+                step_fn,
+                task.epoch_batches,
+                epochs=task.epochs,
+                steps_per_epoch=task.steps_per_epoch,
+                batch_size=task.batch_size,
+                start=resumed.start,
+                pending=resumed.pending,
+                run=rc,
+                kind=task.kind,
+                metrics_log=metrics_log,
+                progress=progress,
+                save=checkpoint_writer(checkpoints, resumed.elapsed, wall_start),
+                end_epoch=end_epoch,
+                shown=task.shown,
+                resume_hint=f"continue with: nasax {task.kind} CONFIG --resume --out {run_dir}",
+                deadline=deadline,
+                after_epoch=task.after_epoch,
+                on_epoch=on_epoch,
+            )
+            task.close(result.state)
+        task.finish(result.state, result)
+        if not test or result.stopped_early:  # evaluate the state the run ended with
+            test = task.test(result.state)
+        summary = {
+            "kind": task.kind,
+            "dataset": dataset.name,
+            "seed": config.seed,
+            "epochs": task.epochs,
+            "steps": result.step,
+            "batch_size": task.batch_size,
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            **task.summary(),
+            "wall_seconds": resumed.elapsed + time.perf_counter() - wall_start,
+            "compile_seconds": compile_seconds,
+            "seconds_to_first_step": to_first_step,
+            "images_per_sec": result.images / result.seconds if result.seconds else None,
+            "peak_rss_mb": peak_rss_mb(),
+            "stopped_early": result.stopped_early,
+            "time_limit": rc.time_limit,
+        }
+        atomic_write_json(run_dir / "summary.json", summary)
+        task.state = result.state
+        return summary
+
+
+__all__ = ["RunContext", "Task", "run"]

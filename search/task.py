@@ -1,0 +1,350 @@
+"""The search task: what a strategy's search trains, logs and reports; `run` does the rest."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nasax.blocks import compile_program, jit_for, resolve_execution, resolve_remat
+from nasax.config import Config
+from nasax.data import (
+    Batch,
+    Dataset,
+    batches,
+    check_batch_size,
+    epoch_order,
+    make_preprocess,
+    search_split,
+)
+from nasax.io import atomic_write_npz
+from nasax.optim import arch_optimizer, weight_optimizer, weight_schedule
+from nasax.parallel import DataParallel
+from nasax.run import RunContext, Task, run
+from nasax.runloop import (
+    LoopResult,
+    check_finite,
+    count_leaves,
+    evaluate,
+    guard_step,
+    pending_to_host,
+    prefetch,
+)
+from nasax.search.single_path import genotype_paths
+from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy
+from nasax.supernet.genotypes import Genotype
+from nasax.supernet.skeletons import skeleton_of
+from nasax.supernet.spaces import get_space
+
+_COMPILED: dict[str, tuple[Any, Any]] = {}
+"""Compiled (step, evaluate) programs of this process by `program_key`, newest last."""
+_COMPILED_KEEP = 2
+
+
+def program_key(config: Config, dataset: Dataset, steps_per_epoch: int, dp: DataParallel) -> str:
+    """Everything the compiled search programs depend on, so a later run in the same
+    process (a resume, another trial) reuses them instead of compiling again.
+
+    The seed and the `run` section (apart from `nonfinite`, `execution` and `remat`) only change
+    the state or the host side, not the programs.
+    """
+    resolved = config.to_dict()
+    for key in ("name", "seed", "run", "tune"):
+        resolved.pop(key, None)
+    return json.dumps(
+        {
+            "config": resolved,
+            "nonfinite": config.run.nonfinite,
+            "execution": resolve_execution(config.run.execution),
+            "remat": resolve_remat(config.run.remat, config.run.execution),
+            "data": [
+                list(dataset.image_shape),
+                str(dataset.x_train.dtype),
+                dataset.num_classes,
+                np.asarray(dataset.mean).tolist(),
+                np.asarray(dataset.std).tolist(),
+            ],
+            "steps_per_epoch": steps_per_epoch,
+            "devices": [str(d) for d in dp.mesh.devices.flat],
+        },
+        sort_keys=True,
+    )
+
+
+def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> SearchSetup:
+    """The space, supernet and optimizers a strategy needs, from the config."""
+    space = get_space(config.model.space)
+    network = partial(
+        skeleton_of(space).search_network,
+        space,
+        channels=config.model.channels,
+        layers=config.model.layers,
+        num_classes=dataset.num_classes,
+        in_channels=dataset.image_shape[-1],
+        stem_multiplier=config.model.stem_multiplier,
+    )
+    epochs = config.search.epochs
+    augment = config.data.augment
+    return SearchSetup(
+        space=space,
+        network=lambda rngs, **options: network(rngs=rngs, **options),
+        weight_optimizer=weight_optimizer(config.optim.weights, epochs, steps_per_epoch),
+        arch_optimizer=arch_optimizer(config.optim.arch, epochs * steps_per_epoch),
+        learning_rate=weight_schedule(config.optim.weights, epochs, steps_per_epoch),
+        preprocess=make_preprocess(dataset.mean, dataset.std, augment.crop_padding, augment.flip),
+        max_skip_connect=config.search.discretizer.max_skip_connect,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        jit=jit_for(config.run.execution),
+    )
+
+
+class _AlphaHistory:
+    """Architecture weights per epoch, rewritten atomically to alphas.npz each epoch."""
+
+    def __init__(self, path: Path, space: Any, keep_epochs: int) -> None:
+        self.path = path
+        self.rows: dict[str, list[np.ndarray]] = {}
+        self.extra = {
+            "ops": np.array(space.ops),
+            "edges": np.array(space.edges, dtype=np.int32),
+        }
+        if keep_epochs and path.exists():
+            with np.load(path) as f:
+                self.rows = {k: list(f[k][:keep_epochs]) for k in f.files if k not in self.extra}
+
+    def append(self, weights: dict[str, np.ndarray]) -> None:
+        for k, v in weights.items():
+            self.rows.setdefault(k, []).append(np.asarray(v))
+        atomic_write_npz(self.path, **{k: np.stack(v) for k, v in self.rows.items()}, **self.extra)
+
+
+class SearchTask(Task):
+    """A strategy's search: weight and architecture steps on the two halves of the training
+    set; at every epoch the architecture weights and the derived (or selected) cell; the
+    test figure of that cell where the strategy can run one cell, else of the supernet."""
+
+    kind = "search"
+    step_name = "search step"
+    shown = ("train_loss", "train_acc", "val_loss", "val_acc", "images_per_sec")
+    plots = True
+
+    def __init__(self, config: Config) -> None:
+        s = config.search
+        self.config, self.label = config, f"search {s.strategy}"
+        self.epochs, self.batch_size, self.eval_every = s.epochs, s.batch_size, s.eval_every
+        self.genotype: Genotype | None = None  # the latest derived or selected cell
+        self.selection = {"seconds": 0.0, "calls": 0}
+
+    def prepare(self, dataset: Dataset, workdir: Path, resume: bool) -> None:
+        s, n = self.config.search, len(dataset.x_train)
+        self.train_idx, self.val_idx = search_split(n, s.train_portion, self.config.seed)
+        for idx, half in ((self.train_idx, "weight-step"), (self.val_idx, "architecture-step")):
+            check_batch_size(dataset, s.batch_size, len(idx), f"{half} half of the training set")
+        self.steps_per_epoch = min(len(self.train_idx), len(self.val_idx)) // s.batch_size
+
+    def init(self, ctx: RunContext, key: jax.Array) -> Any:
+        s = self.config.search
+        self.ctx, self.data = ctx, ctx.dataset
+        self.setup = build_setup(self.config, ctx.dataset, self.steps_per_epoch)
+        self.strategy: Strategy = STRATEGIES.get(s.strategy)(self.setup, s.strategy_options())
+        if self.strategy.after_epoch is not None:
+            self.after_epoch = self._after_epoch
+        return self.strategy.init(key)
+
+    def start(self, state: Any, start: tuple[int, int]) -> None:
+        self.params = count_leaves(state.params) if hasattr(state, "params") else None
+        self.alphas = _AlphaHistory(
+            self.ctx.run_dir / "alphas.npz", self.setup.space, keep_epochs=start[0]
+        )
+
+    def describe(self) -> str:
+        dp = self.ctx.dp
+        return (
+            f"{self.data.name}: {len(self.train_idx)} + {len(self.val_idx)} search images, "
+            f"{self.steps_per_epoch} steps per epoch"
+            + (f", each batch split over {dp.size} devices" if dp.size > 1 else "")
+        )
+
+    def compile(self, state: Any) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
+        """The step, and the evaluations compiled at their first call; a later run in this
+        process with the same programs (a resume, another trial) reuses them."""
+        rc, dp = self.config.run, self.ctx.dp
+        key = program_key(self.config, self.data, self.steps_per_epoch, dp)
+        if key not in _COMPILED:
+            sample = dp.put_batch(
+                next(batches(self.data.x_train, self.data.y_train, self.train_idx, self.batch_size))
+            )
+            jit = jit_for(rc.execution)
+            _COMPILED[key] = (
+                # No weight steps (epochs 0: trained weights came with the config): no program.
+                compile_program(
+                    guard_step(self.strategy.step, rc),
+                    (state, sample, sample),
+                    rc.execution,
+                    donate=True,
+                    remat=rc.remat,
+                )
+                if self.epochs
+                else None,
+                jit(self.strategy.evaluate),
+                None if self.strategy.evaluate_cell is None else jit(self.strategy.evaluate_cell),
+            )
+            while len(_COMPILED) > _COMPILED_KEEP:
+                _COMPILED.pop(next(iter(_COMPILED)))
+        step_fn, self.eval_fn, self.cell_eval_fn = _COMPILED[key]
+        return step_fn
+
+    def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch, Batch]]:
+        """Weight-step and architecture-step batches, each half in its own epoch order."""
+        seed, data = self.config.seed, self.data
+        streams = [
+            prefetch(
+                batches(
+                    data.x_train,
+                    data.y_train,
+                    epoch_order(idx, seed, epoch, stream),
+                    self.batch_size,
+                    first,
+                ),
+                put=self.ctx.dp.put_batch,
+            )
+            for stream, idx in enumerate((self.train_idx, self.val_idx))
+        ]
+        return zip(*streams)
+
+    def end_epoch(self, state: Any, epoch: int, step: int, evaluating: bool) -> None:
+        weights = self.strategy.arch_weights(state)
+        self.alphas.append(weights)
+        space = self.setup.space
+        self.ctx.views.arch_epoch(weights, space.ops, np.array(space.edges), epoch, step)
+        if self.strategy.select is None or evaluating:  # selection costs a sweep of candidates
+            self.genotype = self.current_genotype(state)
+            self.genotype.save(self.ctx.run_dir / "genotype.json")
+
+    def test(self, state: Any) -> dict[str, float]:
+        """Test loss and accuracy: of the selected cell where the strategy can run one cell
+        (`evaluate_cell`), else of the supernet as its `evaluate` says."""
+        fn = self.eval_fn
+        if self.cell_eval_fn is not None and self.genotype is not None:
+            paths = genotype_paths(self.genotype, self.setup.space)
+            fn = partial(
+                _with_paths, self.cell_eval_fn, {k: jnp.asarray(p) for k, p in paths.items()}
+            )
+        data = self.data
+        return evaluate(
+            fn, state, data.x_test, data.y_test, self.batch_size, put=self.ctx.dp.put_batch
+        )
+
+    def test_line(self, test: dict[str, float]) -> str:
+        assert self.genotype is not None  # derived at every evaluating epoch's end
+        return f"  genotype {_describe(self.genotype)}"
+
+    def close(self, state: Any) -> None:
+        space = self.setup.space
+        self.ctx.views.arch_history(self.alphas.rows, space.ops, np.array(space.edges))
+
+    def finish(self, state: Any, result: LoopResult) -> None:
+        if self.genotype is None:  # no epoch ended (epochs 0)
+            self.genotype = self.current_genotype(state)
+        self.genotype.save(self.ctx.run_dir / "genotype.json")
+
+    def summary(self) -> dict[str, Any]:
+        assert self.genotype is not None
+        calls = self.selection["calls"]
+        return {
+            "strategy": self.config.search.strategy,
+            "params": self.params,
+            "select_seconds": self.selection["seconds"] if calls else None,
+            "select_calls": calls,
+            "genotype": self.genotype.to_dict(),
+            "genotype_text": _describe(self.genotype),
+        }
+
+    def current_genotype(self, state: Any) -> Genotype:
+        """The strategy's cell now: derived from its parameters, or selected by scoring
+        candidates on the validation half."""
+        if self.strategy.select is None:
+            return self.strategy.derive(state)
+        tick = time.perf_counter()
+        genotype = self.strategy.select(state, self._select_batches())
+        self.selection["seconds"] += time.perf_counter() - tick
+        self.selection["calls"] += 1
+        return genotype
+
+    def _select_batches(self) -> Iterator[Batch]:
+        """The validation half in a fixed order, for strategies that score candidates."""
+        data = self.data
+        return map(
+            self.ctx.dp.put_batch,
+            batches(data.x_train, data.y_train, self.val_idx, self.batch_size),
+        )
+
+    def _phase_batches(self, epoch: int) -> Iterator[Batch]:
+        """Validation batches for a strategy's after-epoch phase, reshuffled per pass."""
+        data = self.data
+        for sweep in itertools.count():
+            order = epoch_order(self.val_idx, self.config.seed, epoch * 1_000 + sweep, stream=2)
+            for batch in batches(data.x_train, data.y_train, order, self.batch_size):
+                yield self.ctx.dp.put_batch(batch)
+
+    def _after_epoch(self, state: Any, epoch: int, step: int) -> tuple[Any, list[dict[str, Any]]]:
+        """The strategy's phase after an epoch (ENAS' controller), logged as one record."""
+        tick = time.perf_counter()
+        state, pending = self.strategy.after_epoch(state, self._phase_batches(epoch))
+        if not pending:
+            return state, []
+        names = list(pending[0])  # the strategy's order (the host copy sorts them)
+        host = pending_to_host(pending)
+        check_finite(host, epoch, step)
+        seconds = time.perf_counter() - tick
+        record = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+        record.update(kind="phase", epoch=epoch + 1, step=step, phase_steps=len(host))
+        record["phase_steps_per_sec"] = len(host) / seconds
+        self.ctx.progress.log(
+            f"epoch {epoch + 1}: {len(host)} {self.config.search.strategy} phase steps, "
+            + "  ".join(f"{k} {record[k]:.4g}" for k in names[:3])
+        )
+        return state, [record]
+
+
+def run_search(
+    config: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Runs a search as `config` says and writes its run directory; returns the summary.
+
+    The run directory holds config.yaml, metrics.jsonl, genotype.json, alphas.npz,
+    checkpoints/ and summary.json. See `nasax.run.run` for the arguments.
+    """
+    return run(
+        SearchTask(config), config, run_dir, resume=resume, overwrite=overwrite, on_epoch=on_epoch
+    )
+
+
+def _with_paths(cell_eval_fn: Callable, paths: dict[str, jax.Array], state: Any, batch: Batch):
+    """`cell_eval_fn` with its cell fixed, in the (state, batch) form `evaluate` calls."""
+    return cell_eval_fn(state, paths, batch)
+
+
+def _describe(genotype: Genotype) -> str:
+    """One line: the arch string of one-cell spaces (NAS-Bench-201 can look it up), else
+    the normal cell's `op<-input` pairs."""
+    if len(get_space(genotype.space).cell_kinds) == 1:
+        return genotype.to_arch_string()
+    return "normal " + " ".join(f"{op}<-{src}" for node in genotype.normal for op, src in node)
+
+
+__all__ = ["SearchTask", "build_setup", "run_search"]

@@ -1,0 +1,195 @@
+"""The retraining task: a genotype trained from scratch with the DARTS protocol; `run` does the
+rest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from nasax.blocks import compile_program, jit_for
+from nasax.config import Config
+from nasax.data import Batch, Dataset, batches, check_batch_size, epoch_order, make_preprocess
+from nasax.errors import ConfigError, GenotypeError, RunDirError
+from nasax.optim import weight_optimizer, weight_schedule
+from nasax.run import RunContext, Task, run
+from nasax.runloop import evaluate, guard_step, prefetch
+from nasax.supernet.discrete import param_counts
+from nasax.supernet.genotypes import Genotype, load_genotype
+from nasax.supernet.skeletons import skeleton_of
+from nasax.supernet.spaces import get_space
+from nasax.train.trainer import Regularizers, Trainer, TrainState
+
+
+def check_train_config(config: Config) -> None:
+    """Refuses `train` options the space's skeleton cannot build, before a run starts."""
+    space = get_space(config.model.space)
+    t = config.train
+    if t.auxiliary and t.auxiliary_weight > 0 and not skeleton_of(space).auxiliary:
+        raise ConfigError(
+            f"train.auxiliary: the {space.skeleton} network of space {space.name!r} has no "
+            "auxiliary head; set train.auxiliary=false"
+        )
+
+
+def build_trainer(config: Config, genotype: Genotype, dataset: Dataset) -> Trainer:
+    """The network, optimizer, preprocessing and regularisers a retraining run uses; the
+    network comes from the skeleton of the genotype's space."""
+    t, m = config.train, config.model
+    steps_per_epoch = len(dataset.x_train) // t.batch_size
+    network = partial(
+        skeleton_of(genotype.resolve_space()).discrete_network,
+        genotype,
+        num_classes=dataset.num_classes,
+        channels=m.channels,
+        layers=m.layers,
+        in_channels=dataset.image_shape[-1],
+        stem_multiplier=m.stem_multiplier,
+        auxiliary=t.auxiliary and t.auxiliary_weight > 0,
+    )
+    augment = config.data.augment
+    return Trainer.create(
+        lambda rngs: network(rngs=rngs),
+        optimizer=weight_optimizer(config.optim.weights, t.epochs, steps_per_epoch),
+        learning_rate=weight_schedule(config.optim.weights, t.epochs, steps_per_epoch),
+        preprocess=make_preprocess(dataset.mean, dataset.std, augment.crop_padding, augment.flip),
+        regularizers=Regularizers(
+            t.drop_path, t.auxiliary_weight if t.auxiliary else 0.0, t.cutout
+        ),
+        steps_per_epoch=steps_per_epoch,
+        epochs=t.epochs,
+    )
+
+
+def _resolve_genotype(
+    config: Config, genotype: Genotype | str | None, run_dir: Path, resume: bool
+) -> Genotype:
+    """The genotype to train: given, named in the config, or (resuming) the run's own."""
+    if isinstance(genotype, str):
+        genotype = load_genotype(genotype)
+    if resume:
+        saved = Genotype.load(run_dir / "genotype.json")
+        if genotype is not None and genotype != saved:
+            raise RunDirError(
+                f"cannot resume {run_dir}: it trains a different genotype than the one given; "
+                "resume without --genotype or with the same one"
+            )
+        return saved
+    if genotype is None and config.train.genotype is not None:
+        genotype = load_genotype(config.train.genotype)
+    if genotype is None:
+        raise GenotypeError(
+            "no genotype to train: pass --genotype PATH_OR_NAME (a genotype.json, a search run "
+            "directory, or a published name such as DARTS_V2) or set train.genotype"
+        )
+    return genotype.validate()
+
+
+class TrainTask(Task):
+    """A genotype retrained from scratch on the whole training set, tested on the test set."""
+
+    kind = "train"
+    step_name = "training step"
+    label = "train"
+    shown = ("train_loss", "train_acc", "images_per_sec")
+    resume_ignore = ("train.genotype",)
+
+    def __init__(self, config: Config, genotype: Genotype | str | None = None) -> None:
+        t = config.train
+        self.config, self.genotype = config, genotype
+        self.epochs, self.batch_size, self.eval_every = t.epochs, t.batch_size, t.eval_every
+
+    def prepare(self, dataset: Dataset, workdir: Path, resume: bool) -> None:
+        check_train_config(self.config)
+        check_batch_size(dataset, self.batch_size, len(dataset.x_train), "training set")
+        self.steps_per_epoch = len(dataset.x_train) // self.batch_size
+        if not resume:
+            self.genotype = _resolve_genotype(self.config, self.genotype, workdir, resume=False)
+            self.genotype.validate(get_space(self.config.model.space))
+
+    def open(self, run_dir: Path, resume: bool) -> None:
+        if resume:
+            self.genotype = _resolve_genotype(self.config, self.genotype, run_dir, resume=True)
+        else:
+            self.genotype.save(run_dir / "genotype.json")
+
+    def init(self, ctx: RunContext, key: jax.Array) -> TrainState:
+        self.ctx, self.data = ctx, ctx.dataset
+        self.trainer = build_trainer(self.config, self.genotype, ctx.dataset)
+        return self.trainer.init(key)
+
+    def start(self, state: TrainState, start: tuple[int, int]) -> None:
+        self.counts = param_counts(self.trainer.module(state))
+
+    def describe(self) -> str:
+        return (
+            f"{self.data.name}: {len(self.data.x_train)} training images, "
+            f"{self.steps_per_epoch} steps per epoch; {self.counts['params']:,} parameters "
+            f"(+{self.counts['params_auxiliary']:,} auxiliary)"
+        )
+
+    def compile(self, state: TrainState) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+        rc, data = self.config.run, self.data
+        self.order = np.arange(len(data.x_train))
+        sample = self.ctx.dp.put_batch(
+            next(batches(data.x_train, data.y_train, self.order, self.batch_size))
+        )
+        self.eval_fn = jit_for(rc.execution)(self.trainer.evaluate)  # compiled when first used
+        step = guard_step(self.trainer.step, rc)
+        return compile_program(step, (state, sample), rc.execution, donate=True, remat=rc.remat)
+
+    def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch]]:
+        idx = epoch_order(self.order, self.config.seed, epoch, 0)
+        data = self.data
+        stream = prefetch(
+            batches(data.x_train, data.y_train, idx, self.batch_size, first),
+            put=self.ctx.dp.put_batch,
+        )
+        return ((batch,) for batch in stream)
+
+    def test(self, state: TrainState) -> dict[str, float]:
+        data = self.data
+        return evaluate(
+            self.eval_fn,
+            state,
+            data.x_test,
+            data.y_test,
+            self.batch_size,
+            put=self.ctx.dp.put_batch,
+        )
+
+    def test_line(self, test: dict[str, float]) -> str:
+        return f", loss {test['loss']:.4f}"
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.counts, "genotype": self.genotype.to_dict()}
+
+
+def run_train(
+    config: Config,
+    run_dir: str | Path,
+    *,
+    genotype: Genotype | str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Retrains a genotype from scratch as `config` says; returns the summary.
+
+    Args:
+        config: the validated config (its `train`, `model`, `data`, `optim` sections).
+        run_dir: where config.yaml, genotype.json, metrics.jsonl, checkpoints/ and
+            summary.json go.
+        genotype: a Genotype, a genotype.json path, a search run directory, or a
+            published name; default `train.genotype` (or, resuming, the run's own).
+        resume, overwrite, on_epoch: as `nasax.run.run` takes them.
+    """
+    task = TrainTask(config, genotype)
+    return run(task, config, run_dir, resume=resume, overwrite=overwrite, on_epoch=on_epoch)
+
+
+__all__ = ["TrainTask", "build_trainer", "check_train_config", "run_train"]
