@@ -56,7 +56,7 @@ def cli_case(execution: str) -> dict:
         for label in ("cold", "warm"):
             out = Path(tmp) / label
             cmd = [
-                sys.executable, "-m", "nasax.cli", "search", "darts_digits", "--out", str(out),
+                sys.executable, "-m", "nasax.app.cli", "search", "darts_digits", "--out", str(out),
                 "--set", "run.progress=false", "--set", f"run.execution={execution}",
             ]  # fmt: skip
             start = time.perf_counter()

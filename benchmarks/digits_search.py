@@ -7,7 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from nasax.cli import enable_compilation_cache
+from nasax.compilation_cache import enable_compilation_cache
 from nasax.config import load_config
 from nasax.search.task import run_search
 

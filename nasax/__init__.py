@@ -1,15 +1,63 @@
-"""nasax: differentiable neural architecture search in JAX, Flax and Optax."""
+"""nasax: differentiable neural architecture search in JAX, Flax and Optax.
 
-from nasax import genotypes
-from nasax import search as _search  # noqa: F401  (registers the strategies)
-from nasax.classifier import ImageClassifier
-from nasax.config import Config, load_config
-from nasax.data import Dataset, load_dataset
-from nasax.errors import ConfigError, DataError, GenotypeError, NasaxError
-from nasax.supernet import DARTS_V1, DARTS_V2, Genotype, SearchNetwork, SearchSpace
-from nasax.supernet.discrete import DiscreteCell, DiscreteNetwork
-from nasax.supernet.genotypes import load_genotype
-from nasax.train.export import load_model
+The names below load on first use, so `import nasax` is cheap and imports neither JAX
+nor any strategy; registries load the built-ins they are asked for (`nasax.builtins`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "DARTS_V1": "nasax.supernet",
+    "DARTS_V2": "nasax.supernet",
+    "Config": "nasax.config",
+    "ConfigError": "nasax.errors",
+    "DataError": "nasax.errors",
+    "Dataset": "nasax.data",
+    "DiscreteCell": "nasax.supernet.discrete",
+    "DiscreteNetwork": "nasax.supernet.discrete",
+    "Genotype": "nasax.supernet",
+    "GenotypeError": "nasax.errors",
+    "ImageClassifier": "nasax.app.classifier",
+    "NasaxError": "nasax.errors",
+    "SearchNetwork": "nasax.supernet",
+    "SearchSpace": "nasax.supernet",
+    "load_config": "nasax.config",
+    "load_dataset": "nasax.data",
+    "load_genotype": "nasax.supernet.genotypes",
+    "load_model": "nasax.train.export",
+    "run": "nasax.run",
+}
+"""Public name -> the module that defines it."""
+
+if TYPE_CHECKING:
+    from nasax import genotypes
+    from nasax.app.classifier import ImageClassifier
+    from nasax.config import Config, load_config
+    from nasax.data import Dataset, load_dataset
+    from nasax.errors import ConfigError, DataError, GenotypeError, NasaxError
+    from nasax.run import run
+    from nasax.supernet import DARTS_V1, DARTS_V2, Genotype, SearchNetwork, SearchSpace
+    from nasax.supernet.discrete import DiscreteCell, DiscreteNetwork
+    from nasax.supernet.genotypes import load_genotype
+    from nasax.train.export import load_model
+
+
+def __getattr__(name: str) -> Any:
+    if name == "genotypes":
+        return importlib.import_module("nasax.genotypes")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nasax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, "genotypes"})
+
 
 __all__ = [
     "DARTS_V1",
@@ -31,4 +79,5 @@ __all__ = [
     "load_dataset",
     "load_genotype",
     "load_model",
+    "run",
 ]

@@ -17,13 +17,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from nasax import builtins
 from nasax.errors import ConfigError
 from nasax.registry import Registry
 
-STRATEGY_OPTIONS: Registry[type[BaseModel]] = Registry("search strategy")
+STRATEGY_OPTIONS: Registry[type[BaseModel]] = Registry("search strategy", builtins.STRATEGIES)
 """Strategy name -> pydantic model of its own config section (`search.<name>`)."""
 
-MODEL_CHECKS: Registry[Callable[[ModelConfig], None]] = Registry("model check")
+MODEL_CHECKS: Registry[Callable[[ModelConfig], None]] = Registry(
+    "model check", builtins.MODEL_CHECKS
+)
 """Checks of the `model` section, registered by the code that builds models (the
 supernet checks the space name and what the space's skeleton accepts); each raises
 ValueError with a message naming the key."""

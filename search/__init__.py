@@ -1,18 +1,8 @@
-"""Search strategies, the discretizer and the search loop (`nasax.search`)."""
+"""Search strategies, the discretizer and the search task (`nasax.search`).
 
-from nasax.search import (  # noqa: F401  (importing registers the strategies)
-    beta_darts,
-    darts,
-    darts_minus,
-    drnas,
-    enas,
-    evolution,
-    gdas,
-    pcdarts,
-    random_ws,
-    sdarts,
-    snas,
-)
+The built-in strategies load when their names are first asked for (`nasax.builtins`).
+"""
+
 from nasax.search.discretize import derive_cell, derive_genotype
 from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy, register_strategy
 

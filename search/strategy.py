@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 from pydantic import BaseModel
 
+from nasax import builtins
 from nasax.config import STRATEGY_OPTIONS
 from nasax.data import Batch
 from nasax.registry import Registry
@@ -89,7 +90,7 @@ class Strategy(NamedTuple):
 
 
 StrategyBuilder = Callable[[SearchSetup, BaseModel], Strategy]
-STRATEGIES: Registry[StrategyBuilder] = Registry("search strategy")
+STRATEGIES: Registry[StrategyBuilder] = Registry("search strategy", builtins.STRATEGIES)
 
 
 def register_strategy(

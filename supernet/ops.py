@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from nasax import builtins
 from nasax.blocks import block
 from nasax.registry import Registry
 
@@ -53,7 +54,7 @@ class OpSpec:
     identity_at_stride_1: bool = False
 
 
-OPS: Registry[OpSpec] = Registry("op")
+OPS: Registry[OpSpec] = Registry("op", builtins.OPS)
 
 
 def register_op(name: str, **flags: bool) -> Callable:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from flax import nnx
 
+from nasax import builtins
 from nasax.config import MODEL_CHECKS, ModelConfig
 from nasax.registry import Registry
 from nasax.supernet.discrete import DiscreteNetwork
@@ -40,7 +41,7 @@ class Skeleton(NamedTuple):
     auxiliary: bool = True
 
 
-SKELETONS: Registry[Skeleton] = Registry("macro skeleton")
+SKELETONS: Registry[Skeleton] = Registry("macro skeleton", builtins.SKELETONS)
 SKELETONS.register("darts", Skeleton(SearchNetwork, DiscreteNetwork))
 SKELETONS.register(
     "nb201",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
 
+from nasax import builtins
 from nasax.registry import Registry
 
 
@@ -72,7 +73,7 @@ class SearchSpace:
         return range(start, start + self.n_inputs + node)
 
 
-SPACES: Registry[SearchSpace] = Registry("search space")
+SPACES: Registry[SearchSpace] = Registry("search space", builtins.SPACES)
 
 DARTS_OPS = (
     "none",

@@ -78,7 +78,7 @@ def train_args(tiny_npz: str, out: Path, *extra: str, genotype: str = "DARTS_V2"
 @pytest.fixture(scope="session")
 def finished_run(tiny_npz, tmp_path_factory) -> Path:
     """One uninterrupted tiny search, the reference of every resumed one (not to be changed)."""
-    from nasax.cli import main
+    from nasax.app.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     assert main(search_args(tiny_npz, out)) == 0
@@ -89,7 +89,7 @@ def finished_run(tiny_npz, tmp_path_factory) -> Path:
 def finished_training(tiny_npz, tmp_path_factory) -> Path:
     """One uninterrupted tiny retraining of DARTS_V2 (`train_args`), the reference of
     the retraining, reliability, storage and lock tests (not to be changed)."""
-    from nasax.cli import main
+    from nasax.app.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "trained"
     assert main(train_args(tiny_npz, out)) == 0

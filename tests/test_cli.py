@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
+from nasax.app.cli import main
 from nasax.checkpoint import Checkpoints
-from nasax.cli import main
 from nasax.search import task as search_task
 from nasax.supernet.genotypes import Genotype
 from tests.conftest import search_args

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 import nasax
-from nasax.cli import main
+from nasax.app.cli import main
 from nasax.config import load_config, validate_config
 from nasax.errors import ConfigError, GenotypeError
 from nasax.search.discretize import derive_genotype

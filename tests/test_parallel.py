@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     import jax
-    from nasax.cli import main
+    from nasax.app.cli import main
     from nasax.search import task as loop
 
     out, overrides = sys.argv[1], json.loads(sys.argv[2])

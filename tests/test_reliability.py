@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nasax import DARTS_V2, Genotype
+from nasax.app.cli import main
 from nasax.checkpoint import Checkpoints
-from nasax.cli import main
 from nasax.config import load_config, validate_config
 from nasax.errors import ConfigError, GenotypeError
 from nasax.train import task as train_task
@@ -67,7 +67,7 @@ def test_kill_9_at_any_moment_loses_nothing(reference, tiny_npz, tmp_path):
     the middle of checkpoint writes), resume each time: the end equals an uninterrupted run."""
     out = tmp_path / "killed"
     every_step = ["--set", "run.checkpoint_minutes=1e-9", "--quiet"]
-    cmd = [sys.executable, "-m", "nasax.cli", *train_args(tiny_npz, out, *every_step)]
+    cmd = [sys.executable, "-m", "nasax.app.cli", *train_args(tiny_npz, out, *every_step)]
     rng = random.Random(0)
     kills, done = 0, 0
     for _ in range(6):

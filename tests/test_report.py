@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from PIL import Image
 
-from nasax.cli import main
+from nasax.app.cli import main
 from nasax.supernet.drawing import genotype_text
 from nasax.supernet.genotypes import Genotype
 

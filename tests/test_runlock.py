@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nasax.cli import main
+from nasax.app.cli import main
 from nasax.config import load_config
 from nasax.errors import RunDirBusy
 from nasax.runlock import LOCK_NAME, describe_holder, lock_run_dir, share_run_dir
@@ -42,7 +42,7 @@ def test_a_second_process_is_refused_while_a_run_writes(finished_training, tiny_
     process exits 75 naming this process; the running one ends as if alone."""
     out, seen = tmp_path / "running", []
     config = load_config("retrain_digits", [*TINY_TRAIN, f"data.name=npz:{tiny_npz}"])
-    second = [sys.executable, "-m", "nasax.cli", *train_args(tiny_npz, out, "--overwrite")]
+    second = [sys.executable, "-m", "nasax.app.cli", *train_args(tiny_npz, out, "--overwrite")]
 
     def after_epoch(figures: dict) -> None:
         if figures["epoch"] == 1:

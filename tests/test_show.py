@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from PIL import Image
 
-from nasax.cli import main
+from nasax.app.cli import main
 from nasax.supernet import drawing
 from nasax.supernet.genotypes import DARTS_V2, NB201_RESNET
 

@@ -16,8 +16,8 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 
+from nasax.app.cli import main
 from nasax.checkpoint import complete_steps
-from nasax.cli import main
 from nasax.config import validate_config
 from nasax.errors import StorageError
 from tests.conftest import search_args, train_args

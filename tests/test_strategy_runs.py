@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from nasax.cli import main
+from nasax.app.cli import main
 from nasax.search import task as loop
 from nasax.supernet.genotypes import Genotype
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 import nasax
+from nasax.app.cli import main
 from nasax.checkpoint import Checkpoints
-from nasax.cli import main
 from nasax.train import evaluate as train_evaluate
 from nasax.train import task as train_task
 from nasax.train.export import preprocess_for, read_manifest

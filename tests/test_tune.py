@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from nasax.cli import main
+from nasax.app.cli import main
 from nasax.config import load_config, validate_config
 
 
@@ -95,9 +95,9 @@ def test_median_pruning_stops_a_trial_that_lags(tmp_path, tiny_npz, monkeypatch)
     metric the runs do not report is a clear error."""
     import optuna
 
+    from nasax.app.tune import RUNNERS, run_tune
     from nasax.config import load_config as load
     from nasax.errors import ConfigError
-    from nasax.tune import RUNNERS, run_tune
 
     scripted = [[0.5, 0.6], [0.7, 0.8], [0.1, 0.9], [0.9, 0.1], [0.5, 0.5]]
 
@@ -128,9 +128,9 @@ def test_median_pruning_stops_a_trial_that_lags(tmp_path, tiny_npz, monkeypatch)
 def test_an_interrupted_tuning_continues_where_it_stopped(tmp_path, tiny_npz, monkeypatch):
     """Ctrl-C during a trial: that trial is marked failed, the message says how to go on,
     and running the same tuning again completes the study without redoing finished trials."""
+    from nasax.app.tune import RUNNERS, run_tune
     from nasax.config import load_config as load
     from nasax.runloop import Interrupted
-    from nasax.tune import RUNNERS, run_tune
 
     calls = []
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from nasax.compilation_cache import use_compilation_cache
 from nasax.config import Config, apply_overrides, validate_config
 from nasax.data import check_images, check_labels, hold_arrays
 from nasax.errors import DataError, NasaxError
@@ -121,7 +122,7 @@ class ImageClassifier:
         from nasax.run import run
         from nasax.search.task import SearchTask
 
-        _use_compilation_cache()
+        use_compilation_cache()
         source = self._hold("search", x, y, validation_data)
         config = self._config("search", source)
         task = SearchTask(config)
@@ -264,17 +265,6 @@ class ImageClassifier:
         if self._model is None:
             raise NasaxError("no retrained network yet: call fit(x, y), then final_fit(x, y)")
         return self._model
-
-
-def _use_compilation_cache() -> None:
-    """Turns on nasax's on-disk cache of compiled programs (as the CLI does), unless the
-    program already chose a cache folder itself."""
-    import jax
-
-    if jax.config.jax_compilation_cache_dir is None:
-        from nasax.cli import enable_compilation_cache
-
-        enable_compilation_cache()
 
 
 __all__ = ["SIZES", "ImageClassifier"]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nasax.compilation_cache import enable_compilation_cache
 from nasax.errors import NasaxError, StorageError
 
 if TYPE_CHECKING:
@@ -112,15 +112,15 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from nasax.report import write_report
+    from nasax.app.report import write_report
 
     print(f"wrote {write_report(args.run_dir, args.out)}")
     return 0
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from nasax.app.tune import run_tune
     from nasax.config import load_config
-    from nasax.tune import run_tune
 
     config = load_config(args.config, args.set)
     initialize(config.run)
@@ -219,24 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--quiet", action="store_true", help="no progress bars")
     tune.set_defaults(run=_tune)
     return parser
-
-
-def enable_compilation_cache() -> None:
-    """Keeps compiled XLA programs on disk, so a rerun or a resume does not compile again.
-
-    JAX_COMPILATION_CACHE_DIR chooses the folder (default ~/.cache/nasax/jax).
-    """
-    import jax
-
-    default = Path.home() / ".cache" / "nasax" / "jax"
-    jax.config.update(
-        "jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", str(default))
-    )
-    # Keep every program, however small: a block step and its eager initialisation run
-    # dozens of programs that compile in 20-30 ms each and load from disk in about 2 ms
-    # (measured: a warm `nasax search darts_digits` reaches its first step in 19.7-20.4 s
-    # instead of 21.3-21.8 s with a 0.1 s floor).
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _names(word: str, option: str) -> bool:

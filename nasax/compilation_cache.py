@@ -1,0 +1,35 @@
+"""JAX's on-disk cache of compiled programs, as nasax's commands and ImageClassifier use it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def enable_compilation_cache() -> None:
+    """Keeps compiled XLA programs on disk, so a rerun or a resume does not compile again.
+
+    JAX_COMPILATION_CACHE_DIR chooses the folder (default ~/.cache/nasax/jax).
+    """
+    import jax
+
+    default = Path.home() / ".cache" / "nasax" / "jax"
+    jax.config.update(
+        "jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", str(default))
+    )
+    # Keep every program, however small: a block step and its eager initialisation run
+    # dozens of programs that compile in 20-30 ms each and load from disk in about 2 ms
+    # (measured: a warm `nasax search darts_digits` reaches its first step in 19.7-20.4 s
+    # instead of 21.3-21.8 s with a 0.1 s floor).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def use_compilation_cache() -> None:
+    """`enable_compilation_cache`, unless the program already chose a cache folder itself."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir is None:
+        enable_compilation_cache()
+
+
+__all__ = ["enable_compilation_cache", "use_compilation_cache"]

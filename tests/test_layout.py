@@ -1,0 +1,150 @@
+"""The package's shape: a cheap `import nasax`, one list of built-ins, imports that point one way."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = {"nasax": "nasax", "supernet": "nasax.supernet", "search": "nasax.search"}
+FOLDERS |= {"train": "nasax.train"}
+
+REGISTRIES = {
+    "STRATEGIES": ("nasax.search.strategy", "STRATEGIES"),
+    "OPS": ("nasax.supernet.ops", "OPS"),
+    "SPACES": ("nasax.supernet.spaces", "SPACES"),
+    "SKELETONS": ("nasax.supernet.skeletons", "SKELETONS"),
+    "MODEL_CHECKS": ("nasax.config", "MODEL_CHECKS"),
+}
+"""`nasax.builtins` table -> (module, registry) it lists the built-ins of."""
+
+
+def _python(script: str) -> dict:
+    """Runs `script` in a fresh interpreter; it prints one JSON value as its last line."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_nasax_loads_neither_jax_nor_a_strategy():
+    found = _python(
+        """
+        import json, sys
+        import nasax
+        print(json.dumps(sorted(m for m in sys.modules
+              if m.split(".")[0] in ("jax", "flax", "optax") or m.startswith("nasax.search"))))
+        """
+    )
+    assert found == []
+
+
+def test_each_builtin_is_registered_by_the_module_the_list_names():
+    """Importing only the module a built-in is listed under registers it, and importing
+    the whole package registers nothing the list leaves out."""
+    missing = _python(
+        f"""
+        import importlib, json
+        from nasax import builtins
+        registries = {REGISTRIES!r}
+        missing = []
+        for table, (module, name) in registries.items():
+            registry = getattr(importlib.import_module(module), name)
+            for item, source in getattr(builtins, table).items():
+                importlib.import_module(source)
+                if item not in registry._items:  # not loaded lazily: registered by `source`
+                    missing.append([table, item])
+        print(json.dumps(missing))
+        """
+    )
+    assert missing == []
+    registered = _python(
+        f"""
+        import importlib, json, pkgutil
+        for package in ("nasax", "nasax.app", "nasax.supernet", "nasax.search", "nasax.train"):
+            path = importlib.import_module(package).__path__
+            for info in pkgutil.iter_modules(path, package + "."):
+                importlib.import_module(info.name)
+        registries = {REGISTRIES!r}
+        print(json.dumps({{table: sorted(getattr(importlib.import_module(m), n)._items)
+                          for table, (m, n) in registries.items()}}))
+        """
+    )
+    from nasax import builtins
+
+    assert registered == {table: sorted(getattr(builtins, table)) for table in REGISTRIES}
+
+
+def test_a_config_names_any_strategy_whatever_was_imported():
+    strategy = _python(
+        """
+        import json
+        from nasax.config import load_config
+        print(json.dumps(load_config("gdas_digits").search.strategy_options().tau_max))
+        """
+    )
+    assert strategy == 10.0
+
+
+def _imports(path: Path) -> set[str]:
+    """The nasax modules a file imports (at any depth: lazy imports count)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nasax"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("nasax"))
+    return found
+
+
+def _module_imports() -> dict[str, set[str]]:
+    modules = {}
+    for folder, package in FOLDERS.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            name = ".".join([package, *parts]).removesuffix(".__init__")
+            modules[name] = _imports(path)
+    return modules
+
+
+def _layer(module: str) -> str:
+    for layer in ("nasax.app", "nasax.supernet", "nasax.search", "nasax.train"):
+        if module == layer or module.startswith(layer + "."):
+            return layer
+    return "core"
+
+
+ALLOWED = {
+    "core": {"core"},
+    "nasax.supernet": {"core", "nasax.supernet"},
+    "nasax.search": {"core", "nasax.supernet", "nasax.search"},
+    "nasax.train": {"core", "nasax.supernet", "nasax.train"},
+    "nasax.app": {"core", "nasax.supernet", "nasax.search", "nasax.train", "nasax.app"},
+}
+"""Which layers each layer may import: the core below the models, the models below the
+search and retraining tasks (which never import each other), the app on top."""
+
+LAZY_TOP = {"nasax", "nasax.genotypes"}
+"""Modules that only re-export (lazily, or published constants), importable from anywhere."""
+
+
+def test_imports_point_from_the_app_down_to_the_core():
+    wrong = []
+    for module, imported in _module_imports().items():
+        if module in LAZY_TOP:
+            continue
+        for target in imported:
+            if target in LAZY_TOP or target.startswith("nasax.builtins"):
+                continue
+            if _layer(target) not in ALLOWED[_layer(module)]:
+                wrong.append(f"{module} imports {target}")
+    assert wrong == []
