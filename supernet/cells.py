@@ -11,6 +11,7 @@ from flax import nnx
 from jax import lax
 
 from nasax.blocks import block
+from nasax.supernet.genotypes import Genotype
 from nasax.supernet.ops import OPS, BatchNorm, FactorizedReduce, ReLUConvBN, build_op
 
 
@@ -226,6 +227,16 @@ class FixedEdge(nnx.Module):
     @block
     def __call__(self, x: jax.Array, weights: jax.Array | None, train: bool) -> jax.Array:
         return self.op(x, train)
+
+
+def fixed_edges(genotype: Genotype, kind: str) -> Callable[[int, int, int, nnx.Rngs], FixedEdge]:
+    """`make_edge` for the cells of a genotype's `kind`: edge i runs the op it chose."""
+    _, ops = genotype.wiring(kind)
+
+    def make_edge(i: int, c: int, stride: int, rngs: nnx.Rngs) -> FixedEdge:
+        return FixedEdge(ops[i], c, stride, rngs)
+
+    return make_edge
 
 
 class Cell(nnx.Module):

@@ -11,25 +11,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nasax.blocks import block
-from nasax.supernet.cells import (
-    Cell,
-    CellPlan,
-    FixedEdge,
-    drop_path,
-    plan_cells,
-    reduction_indices,
-)
+from nasax.supernet.cells import Cell, CellPlan, drop_path, fixed_edges, reduction_indices
 from nasax.supernet.genotypes import Genotype
-from nasax.supernet.network import Stem, linear
+from nasax.supernet.network import DartsStack, linear
 from nasax.supernet.ops import BatchNorm, Conv, param_keys
-
-
-def cell_wiring(genotype: Genotype, kind: str) -> tuple[list[tuple[int, int]], list[str]]:
-    """(node, source) per edge and the op on each edge, in genotype order."""
-    nodes, _ = genotype.cell(kind)
-    wiring = [(n, src) for n, node in enumerate(nodes) for _, src in node]
-    ops = [op for node in nodes for op, _ in node]
-    return wiring, ops
 
 
 class DiscreteCell(nnx.Module):
@@ -61,14 +46,10 @@ class DiscreteCell(nnx.Module):
     ) -> None:
         genotype.validate()
         rngs = param_keys(rngs)
-        wiring, ops = cell_wiring(genotype, kind)
+        wiring, _ = genotype.wiring(kind)
         _, concat = genotype.cell(kind)
         plan = CellPlan(c_prev_prev, c_prev, channels, kind == "reduce", reduction_prev)
-
-        def make_edge(i: int, c: int, stride: int, rngs: nnx.Rngs) -> FixedEdge:
-            return FixedEdge(ops[i], c, stride, rngs)
-
-        self.cell = Cell(plan, wiring, make_edge, concat, True, rngs)
+        self.cell = Cell(plan, wiring, fixed_edges(genotype, kind), concat, True, rngs)
         self.out_channels = len(concat) * channels
 
     def __call__(
@@ -114,7 +95,7 @@ class AuxiliaryHead(nnx.Module):
         return self.classifier(jnp.mean(x, axis=(1, 2)))
 
 
-class DiscreteNetwork(nnx.Module):
+class DiscreteNetwork(DartsStack):
     """The network a genotype is retrained as: stem, `layers` cells, pooling, classifier.
 
     Reduction cells sit at 1/3 and 2/3 of the depth and double the channels. With
@@ -148,23 +129,26 @@ class DiscreteNetwork(nnx.Module):
             )
         rngs = param_keys(rngs)
         self.genotype = genotype
-        self.stem = Stem(in_channels, stem_multiplier * channels, rngs)
-        n_normal = len(genotype.normal_concat)
-        n_reduce = len(genotype.reduce_concat)
-        plans = plan_cells(stem_multiplier * channels, channels, layers, n_normal, n_reduce)
-        self.cells = nnx.List(
-            [
-                DiscreteCell(
-                    genotype,
-                    "reduce" if p.reduction else "normal",
-                    c_prev_prev=p.c_prev_prev,
-                    c_prev=p.c_prev,
-                    channels=p.channels,
-                    reduction_prev=p.reduction_prev,
-                    rngs=rngs,
-                )
-                for p in plans
-            ]
+
+        def make_cell(plan: CellPlan, kind: str) -> DiscreteCell:
+            return DiscreteCell(
+                genotype,
+                kind,
+                c_prev_prev=plan.c_prev_prev,
+                c_prev=plan.c_prev,
+                channels=plan.channels,
+                reduction_prev=plan.reduction_prev,
+                rngs=rngs,
+            )
+
+        self._stack(
+            make_cell,
+            channels=channels,
+            layers=layers,
+            in_channels=in_channels,
+            stem_multiplier=stem_multiplier,
+            outputs={kind: len(genotype.cell(kind)[1]) for kind in kinds},
+            rngs=rngs,
         )
         self.aux_index = reduction_indices(layers)[1]
         self.auxiliary = (
@@ -193,14 +177,17 @@ class DiscreteNetwork(nnx.Module):
             rng: key for drop path (each cell and edge folds in its position).
             return_aux: also return the auxiliary logits.
         """
-        s0 = s1 = self.stem(x, train)
         aux = None
-        for i, cell in enumerate(self.cells):
+
+        def run_cell(i: int, cell: DiscreteCell, s0: jax.Array, s1: jax.Array) -> jax.Array:
+            nonlocal aux
             cell_rng = None if rng is None else jax.random.fold_in(rng, i)
-            s0, s1 = s1, cell(s0, s1, train=train, drop_path_rate=drop_path_rate, rng=cell_rng)
+            out = cell(s0, s1, train=train, drop_path_rate=drop_path_rate, rng=cell_rng)
             if i == self.aux_index and self.auxiliary is not None and train and return_aux:
-                aux = self.auxiliary(s1, train)
-        logits = self.classifier(jnp.mean(s1, axis=(1, 2)))
+                aux = self.auxiliary(out, train)
+            return out
+
+        logits = self.classifier(self._features(x, train, run_cell))
         return (logits, aux) if return_aux else logits
 
 
@@ -220,7 +207,6 @@ __all__ = [
     "AuxiliaryHead",
     "DiscreteCell",
     "DiscreteNetwork",
-    "cell_wiring",
     "count_params",
     "drop_path",
     "param_counts",

@@ -41,6 +41,12 @@ class Genotype:
             return self.reduce, self.reduce_concat
         raise GenotypeError(f"cell kind must be 'normal' or 'reduce', got {kind!r}")
 
+    def wiring(self, kind: str) -> tuple[list[tuple[int, int]], list[str]]:
+        """The cell `kind` as edges: (node, input) per edge and the op on each, in order."""
+        nodes, _ = self.cell(kind)
+        wiring = [(n, src) for n, node in enumerate(nodes) for _, src in node]
+        return wiring, [op for node in nodes for op, _ in node]
+
     def validate(self, space: SearchSpace | None = None) -> Genotype:
         """Checks the genotype fits `space` (default: its own); returns it or raises."""
         space = self.resolve_space() if space is None else space

@@ -10,15 +10,17 @@ has 3N cells. NAS-Bench-201's stem has no multiplier: `stem_multiplier` must be 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
 from nasax.blocks import block
-from nasax.supernet.cells import FixedEdge, MixedEdge, PlainCell
+from nasax.supernet.cells import PlainCell, fixed_edges
 from nasax.supernet.genotypes import Genotype
-from nasax.supernet.network import ArchParam, Stem, linear, node_softmax
+from nasax.supernet.network import Stem, SupernetMixin, linear, mixed_edges
 from nasax.supernet.ops import BatchNorm, Conv, ParamKeys, ReLUConvBN, param_keys
 from nasax.supernet.spaces import SearchSpace
 
@@ -90,7 +92,48 @@ def _check_space(space: SearchSpace) -> None:
         )
 
 
-class NB201SearchNetwork(nnx.Module):
+class NB201Stack(nnx.Module):
+    """NAS-Bench-201's macro skeleton, for the supernet and the discrete network alike: a
+    stem, three stages of cells joined by residual reduction blocks, and the head."""
+
+    def _stack(
+        self,
+        make_cell: Callable[[int], nnx.Module],
+        *,
+        channels: int,
+        layers: int,
+        num_classes: int,
+        in_channels: int,
+        stem_multiplier: int,
+        rngs: ParamKeys,
+    ) -> None:
+        """Builds `stem`, `cells` (cells and reduction blocks) and `head`;
+        `make_cell(c)` builds a cell of `c` channels."""
+        _check_stem(stem_multiplier)
+        plan = stage_channels(channels, layers)
+        self.stem = Stem(in_channels, channels, rngs)
+        blocks, c_prev = [], channels
+        for c in plan:
+            if c is None:
+                blocks.append(ResidualReduction(c_prev, 2 * c_prev, rngs))
+                c_prev *= 2
+            else:
+                blocks.append(make_cell(c))
+        self.cells = nnx.List(blocks)
+        self.head = Head(c_prev, num_classes, rngs)
+
+    def _logits(
+        self, x: jax.Array, train: bool, run_cell: Callable[[int, PlainCell, jax.Array], jax.Array]
+    ) -> jax.Array:
+        """The logits; `run_cell(i, cell, x)` runs the cell at position i of the stack."""
+        x = self.stem(x, train)
+        for i, stage in enumerate(self.cells):
+            reduction = isinstance(stage, ResidualReduction)
+            x = stage(x, train) if reduction else run_cell(i, stage, x)
+        return self.head(x, train)
+
+
+class NB201SearchNetwork(NB201Stack, SupernetMixin):
     """The NAS-Bench-201 supernet: every cell edge mixes all ops of `space`.
 
     The same interface as `SearchNetwork`, with one cell kind: `alpha_normal` (edges x
@@ -125,45 +168,18 @@ class NB201SearchNetwork(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         _check_space(space)
-        _check_stem(stem_multiplier)
-        plan = stage_channels(channels, layers)
         rngs = param_keys(rngs)
-        self.space = space
-        self.stem = Stem(in_channels, channels, rngs)
-
-        def make_edge(i: int, c: int, stride: int, rngs: nnx.Rngs) -> MixedEdge:
-            return MixedEdge(
-                space.ops,
-                c,
-                stride,
-                rngs,
-                partial_channels=partial_channels,
-                pool_norms=space.pool_norms,
-                aux_skip=aux_skip,
-            )
-
-        blocks, c_prev = [], channels
-        for c in plan:
-            if c is None:
-                blocks.append(ResidualReduction(c_prev, 2 * c_prev, rngs))
-                c_prev *= 2
-            else:
-                blocks.append(PlainCell(c, space.edges, make_edge, space.concat, rngs))
-        self.cells = nnx.List(blocks)
-        self.head = Head(c_prev, num_classes, rngs)
-        shape = (space.n_edges, space.n_ops)
-        self.alpha_normal = ArchParam(1e-3 * jax.random.normal(rngs.params(), shape))
-        if edge_normalization:
-            self.beta_normal = ArchParam(1e-3 * jax.random.normal(rngs.params(), shape[:1]))
-        self.edge_normalization = edge_normalization
-
-    def alphas(self) -> dict[str, jax.Array]:
-        """The architecture parameters by cell kind (only "normal")."""
-        return {CELL_KIND: self.alpha_normal[...]}
-
-    def edge_weights(self) -> dict[str, jax.Array]:
-        """PC-DARTS' edge weights: the betas softmaxed over the edges entering each node."""
-        return {CELL_KIND: node_softmax(self.beta_normal[...], self.space)}
+        make_edge = mixed_edges(space, partial_channels=partial_channels, aux_skip=aux_skip)
+        self._stack(
+            lambda c: PlainCell(c, space.edges, make_edge, space.concat, rngs),
+            channels=channels,
+            layers=layers,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            stem_multiplier=stem_multiplier,
+            rngs=rngs,
+        )
+        self._arch_params(space, edge_normalization, rngs)
 
     def __call__(
         self,
@@ -175,34 +191,19 @@ class NB201SearchNetwork(nnx.Module):
         edge_weights: dict[str, jax.Array] | None = None,
     ) -> jax.Array:
         """Logits for NHWC images `x`; the arguments are as in `SearchNetwork.__call__`."""
-        if weights is None and paths is None:
-            weights = {k: jax.nn.softmax(a, axis=-1) for k, a in self.alphas().items()}
-        if edge_weights is None and self.edge_normalization:
-            edge_weights = self.edge_weights()
-        x = self.stem(x, train)
-        for stage in self.cells:
-            if isinstance(stage, ResidualReduction):
-                x = stage(x, train)
-                continue
-            x = stage(
-                x,
-                None if weights is None else weights[CELL_KIND],
-                train,
-                paths=None if paths is None else paths[CELL_KIND],
-                edge_weights=None if edge_weights is None else edge_weights[CELL_KIND],
-            )
-        return self.head(x, train)
+        a = self.cell_arguments(weights, paths, edge_weights)[CELL_KIND]
+
+        def run_cell(i: int, cell: PlainCell, x: jax.Array) -> jax.Array:
+            return cell(x, a["weights"], train, paths=a["paths"], edge_weights=a["edge_weights"])
+
+        return self._logits(x, train, run_cell)
 
 
 def _fixed_cell(genotype: Genotype, channels: int, rngs: nnx.Rngs | ParamKeys) -> PlainCell:
-    nodes, concat = genotype.normal, genotype.normal_concat
-    wiring = [(n, src) for n, node in enumerate(nodes) for _, src in node]
-    ops = [op for node in nodes for op, _ in node]
-
-    def make_edge(i: int, c: int, stride: int, rngs: nnx.Rngs) -> FixedEdge:
-        return FixedEdge(ops[i], c, stride, rngs)
-
-    return PlainCell(channels, wiring, make_edge, concat, rngs)
+    wiring, _ = genotype.wiring(CELL_KIND)
+    return PlainCell(
+        channels, wiring, fixed_edges(genotype, CELL_KIND), genotype.normal_concat, rngs
+    )
 
 
 class NB201Cell(nnx.Module):
@@ -229,7 +230,7 @@ class NB201Cell(nnx.Module):
         return self.cell(x, None, train, drop_path_rate, rng)
 
 
-class NB201Network(nnx.Module):
+class NB201Network(NB201Stack):
     """A NAS-Bench-201 genotype as the network NAS-Bench-201 trains (its TinyNetwork).
 
     The same interface as `DiscreteNetwork`: call as `net(x, train=..., drop_path_rate=...,
@@ -261,22 +262,19 @@ class NB201Network(nnx.Module):
     ) -> None:
         genotype.validate()
         _check_space(genotype.resolve_space())
-        _check_stem(stem_multiplier)
         if auxiliary:
             raise ValueError("the NAS-Bench-201 network has no auxiliary head; use auxiliary=False")
-        plan = stage_channels(channels, layers)
         rngs = param_keys(rngs)
         self.genotype = genotype
-        self.stem = Stem(in_channels, channels, rngs)
-        blocks, c_prev = [], channels
-        for c in plan:
-            if c is None:
-                blocks.append(ResidualReduction(c_prev, 2 * c_prev, rngs))
-                c_prev *= 2
-            else:
-                blocks.append(_fixed_cell(genotype, c, rngs))
-        self.cells = nnx.List(blocks)
-        self.head = Head(c_prev, num_classes, rngs)
+        self._stack(
+            lambda c: _fixed_cell(genotype, c, rngs),
+            channels=channels,
+            layers=layers,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            stem_multiplier=stem_multiplier,
+            rngs=rngs,
+        )
         self.auxiliary = None
 
     def __call__(
@@ -289,14 +287,12 @@ class NB201Network(nnx.Module):
         return_aux: bool = False,
     ) -> jax.Array | tuple[jax.Array, None]:
         """Logits for NHWC images `x` (and None for the absent auxiliary logits)."""
-        x = self.stem(x, train)
-        for i, stage in enumerate(self.cells):
-            if isinstance(stage, ResidualReduction):
-                x = stage(x, train)
-            else:
-                cell_rng = None if rng is None else jax.random.fold_in(rng, i)
-                x = stage(x, None, train, drop_path_rate, cell_rng)
-        logits = self.head(x, train)
+
+        def run_cell(i: int, cell: PlainCell, x: jax.Array) -> jax.Array:
+            cell_rng = None if rng is None else jax.random.fold_in(rng, i)
+            return cell(x, None, train, drop_path_rate, cell_rng)
+
+        logits = self._logits(x, train, run_cell)
         return (logits, None) if return_aux else logits
 
 

@@ -1,4 +1,4 @@
-"""The package's shape: a cheap `import nasax`, one list of built-ins, imports that point one way."""
+"""The package's shape: a cheap `import nasax`, one list of built-ins, one-way imports."""
 
 from __future__ import annotations
 
