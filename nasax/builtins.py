@@ -34,6 +34,8 @@ OPS: dict[str, str] = dict.fromkeys(
         "dil_conv_3x3",
         "sep_conv_5x5",
         "dil_conv_5x5",
+        "sep_conv_7x7",
+        "conv_7x1_1x7",
         "nor_conv_1x1",
         "nor_conv_3x3",
     ),

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nasax import builtins
 from nasax.errors import ConfigError
@@ -50,11 +57,68 @@ class DataConfig(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
+class SpaceDefinition(Section):
+    """A search space defined in the config from a registered one (`model.space` as a
+    mapping). Its name records the definition, `darts:nodes=3:inputs_per_node=1:ops=a,b`,
+    so a genotype of it names the space it fits; `nasax.supernet.get_space` builds the
+    space from that name."""
+
+    base: str = Field(description="the registered space it starts from (darts, nb201)")
+    ops: list[str] | None = Field(None, min_length=1, description="a subset of base's ops")
+    nodes: int | None = Field(None, ge=1, description="intermediate nodes per cell")
+    inputs_per_node: int | None = Field(
+        None, ge=1, description="edges a derived cell keeps per node (spaces that keep some)"
+    )
+
+    def name(self) -> str:
+        """The space's name: the base, then each option given, in a fixed order."""
+        parts = [self.base]
+        if self.nodes is not None:
+            parts.append(f"nodes={self.nodes}")
+        if self.inputs_per_node is not None:
+            parts.append(f"inputs_per_node={self.inputs_per_node}")
+        if self.ops is not None:
+            parts.append("ops=" + ",".join(self.ops))
+        return ":".join(parts)
+
+    @classmethod
+    def parse(cls, name: str) -> SpaceDefinition:
+        """The definition a name written by `name()` records; ValueError if it is none."""
+        base, *parts = name.split(":")
+        data: dict[str, Any] = {"base": base}
+        for part in parts:
+            key, sep, value = part.partition("=")
+            if not sep or key not in ("nodes", "inputs_per_node", "ops"):
+                raise ValueError(
+                    f"space name {name!r}: {part!r} is not nodes=N, inputs_per_node=N or "
+                    "ops=a,b,..."
+                )
+            data[key] = value.split(",") if key == "ops" else value
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ValueError(f"space name {name!r}: {_first_error(e, model=cls)}") from None
+
+
 class ModelConfig(Section):
-    space: str = "darts"
+    space: str = Field(
+        "darts", description="a registered space, or a mapping that defines one from it"
+    )
     channels: int = Field(16, ge=2, description="C of the first cell (even)")
     layers: int = Field(8, ge=1, description="number of cells (nb201: cells per stage)")
     stem_multiplier: int = Field(3, ge=1, description="stem channels / C (nb201: 1)")
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space_definition(cls, value: Any) -> Any:
+        """A mapping defines a space from a registered one; it is kept as the name that
+        records the definition (`SpaceDefinition.name`)."""
+        if not isinstance(value, dict):
+            return value
+        try:
+            return SpaceDefinition.model_validate(value).name()
+        except ValidationError as e:
+            raise ValueError(_first_error(e, "model.space", SpaceDefinition)) from None
 
     @model_validator(mode="after")
     def _even_channels(self) -> ModelConfig:

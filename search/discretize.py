@@ -96,10 +96,7 @@ def derive_genotype(
         edge_strength: optional per-kind (edges,) edge weights (PC-DARTS' beta).
     """
     strength = edge_strength or {}
-    cells: dict[str, tuple[tuple[Node, ...], tuple[int, ...]]] = {
-        "normal": ((), ()),
-        "reduce": ((), ()),
-    }
+    cells: dict[str, tuple[tuple[Node, ...], tuple[int, ...]]] = {}
     for kind in space.cell_kinds:
         cap = max_skip_connect if kind == "normal" else None
         if cap is None:
@@ -107,4 +104,4 @@ def derive_genotype(
         else:
             nodes = cap_skip_connect(weights[kind], space, cap, strength.get(kind))
         cells[kind] = (nodes, space.concat)
-    return Genotype(*cells["normal"], *cells["reduce"], space=space.name)
+    return Genotype(cells, space=space.name)

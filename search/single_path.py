@@ -79,10 +79,11 @@ def paths_genotype(paths: dict[str, np.ndarray], space: SearchSpace) -> Genotype
 
 def genotype_paths(genotype: Genotype, space: SearchSpace) -> dict[str, np.ndarray]:
     """The path of each cell kind of `genotype` (the inverse of `paths_genotype`)."""
+    genotype.validate(space, searched=True)
     paths = {}
     for kind in space.cell_kinds:
         path = np.full(space.n_edges, none_index(space) if "none" in space.ops else 0)
-        for node, pairs in enumerate(getattr(genotype, kind)):
+        for node, pairs in enumerate(genotype.cell(kind)[0]):
             edges = space.node_edges(node)
             for op, src in pairs:
                 path[edges[src]] = space.ops.index(op)

@@ -341,10 +341,12 @@ def _with_paths(cell_eval_fn: Callable, paths: dict[str, jax.Array], state: Any,
 
 def _describe(genotype: Genotype) -> str:
     """One line: the arch string of one-cell spaces (NAS-Bench-201 can look it up), else
-    the normal cell's `op<-input` pairs."""
-    if len(get_space(genotype.space).cell_kinds) == 1:
+    the first cell kind's `op<-input` pairs."""
+    kinds = get_space(genotype.space).cell_kinds
+    if len(kinds) == 1:
         return genotype.to_arch_string()
-    return "normal " + " ".join(f"{op}<-{src}" for node in genotype.normal for op, src in node)
+    nodes, _ = genotype.cell(kinds[0])
+    return f"{kinds[0]} " + " ".join(f"{op}<-{src}" for node in nodes for op, src in node)
 
 
 __all__ = ["SearchTask", "build_setup", "run_search"]

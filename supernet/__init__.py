@@ -3,8 +3,10 @@
 from nasax.supernet.cells import Cell, CellPlan, FixedEdge, MixedEdge, PlainCell, plan_cells
 from nasax.supernet.discrete import DiscreteCell, DiscreteNetwork
 from nasax.supernet.genotypes import (
+    AMOEBANET,
     DARTS_V1,
     DARTS_V2,
+    NASNET,
     NB201_LARGEST,
     NB201_RESNET,
     Genotype,
@@ -17,9 +19,11 @@ from nasax.supernet.skeletons import SKELETONS, Skeleton, skeleton_of
 from nasax.supernet.spaces import DARTS_SPACE, NB201_SPACE, SPACES, SearchSpace, get_space
 
 __all__ = [
+    "AMOEBANET",
     "DARTS_SPACE",
     "DARTS_V1",
     "DARTS_V2",
+    "NASNET",
     "NB201_LARGEST",
     "NB201_RESNET",
     "NB201_SPACE",

@@ -28,13 +28,13 @@ def node_names(genotype: Genotype) -> list[str]:
     """Names of a cell's nodes by index: the inputs, then the intermediate nodes."""
     n_inputs = genotype.resolve_space().n_inputs
     inputs = ["c_{k-2}", "c_{k-1}"] if n_inputs == 2 else [f"in{i}" for i in range(n_inputs)]
-    n_nodes = genotype.resolve_space().n_nodes
+    n_nodes = max(len(nodes) for nodes, _ in genotype.cells.values())
     return inputs[-n_inputs:] + [str(n_inputs + i) for i in range(n_nodes)]
 
 
 def cell_kinds(genotype: Genotype) -> tuple[str, ...]:
-    """The cell kinds the genotype's space searches (`normal`, `reduce`)."""
-    return genotype.resolve_space().cell_kinds
+    """The genotype's cell kinds (`normal`, `reduce`)."""
+    return tuple(genotype.cells)
 
 
 def cell_text(genotype: Genotype, kind: str) -> str:

@@ -5,41 +5,77 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nasax.errors import GenotypeError
 from nasax.io import atomic_write_json
-from nasax.supernet.spaces import SPACES, SearchSpace
+from nasax.supernet.spaces import SPACES, SearchSpace, get_space
 
 Node = tuple[tuple[str, int], ...]
 """The (op name, input index) pairs entering one intermediate node."""
 
+CellGenotype = tuple[tuple[Node, ...], tuple[int, ...]]
+"""One cell: its intermediate nodes and the node indices it concatenates."""
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class Genotype:
-    """A normal and a reduction cell, each a list of nodes plus the nodes it concatenates.
+    """One discrete cell per cell kind of its space: `cells[kind] = (nodes, concat)`.
 
     Input index 0 and 1 are the cell's inputs, 2.. the intermediate nodes in order (in
-    a space with one input, 0 is the input and 1.. the nodes). A space with one cell
-    kind (NAS-Bench-201) keeps its cell in `normal` and leaves `reduce` empty; such
-    genotypes print as NAS-Bench-201 strings (`to_arch_string`).
+    a space with one input, 0 is the input and 1.. the nodes); `concat` lists the node
+    indices whose states form the cell's output. A cell kind reads as an attribute too
+    (`genotype.normal`, `genotype.normal_concat`), and DARTS' four-field form builds one
+    (`Genotype.darts(normal, normal_concat, reduce, reduce_concat)`). One-cell genotypes
+    (NAS-Bench-201) print as NAS-Bench-201 strings (`to_arch_string`).
     """
 
-    normal: tuple[Node, ...]
-    normal_concat: tuple[int, ...]
-    reduce: tuple[Node, ...]
-    reduce_concat: tuple[int, ...]
+    cells: dict[str, CellGenotype]
     space: str = "darts"
 
-    def cell(self, kind: str) -> tuple[tuple[Node, ...], tuple[int, ...]]:
-        """(nodes, concat) of the cell kind `normal` or `reduce`."""
-        if kind == "normal":
-            return self.normal, self.normal_concat
-        if kind == "reduce":
-            return self.reduce, self.reduce_concat
-        raise GenotypeError(f"cell kind must be 'normal' or 'reduce', got {kind!r}")
+    def __init__(self, cells: Mapping[str, tuple[Any, Any]], space: str = "darts") -> None:
+        frozen = {
+            kind: (tuple(tuple(tuple(pair) for pair in node) for node in nodes), tuple(concat))
+            for kind, (nodes, concat) in cells.items()
+        }
+        object.__setattr__(self, "cells", frozen)
+        object.__setattr__(self, "space", space)
+
+    @classmethod
+    def darts(
+        cls,
+        normal: Any,
+        normal_concat: Any,
+        reduce: Any,
+        reduce_concat: Any,
+        space: str = "darts",
+    ) -> Genotype:
+        """A genotype in the DARTS reference's four fields (normal and reduction cells)."""
+        return cls({"normal": (normal, normal_concat), "reduce": (reduce, reduce_concat)}, space)
+
+    def __hash__(self) -> int:
+        return hash((self.space, tuple(sorted(self.cells.items()))))
+
+    def __getattr__(self, name: str) -> Any:
+        """`<kind>` is the nodes of that cell, `<kind>_concat` its concat."""
+        cells = self.__dict__.get("cells", {})
+        kind, concat = name.removesuffix("_concat"), name.endswith("_concat")
+        if kind in cells:
+            return cells[kind][1 if concat else 0]
+        raise AttributeError(
+            f"Genotype has no attribute {name!r} (its cells: {', '.join(cells) or 'none'})"
+        )
+
+    def cell(self, kind: str) -> CellGenotype:
+        """(nodes, concat) of the cell kind `kind`."""
+        if kind not in self.cells:
+            raise GenotypeError(
+                f"genotype has no {kind!r} cell; its cells: {', '.join(self.cells) or 'none'}"
+            )
+        return self.cells[kind]
 
     def wiring(self, kind: str) -> tuple[list[tuple[int, int]], list[str]]:
         """The cell `kind` as edges: (node, input) per edge and the op on each, in order."""
@@ -47,29 +83,44 @@ class Genotype:
         wiring = [(n, src) for n, node in enumerate(nodes) for _, src in node]
         return wiring, [op for node in nodes for op, _ in node]
 
-    def validate(self, space: SearchSpace | None = None) -> Genotype:
-        """Checks the genotype fits `space` (default: its own); returns it or raises."""
+    def validate(self, space: SearchSpace | None = None, *, searched: bool = False) -> Genotype:
+        """Checks the genotype builds in `space`'s skeleton (default: its own space);
+        returns it or raises GenotypeError.
+
+        A cell of a space that keeps a fixed number of inputs per node (DARTS) may have
+        any number of nodes and any registered op, as the DARTS reference's network
+        builds published cells such as NASNet's; with `searched`, the cell must be one
+        the space's search can express (its node count, its ops).
+        """
         space = self.resolve_space() if space is None else space
         if self.space != space.name:
             raise GenotypeError(
                 f"genotype is for space {self.space!r}, but the search space is {space.name!r}"
             )
-        for kind in ("normal", "reduce"):
-            nodes, concat = self.cell(kind)
-            if kind in space.cell_kinds:
-                _check_cell(kind, nodes, concat, space)
-            elif nodes or concat:
+        for kind in space.cell_kinds:
+            if kind not in self.cells:
+                raise GenotypeError(
+                    f"genotype has no {kind!r} cell; space {space.name!r} has "
+                    f"{', '.join(space.cell_kinds)} cells"
+                )
+        for kind, (nodes, concat) in self.cells.items():
+            if kind not in space.cell_kinds:
                 raise GenotypeError(
                     f"genotype.{kind}: space {space.name!r} has no {kind} cell (its cells: "
-                    f"{', '.join(space.cell_kinds)}); leave {kind} and {kind}_concat empty"
+                    f"{', '.join(space.cell_kinds)}); leave {kind} out"
                 )
+            _check_cell(kind, nodes, concat, space, searched)
         return self
 
     def resolve_space(self) -> SearchSpace:
         """The registered search space this genotype names."""
-        if self.space not in SPACES:
-            raise GenotypeError(f"genotype: {SPACES.unknown_message(self.space)}")
-        return SPACES.get(self.space)
+        base = self.space.split(":")[0]
+        if base not in SPACES:
+            raise GenotypeError(f"genotype: {SPACES.unknown_message(base)}")
+        try:
+            return get_space(self.space)
+        except ValueError as e:
+            raise GenotypeError(f"genotype: {e}") from None
 
     def to_arch_string(self) -> str:
         """The NAS-Bench-201 string of a one-cell genotype, e.g.
@@ -101,59 +152,60 @@ class Genotype:
                 f"{' and '.join(target.cell_kinds)} cells"
             )
         nodes = tuple(_parse_arch_node(n, part) for n, part in enumerate(text.strip().split("+")))
-        empty: tuple[Node, ...] = ()
-        cells = {kind: (empty, ()) for kind in ("normal", "reduce")}
-        cells[target.cell_kinds[0]] = (nodes, target.concat)
-        genotype = cls(*cells["normal"], *cells["reduce"], space=space)
+        genotype = cls({target.cell_kinds[0]: (nodes, target.concat)}, space=space)
         try:
-            return genotype.validate(target)
+            return genotype.validate(target, searched=True)
         except GenotypeError as e:
             raise GenotypeError(f"arch string {text.strip()!r}: {e}") from None
 
     def __str__(self) -> str:
         """The NAS-Bench-201 string for a one-cell space's genotype, else the repr."""
-        if self.space in SPACES and len(SPACES.get(self.space).cell_kinds) == 1:
+        if self.space.split(":")[0] in SPACES and len(self.resolve_space().cell_kinds) == 1:
             return self.to_arch_string()
         return repr(self)
 
     def to_dict(self) -> dict[str, Any]:
-        def nodes(cell: tuple[Node, ...]) -> list[list[list[Any]]]:
-            return [[[op, src] for op, src in node] for node in cell]
-
-        return {
-            "space": self.space,
-            "normal": nodes(self.normal),
-            "normal_concat": list(self.normal_concat),
-            "reduce": nodes(self.reduce),
-            "reduce_concat": list(self.reduce_concat),
-        }
+        """The JSON object: `space`, then `<kind>` (nodes as [op, input] pairs) and
+        `<kind>_concat` per cell kind, the DARTS reference's field names."""
+        data: dict[str, Any] = {"space": self.space}
+        for kind, (nodes, concat) in self.cells.items():
+            data[kind] = [[[op, src] for op, src in node] for node in nodes]
+            data[f"{kind}_concat"] = list(concat)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, data: Any) -> Genotype:
-        """Builds a genotype from its JSON object; malformed data raises GenotypeError."""
+        """Builds a genotype from its JSON object; malformed data raises GenotypeError.
+
+        Every cell kind comes as `<kind>` and `<kind>_concat`. A kind whose nodes and
+        concat are both empty is dropped: files of one-cell spaces written before cells
+        were generic hold an empty `reduce`.
+        """
         if not isinstance(data, dict):
             raise GenotypeError(f"genotype must be a JSON object, got {type(data).__name__}")
-        keys = {"space", "normal", "normal_concat", "reduce", "reduce_concat"}
-        unknown = set(data) - keys
-        missing = keys - {"space"} - set(data)
-        if unknown or missing:
-            raise GenotypeError(
-                f"genotype keys: unknown {sorted(unknown)}, missing {sorted(missing)}; "
-                f"expected {sorted(keys)}"
-            )
         space = data.get("space", "darts")
         if not isinstance(space, str):
             raise GenotypeError(f"genotype.space must be a string, got {space!r}")
-        return cls(
-            normal=_parse_nodes("normal", data["normal"]),
-            normal_concat=_parse_ints("normal_concat", data["normal_concat"]),
-            reduce=_parse_nodes("reduce", data["reduce"]),
-            reduce_concat=_parse_ints("reduce_concat", data["reduce_concat"]),
-            space=space,
-        )
+        kinds = [k for k in data if k != "space" and not k.endswith("_concat")]
+        expected = {"space", *kinds, *(f"{k}_concat" for k in kinds)}
+        unknown, missing = set(data) - expected, expected - {"space"} - set(data)
+        if unknown or missing or not kinds:
+            raise GenotypeError(
+                f"genotype keys: unknown {sorted(unknown)}, missing {sorted(missing)}; "
+                "expected 'space' and, per cell kind, '<kind>' and '<kind>_concat' (e.g. "
+                "'normal', 'normal_concat', 'reduce', 'reduce_concat')"
+            )
+        cells = {
+            kind: (
+                _parse_nodes(kind, data[kind]),
+                _parse_ints(f"{kind}_concat", data[f"{kind}_concat"]),
+            )
+            for kind in kinds
+        }
+        return cls({k: c for k, c in cells.items() if c != ((), ())}, space=space)
 
     @classmethod
     def from_json(cls, text: str) -> Genotype:
@@ -231,13 +283,27 @@ def _parse_arch_node(n: int, part: str) -> Node:
 
 
 def _check_cell(
-    kind: str, nodes: tuple[Node, ...], concat: tuple[int, ...], space: SearchSpace
+    kind: str,
+    nodes: tuple[Node, ...],
+    concat: tuple[int, ...],
+    space: SearchSpace,
+    searched: bool,
 ) -> None:
-    if len(nodes) != space.n_nodes:
+    # A space that keeps every edge (NAS-Bench-201) defines its cells by the search's
+    # structure; one that keeps a fixed number per node builds any such cell.
+    strict = searched or space.edges_per_node is None
+    if (strict and len(nodes) != space.n_nodes) or not nodes:
         raise GenotypeError(
             f"genotype.{kind} has {len(nodes)} nodes; space {space.name!r} has {space.n_nodes}"
         )
-    allowed = [o for o in space.ops if space.derive_none or o != "none"]
+    if strict:
+        allowed = [o for o in space.ops if space.derive_none or o != "none"]
+        where = f"in space {space.name!r}"
+    else:
+        from nasax.supernet.ops import OPS
+
+        allowed = [o for o in OPS.names() if space.derive_none or o != "none"]
+        where = f"an op cells of space {space.name!r} can hold"
     for n, node in enumerate(nodes):
         want = space.edges_per_node or space.n_inputs + n
         if len(node) != want:
@@ -247,8 +313,7 @@ def _check_cell(
         for op, src in node:
             if op not in allowed:
                 raise GenotypeError(
-                    f"genotype.{kind}[{n}]: op {op!r} is not in space {space.name!r}; "
-                    f"allowed: {', '.join(allowed)}"
+                    f"genotype.{kind}[{n}]: op {op!r} is not {where}; allowed: {', '.join(allowed)}"
                 )
             if not 0 <= src < space.n_inputs + n:
                 raise GenotypeError(
@@ -261,11 +326,11 @@ def _check_cell(
                 f"genotype.{kind}[{n}] reads inputs {sources}; space {space.name!r} keeps every "
                 f"edge, so node {n} reads each of 0..{want - 1} once"
             )
-    n_states = space.n_inputs + space.n_nodes
-    if space.cell_output == "last" and concat != space.concat:
+    n_states = space.n_inputs + len(nodes)
+    if space.cell_output == "last" and concat != (n_states - 1,):
         raise GenotypeError(
             f"genotype.{kind}_concat is {list(concat)}; cells of space {space.name!r} output "
-            f"their last node, so it must be {list(space.concat)}"
+            f"their last node, so it must be {[n_states - 1]}"
         )
     if not concat or any(not 0 <= i < n_states for i in concat) or len(set(concat)) != len(concat):
         raise GenotypeError(
@@ -280,7 +345,7 @@ def _nodes(*pairs: tuple[str, int]) -> tuple[Node, ...]:
 
 
 # Published cells of the DARTS paper (Liu et al., ICLR 2019): first and second order.
-DARTS_V1 = Genotype(
+DARTS_V1 = Genotype.darts(
     normal=_nodes(
         ("sep_conv_3x3", 1),
         ("sep_conv_3x3", 0),
@@ -304,7 +369,7 @@ DARTS_V1 = Genotype(
     ),
     reduce_concat=(2, 3, 4, 5),
 )
-DARTS_V2 = Genotype(
+DARTS_V2 = Genotype.darts(
     normal=_nodes(
         ("sep_conv_3x3", 0),
         ("sep_conv_3x3", 1),
@@ -328,6 +393,66 @@ DARTS_V2 = Genotype(
     ),
     reduce_concat=(2, 3, 4, 5),
 )
+# NASNet-A (Zoph et al., CVPR 2018) and AmoebaNet-A (Real et al., AAAI 2019) as the DARTS
+# reference lists them for its network: five nodes each, and ops beyond the DARTS search
+# space (sep_conv_7x7, conv_7x1_1x7). Their cells concatenate only the nodes no other
+# node reads.
+NASNET = Genotype.darts(
+    normal=_nodes(
+        ("sep_conv_5x5", 1),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_5x5", 0),
+        ("sep_conv_3x3", 0),
+        ("avg_pool_3x3", 1),
+        ("skip_connect", 0),
+        ("avg_pool_3x3", 0),
+        ("avg_pool_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("skip_connect", 1),
+    ),
+    normal_concat=(2, 3, 4, 5, 6),
+    reduce=_nodes(
+        ("sep_conv_5x5", 1),
+        ("sep_conv_7x7", 0),
+        ("max_pool_3x3", 1),
+        ("sep_conv_7x7", 0),
+        ("avg_pool_3x3", 1),
+        ("sep_conv_5x5", 0),
+        ("skip_connect", 3),
+        ("avg_pool_3x3", 2),
+        ("sep_conv_3x3", 2),
+        ("max_pool_3x3", 1),
+    ),
+    reduce_concat=(4, 5, 6),
+)
+AMOEBANET = Genotype.darts(
+    normal=_nodes(
+        ("avg_pool_3x3", 0),
+        ("max_pool_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_5x5", 2),
+        ("sep_conv_3x3", 0),
+        ("avg_pool_3x3", 3),
+        ("sep_conv_3x3", 1),
+        ("skip_connect", 1),
+        ("skip_connect", 0),
+        ("avg_pool_3x3", 1),
+    ),
+    normal_concat=(4, 5, 6),
+    reduce=_nodes(
+        ("avg_pool_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("max_pool_3x3", 0),
+        ("sep_conv_7x7", 2),
+        ("sep_conv_7x7", 0),
+        ("avg_pool_3x3", 1),
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 1),
+        ("conv_7x1_1x7", 0),
+        ("sep_conv_3x3", 5),
+    ),
+    reduce_concat=(3, 4, 6),
+)
 # NAS-Bench-201 cells (Dong & Yang, ICLR 2020): the ResNet of its space (two 3x3 convs
 # and a skip, as in a basic block) and its largest network (a 3x3 conv on every edge).
 NB201_RESNET = Genotype.from_arch_string(
@@ -340,6 +465,10 @@ PUBLISHED = {
     "DARTS_V1": DARTS_V1,
     "DARTS_V2": DARTS_V2,
     "DARTS": DARTS_V2,
+    "NASNET": NASNET,
+    "NASNet": NASNET,
+    "AMOEBANET": AMOEBANET,
+    "AmoebaNet": AMOEBANET,
     "NB201_RESNET": NB201_RESNET,
     "NB201_LARGEST": NB201_LARGEST,
 }

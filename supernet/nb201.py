@@ -202,7 +202,7 @@ class NB201SearchNetwork(NB201Stack, SupernetMixin):
 def _fixed_cell(genotype: Genotype, channels: int, rngs: nnx.Rngs | ParamKeys) -> PlainCell:
     wiring, _ = genotype.wiring(CELL_KIND)
     return PlainCell(
-        channels, wiring, fixed_edges(genotype, CELL_KIND), genotype.normal_concat, rngs
+        channels, wiring, fixed_edges(genotype, CELL_KIND), genotype.cell(CELL_KIND)[1], rngs
     )
 
 

@@ -418,6 +418,36 @@ class DilConv(nnx.Module):
         return self.bn(self.pointwise(self.depthwise(jax.nn.relu(x))), train)
 
 
+class FactorizedConv(nnx.Module):
+    """ReLU, a 1 x k then a k x 1 dense conv, BatchNorm: a k x k receptive field at two
+    thin convs' cost (AmoebaNet's `conv_7x1_1x7`). Each conv takes the stride along its
+    long axis, so the pair strides both."""
+
+    def __init__(self, c: int, kernel_size: int, stride: int, affine: bool, rngs: nnx.Rngs) -> None:
+        self.row = nnx.Param(torch_default_init(rngs.params(), (1, kernel_size, c, c)))
+        self.column = nnx.Param(torch_default_init(rngs.params(), (kernel_size, 1, c, c)))
+        self.bn = BatchNorm(c, affine)
+        self.stride, self.pad = stride, kernel_size // 2
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        s, p = self.stride, self.pad
+        y = lax.conv_general_dilated(
+            jax.nn.relu(x),
+            self.row[...].astype(x.dtype),
+            window_strides=(1, s),
+            padding=((0, 0), (p, p)),
+            dimension_numbers=_DIMS,
+        )
+        y = lax.conv_general_dilated(
+            y,
+            self.column[...].astype(x.dtype),
+            window_strides=(s, 1),
+            padding=((p, p), (0, 0)),
+            dimension_numbers=_DIMS,
+        )
+        return self.bn(y, train)
+
+
 class SepConv(nnx.Module):
     """Two DilConv blocks at dilation 1; only the first carries the stride."""
 
@@ -593,6 +623,17 @@ for _size in (3, 5):
     _register_sep_conv(_size)
     _register_dil_conv(_size)
 
+# ------------------------------------------------------------------ published cells' extra ops
+# Not in the DARTS search space, but in its reference network's op table: NASNet and
+# AmoebaNet use them, and `nasax train` retrains those cells.
+
+_register_sep_conv(7)
+
+
+@register_op("conv_7x1_1x7")
+def _conv_7x1_1x7(c: int, stride: int, affine: bool, rngs: nnx.Rngs) -> Op:
+    return FactorizedConv(c, 7, stride, affine, rngs)
+
 
 # ------------------------------------------------------------------ NAS-Bench-201's convs
 
@@ -612,6 +653,7 @@ __all__ = [
     "BatchNorm",
     "Conv",
     "DilConv",
+    "FactorizedConv",
     "FactorizedReduce",
     "OpSpec",
     "ReLUConvBN",

@@ -18,7 +18,7 @@ from nasax.registry import Registry
 from nasax.supernet.discrete import DiscreteNetwork
 from nasax.supernet.nb201 import NB201Network, NB201SearchNetwork
 from nasax.supernet.network import SearchNetwork
-from nasax.supernet.spaces import SPACES, SearchSpace
+from nasax.supernet.spaces import SPACES, SearchSpace, get_space
 
 
 class Skeleton(NamedTuple):
@@ -51,15 +51,16 @@ SKELETONS.register(
 
 def skeleton_of(space: SearchSpace | str) -> Skeleton:
     """The skeleton that builds networks of `space` (a SearchSpace or a registered name)."""
-    space = SPACES.get(space) if isinstance(space, str) else space
+    space = get_space(space) if isinstance(space, str) else space
     return SKELETONS.get(space.skeleton)
 
 
 def check_model(model: ModelConfig) -> None:
     """Config check: `model.space` is registered and its skeleton accepts the model section."""
-    if model.space not in SPACES:
-        raise ValueError(f"model.space: {SPACES.unknown_message(model.space)}")
-    space = SPACES.get(model.space)
+    base = model.space.split(":")[0]
+    if base not in SPACES:
+        raise ValueError(f"model.space: {SPACES.unknown_message(base)}")
+    space = get_space(model.space)
     fixed = skeleton_of(space).stem_multiplier
     if fixed is not None and model.stem_multiplier != fixed:
         raise ValueError(

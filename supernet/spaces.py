@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 from nasax import builtins
+from nasax.config import SpaceDefinition
 from nasax.registry import Registry
 
 
@@ -109,5 +112,48 @@ NB201_SPACE = SPACES.register(
 
 
 def get_space(name: str) -> SearchSpace:
-    """Looks a search space up by name."""
-    return SPACES.get(name)
+    """The search space `name`: a registered one, or one a config defined from a
+    registered one (`darts:nodes=3:ops=...`, see `nasax.config.SpaceDefinition`).
+
+    Raises:
+        KeyError: `name` is not registered, nor a definition from a registered space.
+        ValueError: the definition does not fit its base space.
+    """
+    if ":" not in name:
+        return SPACES.get(name)
+    return _derived(SpaceDefinition.parse(name).name())
+
+
+@functools.cache
+def _derived(name: str) -> SearchSpace:
+    """The space a (canonical) definition name describes, built once per process."""
+    d = SpaceDefinition.parse(name)
+    base = SPACES.get(d.base)
+    changes: dict[str, Any] = {"name": name}
+    if d.ops is not None:
+        unknown = [op for op in d.ops if op not in base.ops]
+        if unknown or len(set(d.ops)) != len(d.ops):
+            raise ValueError(
+                f"model.space.ops must list distinct ops of space {base.name!r} "
+                f"({', '.join(base.ops)}); got {', '.join(d.ops)}"
+            )
+        if not base.derive_none and set(d.ops) <= {"none"}:
+            raise ValueError(
+                f"model.space.ops: space {base.name!r} never derives 'none'; list another op"
+            )
+        changes["ops"] = tuple(d.ops)
+    if d.nodes is not None:
+        changes["n_nodes"] = d.nodes
+    if d.inputs_per_node is not None:
+        if base.edges_per_node is None:
+            raise ValueError(
+                f"model.space.inputs_per_node: space {base.name!r} keeps every edge of a "
+                "cell; leave inputs_per_node out"
+            )
+        if d.inputs_per_node > base.n_inputs:
+            raise ValueError(
+                f"model.space.inputs_per_node is {d.inputs_per_node}, but a cell's first node "
+                f"has only {base.n_inputs} inputs; use 1..{base.n_inputs}"
+            )
+        changes["edges_per_node"] = d.inputs_per_node
+    return dataclasses.replace(base, **changes)

@@ -26,6 +26,9 @@ def abstract(genotype: Genotype, **kwargs) -> DiscreteNetwork:
     [
         (genotypes.DARTS_V2, 36, 20, 3, 3_349_342, 476_426),
         (genotypes.DARTS_V1, 36, 20, 3, 3_169_414, 476_426),
+        # Five-node cells with 7x7 and 7x1-1x7 ops, and concats of 3 to 5 nodes.
+        (genotypes.NASNET, 36, 20, 3, 3_830_950, 457_994),
+        (genotypes.AMOEBANET, 36, 20, 3, 3_145_078, 457_994),
         (genotypes.DARTS_V2, 8, 5, 1, 36_586, 419_082),
         (genotypes.DARTS_V2, 4, 3, 1, 2_642, 410_890),
     ],
@@ -114,7 +117,7 @@ def test_drop_path_zeroes_whole_examples_and_keeps_the_expectation():
 
 def test_drop_path_spares_identity_edges():
     skips = tuple((("skip_connect", 0), ("skip_connect", 1)) for _ in range(4))
-    g = Genotype(skips, (2, 3, 4, 5), skips, (2, 3, 4, 5))
+    g = Genotype.darts(skips, (2, 3, 4, 5), skips, (2, 3, 4, 5))
     cell = DiscreteCell(g, "normal", c_prev_prev=4, c_prev=4, channels=4, rngs=nnx.Rngs(0))
     assert not any(e.droppable for e in cell.cell.edges)
     reduce = DiscreteCell(g, "reduce", c_prev_prev=4, c_prev=4, channels=4, rngs=nnx.Rngs(0))
@@ -168,9 +171,10 @@ def test_genotypes_that_do_not_fit_the_space_are_refused():
     }
     short = {**good, "normal": good["normal"][:3]}
     for data, fragment in [
-        (bad_op, "'conv_7x7' is not in space"),
+        (bad_op, "'conv_7x7' is not an op"),
         (bad_input, "input index 2 out of range"),
-        (short, "has 3 nodes"),
+        # Any node count builds (NASNet has five), but not a concat of missing nodes.
+        (short, r"normal_concat \[2, 3, 4, 5\] must list distinct node indices in 0\.\.4"),
     ]:
         with pytest.raises(GenotypeError, match=fragment):
             DiscreteNetwork(Genotype.from_dict(data), num_classes=10, rngs=nnx.Rngs(0))
@@ -206,3 +210,47 @@ def test_cutout_zeroes_one_clipped_square_per_image():
 def test_drop_path_rate_ramps_linearly_per_epoch():
     rates = [float(drop_path_rate(jnp.asarray(s), 10, 4, 0.2)) for s in (0, 9, 10, 25, 39)]
     np.testing.assert_allclose(rates, [0.0, 0.0, 0.05, 0.1, 0.15])
+
+
+@pytest.mark.parametrize("genotype", [genotypes.NASNET, genotypes.AMOEBANET])
+def test_five_node_published_cells_train_and_load_by_name(genotype):
+    """NASNet and AmoebaNet, whose cells have five nodes and ops beyond the search
+    space, build, run forward and backward, and load by their reference names."""
+    from nasax.supernet.genotypes import load_genotype
+
+    name = "NASNet" if genotype is genotypes.NASNET else "AmoebaNet"
+    assert load_genotype(name) == genotype
+    net = DiscreteNetwork(
+        genotype, num_classes=10, channels=4, layers=3, in_channels=1, rngs=nnx.Rngs(0)
+    )
+    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
+
+    def loss(params):
+        return jnp.sum(nnx.merge(graphdef, params, rest)(x, train=False) ** 2)
+
+    grads = jax.grad(loss)(params)
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
+    assert all(np.isfinite(norms)) and sum(n > 0 for n in norms) > len(norms) // 2
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_factorized_conv_is_a_7x7_conv_with_the_composed_kernel(stride):
+    """conv_7x1_1x7 (a 1x7 then a 7x1 conv) equals one 7x7 conv whose kernel composes
+    the two, between the same ReLU and BatchNorm."""
+    from jax import lax
+
+    from nasax.supernet.ops import FactorizedConv
+
+    op = FactorizedConv(3, 7, stride, True, nnx.Rngs(0))
+    x = jax.random.normal(jax.random.PRNGKey(2), (2, 9, 9, 3))
+    kernel = jnp.einsum("xjam,ixmb->ijab", op.row[...], op.column[...])
+    full = lax.conv_general_dilated(
+        jax.nn.relu(x),
+        kernel,
+        (stride, stride),
+        ((3, 3), (3, 3)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    expected = op.bn(full, False)
+    np.testing.assert_allclose(op(x, False), expected, rtol=1e-5, atol=1e-5)

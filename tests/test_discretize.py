@@ -116,10 +116,34 @@ def bad(**change):
     ],
 )
 def test_malformed_genotypes_give_genotype_errors_naming_the_problem(data, fragment):
+    """Checked as a cell the DARTS search can express (`searched`): its node count too."""
     with pytest.raises(GenotypeError, match=None) as info:
-        Genotype.from_dict(data).validate(DARTS_SPACE)
+        Genotype.from_dict(data).validate(DARTS_SPACE, searched=True)
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (bad(normal=DARTS_V2.to_dict()["normal"][:3]), "normal_concat [2, 3, 4, 5]"),
+        (bad(normal=[[["conv_7x7", 0], ["sep_conv_3x3", 1]]] * 4), "conv_7x7"),
+        (bad(normal=[[["none", 0], ["sep_conv_3x3", 1]]] * 4), "'none'"),
+        (bad(normal=[]), "has 0 nodes"),
+        (bad(reduce=[[["sep_conv_3x3", 0]]] * 4), "has 1 edges"),
+    ],
+)
+def test_a_genotype_to_build_may_have_any_node_count_but_must_build(data, fragment):
+    """Checked as a cell the DARTS skeleton builds (retraining): any number of nodes and
+    any registered op but `none`, as the DARTS reference's network builds NASNet's."""
+    with pytest.raises(GenotypeError) as info:
+        Genotype.from_dict(data).validate(DARTS_SPACE)
+    assert fragment in str(info.value)
+    five = bad(normal=[*DARTS_V2.to_dict()["normal"], [["sep_conv_7x7", 0], ["skip_connect", 5]]])
+    five["normal_concat"] = [2, 3, 4, 5, 6]
+    assert len(Genotype.from_dict(five).validate(DARTS_SPACE).normal) == 5
+    with pytest.raises(GenotypeError, match="has 5 nodes; space 'darts' has 4"):
+        Genotype.from_dict(five).validate(DARTS_SPACE, searched=True)
 
 
 def test_load_reports_missing_and_invalid_files(tmp_path):

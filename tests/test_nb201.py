@@ -269,7 +269,7 @@ def test_arch_strings_round_trip(genotype, tmp_path):
     assert Genotype.from_json(genotype.to_json()) == genotype
     genotype.save(tmp_path / "genotype.json")
     assert nasax.load_genotype(tmp_path) == genotype
-    assert genotype.normal_concat == (3,) and genotype.reduce == genotype.reduce_concat == ()
+    assert genotype.normal_concat == (3,) and list(genotype.cells) == ["normal"]
 
 
 def test_published_nb201_cells_are_looked_up_by_name():
@@ -321,13 +321,25 @@ def nb201_dict(**change) -> dict:
             "op 'conv' is not in space 'nb201'",
         ),
         (nb201_dict(normal_concat=[1, 2, 3]), "must be [3]"),
-        (nb201_dict(reduce=[[["none", 0]]]), "has no reduce cell"),
+        (nb201_dict(reduce=[[["none", 0]]], reduce_concat=[1]), "has no reduce cell"),
     ],
 )
 def test_genotypes_that_do_not_fit_nb201_are_refused(data, fragment):
     with pytest.raises(GenotypeError) as info:
         Genotype.from_dict(data).validate()
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_genotype_files_from_before_generic_cells_still_load(tmp_path):
+    """Files written when a genotype had four fixed fields hold an empty reduction cell
+    for NAS-Bench-201; they load as the one-cell genotype they describe, and save back
+    with the cells the space has."""
+    old = {**NB201_RESNET.to_dict(), "reduce": [], "reduce_concat": []}
+    path = tmp_path / "genotype.json"
+    path.write_text(json.dumps(old))
+    loaded = Genotype.load(path)
+    assert loaded == NB201_RESNET and list(loaded.cells) == ["normal"]
+    assert set(loaded.to_dict()) == {"space", "normal", "normal_concat"}
 
 
 def test_the_string_form_is_for_one_cell_spaces():
@@ -357,7 +369,7 @@ def test_derivation_keeps_every_edge_and_may_pick_none():
     assert str(g) == (
         "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|avg_pool_3x3~2|"
     )
-    assert g.space == "nb201" and g.normal_concat == (3,) and g.reduce == ()
+    assert g.space == "nb201" and g.normal_concat == (3,) and list(g.cells) == ["normal"]
     g.validate()
     # all edges are kept, so edge strength does not change the cell
     strength = {"normal": np.array([1.0, 0.01, 5.0, 0.2, 3.0, 0.5])}

@@ -165,7 +165,7 @@ def test_export_refuses_to_overwrite_and_train_needs_a_valid_genotype(
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     assert main(train_args(tiny_npz, tmp_path / "run", genotype=str(tmp_path / "bad.json"))) == 2
     err = capsys.readouterr().err.strip()
-    assert "'conv_9x9' is not in space" in err and len(err.splitlines()) == 1
+    assert "'conv_9x9' is not an op" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()  # nothing is created for a bad genotype
     assert main(train_args(tiny_npz, tmp_path / "run", genotype="DARTS_V9")) == 2
     assert "did you mean 'DARTS_V2'" in capsys.readouterr().err
