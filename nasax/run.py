@@ -23,6 +23,7 @@ from nasax.parallel import DataParallel, data_parallel
 from nasax.progress import LoopProgress
 from nasax.rundir import MetricsLog, open_run_dir
 from nasax.runloop import (
+    LoopIO,
     LoopResult,
     check_resume_config,
     checkpoint_writer,
@@ -191,26 +192,18 @@ def run(
 
         deadline = None if rc.time_limit is None else wall_start + rc.time_limit - resumed.elapsed
         with closing_all(checkpoints.close, views.close):
+            save = checkpoint_writer(checkpoints, resumed.elapsed, wall_start)
             result = run_epochs(
+                task,
                 state,
                 step_fn,
-                task.epoch_batches,
-                epochs=task.epochs,
-                steps_per_epoch=task.steps_per_epoch,
-                batch_size=task.batch_size,
+                LoopIO(metrics_log, progress, save, on_epoch),
+                run=rc,
                 start=resumed.start,
                 pending=resumed.pending,
-                run=rc,
-                kind=task.kind,
-                metrics_log=metrics_log,
-                progress=progress,
-                save=checkpoint_writer(checkpoints, resumed.elapsed, wall_start),
                 end_epoch=end_epoch,
-                shown=task.shown,
                 resume_hint=f"continue with: nasax {task.kind} CONFIG --resume --out {run_dir}",
                 deadline=deadline,
-                after_epoch=task.after_epoch,
-                on_epoch=on_epoch,
             )
             task.close(result.state)
         task.finish(result.state, result)

@@ -6,9 +6,9 @@ import contextlib
 import resource
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -282,29 +282,43 @@ def past(deadline: float | None) -> bool:
     return deadline is not None and time.perf_counter() >= deadline
 
 
+class LoopTask(Protocol):
+    """What the epoch loop reads of a task (`nasax.run.Task`): sizes, batches, hooks."""
+
+    kind: str
+    shown: tuple[str, ...]
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    after_epoch: Callable[[Any, int, int], tuple[Any, list[dict[str, Any]]]] | None
+
+    def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch, ...]]: ...
+
+
+class LoopIO(NamedTuple):
+    """Where an epoch loop reports: the metrics log, the progress bar, the checkpoint
+    writer `save(state, meta)`, and the caller's per-epoch callback."""
+
+    metrics_log: MetricsLog
+    progress: LoopProgress
+    save: Callable[[Any, dict[str, Any]], None]
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+
+
 def run_epochs(
+    task: LoopTask,
     state: Any,
     step_fn: Callable[..., tuple[Any, dict[str, jax.Array]]],
-    epoch_batches: Callable[[int, int], Iterator[tuple[Batch, ...]]],
+    io: LoopIO,
     *,
-    epochs: int,
-    steps_per_epoch: int,
-    batch_size: int,
-    start: tuple[int, int],
-    pending: list[dict[str, float]] | None = None,
     run: RunConfig,
-    kind: str,
-    metrics_log: MetricsLog,
-    progress: LoopProgress,
-    save: Callable[[Any, dict[str, Any]], None],
+    start: tuple[int, int],
+    pending: list[dict[str, float]],
     end_epoch: Callable[[Any, int, int], dict[str, Any]],
-    shown: Sequence[str],
     resume_hint: str,
     deadline: float | None = None,
-    after_epoch: Callable[[Any, int, int], tuple[Any, list[dict[str, Any]]]] | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> LoopResult:
-    """Runs jitted steps epoch by epoch with logging, checkpoints and Ctrl-C handling.
+    """Runs `task`'s compiled steps epoch by epoch with logging, checkpoints and Ctrl-C.
 
     Metrics stay on the device until a log step (`run.log_every`), where they are
     checked for NaN, averaged and written. A checkpoint is written at every epoch end,
@@ -312,21 +326,21 @@ def run_epochs(
     raised); it never holds a state whose metrics were not finite.
 
     Args:
+        task: sizes, `epoch_batches(epoch, first batch)`, the progress bar's metrics
+            (`shown`), the step records' `kind`, and `after_epoch(state, epoch, step) ->
+            (state, records to log)`: a phase run after the epoch's steps, before
+            `end_epoch` and the epoch's checkpoint (not after a partial epoch the time
+            limit ended).
         state: the state to start from.
-        step_fn: (state, *batches) -> (state, metrics), compiled.
-        epoch_batches: (epoch, first batch) -> iterator of the batches of each step.
+        step_fn: (state, *batches) -> (state, metrics), compiled and guarded as
+            `run.nonfinite` asks.
+        io: where to report; `save(state, meta)` gets the position (`epoch`, `batch`,
+            `step`; batch 0 means the epoch is complete), the metrics logged so far and
+            the pending ones; `on_epoch` each complete epoch's figures.
+        run: the config's `run` section.
         start: (epoch, batch) to start at; (0, 0) for a fresh run.
         pending: step metrics not logged yet when the run was checkpointed.
-        run: the config's `run` section; `step_fn` must come from `guard_step(.., run)`.
-        kind: the `kind` of the per-step metric records.
-        save: save(state, meta) writes a checkpoint; `meta` holds the position
-            (`epoch`, `batch`, `step`; batch 0 means the epoch is complete), the
-            metrics logged so far and the pending ones.
         end_epoch: end_epoch(state, epoch, step) -> extra fields of the epoch record.
-        after_epoch: after_epoch(state, epoch, step) -> (state, records to log): a phase
-            run after the epoch's steps, before `end_epoch` and the epoch's checkpoint
-            (not after a partial epoch the time limit ended).
-        shown: metric names the progress bar shows.
         resume_hint: how to continue, for the message of an interrupted run.
         deadline: a `time.perf_counter()` time (the run's time limit): the loop stops at
             the first step or epoch boundary after it, checkpoints, marks the epoch
@@ -334,6 +348,9 @@ def run_epochs(
             epoch too), and returns with `stopped_early`. Every epoch it enters runs at
             least one step.
     """
+    epochs, steps_per_epoch, batch_size = task.epochs, task.steps_per_epoch, task.batch_size
+    kind, shown, after_epoch = task.kind, task.shown, task.after_epoch
+    metrics_log, progress, save, on_epoch = io
     log_every, skip_nonfinite = run.log_every, run.nonfinite == "skip"
     checkpoint_seconds = 60 * run.checkpoint_minutes if run.checkpoint_minutes else None
     start_epoch, start_batch = start
@@ -356,7 +373,7 @@ def run_epochs(
         stopped = False
         for epoch in range(start_epoch, epochs):
             first = start_batch if epoch == start_epoch else 0
-            stream = epoch_batches(epoch, first)
+            stream = task.epoch_batches(epoch, first)
             tick, since = time.perf_counter(), 0
             for batch_index in range(first, steps_per_epoch):
                 if batch_index > first and past(deadline):

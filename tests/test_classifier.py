@@ -41,11 +41,23 @@ def test_final_fit_evaluate_predict_and_export_agree(tiny_classifier, digits_arr
     assert np.isfinite(figures["loss"])
     summary = json.loads((clf.final_dir / "summary.json").read_text())
     assert Genotype.from_dict(summary["genotype"]) == clf.genotype
-    # The export is the retraining issue's format and predicts what the classifier does.
-    model_dir = clf.export(tmp_path / "model")
+    # The classifier holds its state in memory: with its run directories moved away,
+    # it still evaluates, predicts and exports the same network.
+    away = tmp_path / "away"
+    clf.project_dir.rename(away)
+    try:
+        assert clf.evaluate(x, y) == figures
+        np.testing.assert_array_equal(clf.predict(x), predicted)
+        # The export is the retraining issue's format and predicts what the classifier does.
+        model_dir = clf.export(tmp_path / "model")
+    finally:
+        away.rename(clf.project_dir)
     net = nasax.load_model(model_dir)
     logits = net(preprocess_for(model_dir)(x.astype(np.float32)[..., None]), train=False)
     np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1), predicted)
+    manifest = json.loads((model_dir / "model.json").read_text())
+    assert manifest["step"] == clf.final_summary["steps"]
+    assert manifest["test_accuracy"] == clf.final_summary["test_accuracy"]
 
 
 def test_arrays_are_checked_before_anything_runs(tmp_path, digits_arrays):

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from nasax.checkpoint import flatten_state, orbax_writes, unflatten_state
-from nasax.data import normalize
+from nasax.config import Config
+from nasax.data import Dataset, normalize
 from nasax.errors import RunDirError, StorageError
 from nasax.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from nasax.progress import TaskProgress
@@ -35,6 +36,7 @@ from nasax.storage import storage_errors
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.skeletons import skeleton_of
 from nasax.train.evaluate import load_train_run, reading_run
+from nasax.train.trainer import Trainer, TrainState
 
 FORMAT = "nasax-model"
 VERSION = 1
@@ -63,6 +65,32 @@ def export_inference(
     return bytes(exported.serialize())
 
 
+class TrainedModel(NamedTuple):
+    """What an export writes: a retrained network's config, cell, data and state, and how
+    far it trained. `load_trained` reads one from a run directory; a caller that holds
+    the retraining in memory (`ImageClassifier`) builds it directly."""
+
+    config: Config
+    genotype: Genotype
+    dataset: Dataset
+    trainer: Trainer
+    state: TrainState
+    epoch: int
+    step: int
+    test_accuracy: float | None
+
+
+def load_trained(run_dir: str | os.PathLike) -> TrainedModel:
+    """The latest checkpoint of a retraining run, with its test accuracy if it finished."""
+    config, genotype, dataset, trainer, state, meta = load_train_run(run_dir)
+    summary_path = Path(run_dir) / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    accuracy = summary.get("test_accuracy")
+    return TrainedModel(
+        config, genotype, dataset, trainer, state, meta["epoch"], meta["step"], accuracy
+    )
+
+
 def export_run(
     run_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -77,23 +105,42 @@ def export_run(
         RunDirBusy: the run is still running.
         StorageError: the disk refused the folder; nothing of it is left behind.
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir).absolute()
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise RunDirError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    out_dir = _check_out_dir(out_dir, overwrite)
     with (
         reading_run(run_dir),
         TaskProgress(4, enabled=progress, label="export", unit="stages") as bar,
     ):
         bar.advance(0, "restoring the checkpoint")
-        return _export(run_dir, out_dir, bar)
+        model = load_trained(run_dir)
+        bar.advance(1, "writing the weights")
+        return _write(model, out_dir, bar)
 
 
-def _export(run_dir: Path, out_dir: Path, bar: TaskProgress) -> Path:
-    config, genotype, dataset, trainer, state, meta = load_train_run(run_dir)
-    bar.advance(1, "writing the weights")
-    module = trainer.module(state)
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+def export_model(
+    model: TrainedModel,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Writes a retrained network held in memory as `export_run` writes a run's."""
+    out_dir = _check_out_dir(out_dir, overwrite)
+    with TaskProgress(3, enabled=progress, label="export", unit="stages") as bar:
+        bar.advance(0, "writing the weights")
+        return _write(model, out_dir, bar)
+
+
+def _check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise RunDirError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    return out_dir
+
+
+def _write(model: TrainedModel, out_dir: Path, bar: TaskProgress) -> Path:
+    """The folder, built beside `out_dir` and renamed into place."""
+    config, dataset, state = model.config, model.dataset, model.state
+    module = model.trainer.module(state)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -107,9 +154,9 @@ def _export(run_dir: Path, out_dir: Path, bar: TaskProgress) -> Path:
         "mean": [float(v) for v in dataset.mean],
         "std": [float(v) for v in dataset.std],
         "dataset": dataset.name,
-        "epoch": meta["epoch"],
-        "step": meta["step"],
-        "test_accuracy": summary.get("test_accuracy"),
+        "epoch": model.epoch,
+        "step": model.step,
+        "test_accuracy": model.test_accuracy,
         "inference": "inference.jax: raw float32 NHWC images in the data set's units -> logits",
     }
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
@@ -118,7 +165,7 @@ def _export(run_dir: Path, out_dir: Path, bar: TaskProgress) -> Path:
         with storage_errors(tmp, "create"):
             tmp.mkdir(parents=True)
         atomic_write_json(tmp / "model.json", manifest)
-        genotype.save(tmp / "genotype.json")
+        model.genotype.save(tmp / "genotype.json")
         atomic_write_text(tmp / "config.yaml", config.to_yaml())
         weights = {"params": state.params, "batch_stats": state.batch_stats}
         with orbax_writes(tmp / "params", "write the weights to"):
@@ -187,4 +234,13 @@ def preprocess_for(model_dir: str | os.PathLike) -> Any:
     return lambda images: normalize(jnp.asarray(images), mean, std)
 
 
-__all__ = ["export_inference", "export_run", "load_model", "preprocess_for", "read_manifest"]
+__all__ = [
+    "TrainedModel",
+    "export_inference",
+    "export_model",
+    "export_run",
+    "load_model",
+    "load_trained",
+    "preprocess_for",
+    "read_manifest",
+]

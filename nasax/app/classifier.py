@@ -100,7 +100,7 @@ class ImageClassifier:
         self.genotype: Any = None
         self.search_summary: dict[str, Any] | None = None
         self.final_summary: dict[str, Any] | None = None
-        self._model: tuple[Any, Any, int] | None = None  # trainer, state, batch size
+        self._model: Any = None  # the retrained network in memory (a train.export.TrainedModel)
         self._jit: Any = None  # compiles evaluation and prediction as the final run did
 
     @property
@@ -141,6 +141,7 @@ class ImageClassifier:
         """Retrains the found cell from scratch on (x, y); returns self."""
         from nasax.blocks import jit_for
         from nasax.run import run
+        from nasax.train.export import TrainedModel
         from nasax.train.task import TrainTask
 
         if self.genotype is None:
@@ -149,7 +150,17 @@ class ImageClassifier:
         config = self._config("final", source)
         task = TrainTask(config, self.genotype)
         self.final_summary = run(task, config, self.final_dir, overwrite=self.overwrite)
-        self._model = (task.trainer, task.state, config.train.batch_size)
+        summary = self.final_summary
+        self._model = TrainedModel(
+            config,
+            task.genotype,
+            task.data,
+            task.trainer,
+            task.state,
+            summary["steps"] // task.steps_per_epoch,
+            summary["steps"],
+            summary["test_accuracy"],
+        )
         self._jit = jit_for(config.run.execution)
         return self
 
@@ -157,7 +168,8 @@ class ImageClassifier:
         """Loss and accuracy of the retrained network on (x, y)."""
         from nasax.runloop import evaluate
 
-        trainer, state, batch_size = self._trained()
+        model = self._trained()
+        trainer, state, batch_size = model.trainer, model.state, model.config.train.batch_size
         images = self._images(x, "x")
         labels = check_labels("test", y, len(images), "ImageClassifier y")
         label = None if self.quiet else "evaluate"
@@ -175,7 +187,8 @@ class ImageClassifier:
 
         from nasax.data import eval_batches
 
-        trainer, state, batch_size = self._trained()
+        model = self._trained()
+        trainer, state, batch_size = model.trainer, model.state, model.config.train.batch_size
         images = self._images(x, "x")
 
         @self._jit
@@ -192,10 +205,10 @@ class ImageClassifier:
 
     def export(self, model_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Writes the retrained network as `nasax export` does; returns the folder."""
-        from nasax.train.export import export_run
+        from nasax.train.export import export_model
 
-        self._trained()
-        return export_run(self.final_dir, model_dir, overwrite=overwrite, progress=not self.quiet)
+        model = self._trained()
+        return export_model(model, model_dir, overwrite=overwrite, progress=not self.quiet)
 
     # ------------------------------------------------------------------ helpers
 
@@ -261,7 +274,7 @@ class ImageClassifier:
         data = apply_overrides(data, self.overrides)
         return validate_config(data, "ImageClassifier")
 
-    def _trained(self) -> tuple[Any, Any, int]:
+    def _trained(self) -> Any:
         if self._model is None:
             raise NasaxError("no retrained network yet: call fit(x, y), then final_fit(x, y)")
         return self._model
