@@ -32,4 +32,30 @@ def use_compilation_cache() -> None:
         enable_compilation_cache()
 
 
-__all__ = ["enable_compilation_cache", "use_compilation_cache"]
+def release_if_crowded(share: float = 0.5) -> bool:
+    """Drops JAX's in-process compiled programs when this process holds more than `share`
+    of the memory maps Linux allows one process (`vm.max_map_count`, 65,530 by default).
+
+    Every loaded XLA CPU executable holds maps of its own, and a block step loads dozens;
+    a process that runs many searches (`nasax tune`'s trials, repeated `ImageClassifier`
+    fits) would otherwise pass the limit, where loading the next executable crashes the
+    interpreter (measured: the test suite in one process, at about 65,000 maps). What is
+    dropped reloads from the on-disk cache. Returns whether it dropped anything; elsewhere
+    than Linux it does nothing.
+    """
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps", "rb") as f:
+            maps = sum(1 for _ in f)
+    except (OSError, ValueError):
+        return False
+    if maps < share * limit:
+        return False
+    import jax
+
+    jax.clear_caches()
+    return True
+
+
+__all__ = ["enable_compilation_cache", "release_if_crowded", "use_compilation_cache"]

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 
 from nasax.checkpoint import Checkpoints
+from nasax.compilation_cache import release_if_crowded
 from nasax.config import Config
 from nasax.data import Batch, Dataset, load_dataset
 from nasax.io import atomic_write_json, atomic_write_text
@@ -99,6 +100,10 @@ class Task:
         asks."""
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Forgets programs the task kept for later runs in this process (before `compile`,
+        when the process holds too many compiled programs)."""
+
     def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch, ...]]:
         """The batches of each step of `epoch`, from its batch `first`, on the devices."""
         raise NotImplementedError
@@ -172,6 +177,8 @@ def run(
         task.start(state, resumed.start)
         progress.log(f"{task.describe()}; compiling the {task.step_name} (cached for later runs)")
         compile_start = time.perf_counter()
+        if release_if_crowded():
+            task.release()
         step_fn = task.compile(state)
         compile_seconds = time.perf_counter() - compile_start
         to_first_step = time.perf_counter() - wall_start

@@ -16,6 +16,21 @@ CACHE = os.environ.setdefault(
 jax.config.update("jax_compilation_cache_dir", CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops this module's compiled programs when it ends. Every loaded XLA CPU executable
+    holds memory maps of its own; a whole suite in one process kept them all and passed
+    Linux's limit of 65,530 maps per process (vm.max_map_count), where loading the next
+    executable crashed the interpreter. Later modules load what they need from the disk
+    cache."""
+    yield
+    from nasax.search import task
+
+    task._COMPILED.clear()
+    jax.clear_caches()
+
+
 TINY = [
     "model.channels=4",
     "model.layers=3",

@@ -272,3 +272,18 @@ def test_a_skipped_step_advances_the_counter_of_every_state_kind():
         assert int(kept.step) == 5
         inner = kept.net if isinstance(kept, EnasState) else kept
         np.testing.assert_array_equal(inner.params["w"], np.ones(3))
+
+
+def test_a_process_near_the_memory_map_limit_drops_its_compiled_programs():
+    """Past half of Linux's maps per process, compiled programs are dropped (they reload
+    from the disk cache) instead of crashing the interpreter at the limit."""
+    import jax
+
+    from nasax.compilation_cache import release_if_crowded
+
+    f = jax.jit(lambda x: x + 1)
+    f(1.0)
+    assert f._cache_size() == 1
+    assert release_if_crowded(share=2.0) is False and f._cache_size() == 1
+    assert release_if_crowded(share=0.0) is True and f._cache_size() == 0
+    assert f(1.0) == 2.0
