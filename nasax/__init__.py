@@ -28,7 +28,6 @@ _EXPORTS: dict[str, str] = {
     "load_dataset": "nasax.data",
     "load_genotype": "nasax.supernet.genotypes",
     "load_model": "nasax.train.export",
-    "run": "nasax.run",
 }
 """Public name -> the module that defines it."""
 
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
     from nasax.config import Config, load_config
     from nasax.data import Dataset, load_dataset
     from nasax.errors import ConfigError, DataError, GenotypeError, NasaxError
-    from nasax.run import run
     from nasax.supernet import DARTS_V1, DARTS_V2, Genotype, SearchNetwork, SearchSpace
     from nasax.supernet.discrete import DiscreteCell, DiscreteNetwork
     from nasax.supernet.genotypes import load_genotype
@@ -79,5 +77,4 @@ __all__ = [
     "load_dataset",
     "load_genotype",
     "load_model",
-    "run",
 ]

@@ -95,14 +95,14 @@ class Task:
         """The run's first progress line: the data and the sizes."""
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Forgets programs the task kept for later runs in this process (before `compile`,
+        when the process holds too many compiled programs)."""
+
     def compile(self, state: Any) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
         """The step program, (state, *batches) -> (state, metrics), guarded as `run.nonfinite`
         asks."""
         raise NotImplementedError
-
-    def release(self) -> None:
-        """Forgets programs the task kept for later runs in this process (before `compile`,
-        when the process holds too many compiled programs)."""
 
     def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch, ...]]:
         """The batches of each step of `epoch`, from its batch `first`, on the devices."""
