@@ -95,10 +95,6 @@ class Task:
         """The run's first progress line: the data and the sizes."""
         raise NotImplementedError
 
-    def release(self) -> None:
-        """Forgets programs the task kept for later runs in this process (before `compile`,
-        when the process holds too many compiled programs)."""
-
     def compile(self, state: Any) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
         """The step program, (state, *batches) -> (state, metrics), guarded as `run.nonfinite`
         asks."""
@@ -177,8 +173,7 @@ def run(
         task.start(state, resumed.start)
         progress.log(f"{task.describe()}; compiling the {task.step_name} (cached for later runs)")
         compile_start = time.perf_counter()
-        if release_if_crowded():
-            task.release()
+        release_if_crowded()
         step_fn = task.compile(state)
         compile_seconds = time.perf_counter() - compile_start
         to_first_step = time.perf_counter() - wall_start

@@ -203,9 +203,6 @@ class SearchTask(Task):
         step_fn, self.eval_fn, self.cell_eval_fn = _COMPILED[key]
         return step_fn
 
-    def release(self) -> None:
-        _COMPILED.clear()
-
     def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch, Batch]]:
         """Weight-step and architecture-step batches, each half in its own epoch order."""
         seed, data = self.config.seed, self.data

@@ -114,13 +114,10 @@ class Genotype:
 
     def resolve_space(self) -> SearchSpace:
         """The registered search space this genotype names."""
-        base = self.space.split(":")[0]
-        if base not in SPACES:
-            raise GenotypeError(f"genotype: {SPACES.unknown_message(base)}")
         try:
             return get_space(self.space)
-        except ValueError as e:
-            raise GenotypeError(f"genotype: {e}") from None
+        except (KeyError, ValueError) as e:
+            raise GenotypeError(f"genotype: {e.args[0]}") from None
 
     def to_arch_string(self) -> str:
         """The NAS-Bench-201 string of a one-cell genotype, e.g.
@@ -160,9 +157,11 @@ class Genotype:
 
     def __str__(self) -> str:
         """The NAS-Bench-201 string for a one-cell space's genotype, else the repr."""
-        if self.space.split(":")[0] in SPACES and len(self.resolve_space().cell_kinds) == 1:
-            return self.to_arch_string()
-        return repr(self)
+        try:
+            one_cell = len(self.resolve_space().cell_kinds) == 1
+        except GenotypeError:
+            one_cell = False
+        return self.to_arch_string() if one_cell else repr(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object: `space`, then `<kind>` (nodes as [op, input] pairs) and

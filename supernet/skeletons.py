@@ -18,7 +18,7 @@ from nasax.registry import Registry
 from nasax.supernet.discrete import DiscreteNetwork
 from nasax.supernet.nb201 import NB201Network, NB201SearchNetwork
 from nasax.supernet.network import SearchNetwork
-from nasax.supernet.spaces import SPACES, SearchSpace, get_space
+from nasax.supernet.spaces import SearchSpace, get_space
 
 
 class Skeleton(NamedTuple):
@@ -57,10 +57,10 @@ def skeleton_of(space: SearchSpace | str) -> Skeleton:
 
 def check_model(model: ModelConfig) -> None:
     """Config check: `model.space` is registered and its skeleton accepts the model section."""
-    base = model.space.split(":")[0]
-    if base not in SPACES:
-        raise ValueError(f"model.space: {SPACES.unknown_message(base)}")
-    space = get_space(model.space)
+    try:
+        space = get_space(model.space)
+    except KeyError as e:  # an unknown space (a definition that does not fit its base
+        raise ValueError(f"model.space: {e.args[0]}") from None  # raises ValueError itself)
     fixed = skeleton_of(space).stem_multiplier
     if fixed is not None and model.stem_multiplier != fixed:
         raise ValueError(

@@ -26,10 +26,8 @@ def _release_compiled_programs():
     Later modules load what they need from the disk cache."""
     yield
     from nasax.compilation_cache import release_if_crowded
-    from nasax.search import task
 
-    if release_if_crowded():
-        task._COMPILED.clear()
+    release_if_crowded()
 
 
 TINY = [
