@@ -13,7 +13,7 @@ from nasax.supernet.genotypes import (
     load_genotype,
 )
 from nasax.supernet.nb201 import NB201Cell, NB201Network, NB201SearchNetwork
-from nasax.supernet.network import ArchParam, SearchNetwork
+from nasax.supernet.network import ArchParam, GenotypeNetwork, SearchNetwork, Supernet
 from nasax.supernet.ops import OPS, register_op
 from nasax.supernet.skeletons import SKELETONS, Skeleton, skeleton_of
 from nasax.supernet.spaces import DARTS_SPACE, NB201_SPACE, SPACES, SearchSpace, get_space
@@ -37,6 +37,7 @@ __all__ = [
     "DiscreteNetwork",
     "FixedEdge",
     "Genotype",
+    "GenotypeNetwork",
     "MixedEdge",
     "NB201Cell",
     "NB201Network",
@@ -45,6 +46,7 @@ __all__ = [
     "SearchNetwork",
     "SearchSpace",
     "Skeleton",
+    "Supernet",
     "get_space",
     "load_genotype",
     "plan_cells",

@@ -1,4 +1,5 @@
-"""One cell implementation with two edge kinds: mixed edges (search) and fixed edges."""
+"""One cell implementation with two edge kinds: mixed edges (search) and fixed edges;
+the DARTS cell of a genotype as a module of its own (`DiscreteCell`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from jax import lax
 
 from nasax.blocks import block
 from nasax.supernet.genotypes import Genotype
-from nasax.supernet.ops import OPS, BatchNorm, FactorizedReduce, ReLUConvBN, build_op
+from nasax.supernet.ops import (
+    OPS,
+    BatchNorm,
+    FactorizedReduce,
+    ReLUConvBN,
+    build_op,
+    param_keys,
+)
 
 
 class Edge(Protocol):
@@ -285,9 +293,9 @@ class Cell(nnx.Module):
         self,
         s0: jax.Array,
         s1: jax.Array,
-        weights: jax.Array | None,
-        train: bool,
-        drop_rate: jax.Array | float | None = None,
+        weights: jax.Array | None = None,
+        train: bool = False,
+        drop_path_rate: jax.Array | float | None = None,
         rng: jax.Array | None = None,
         *,
         paths: jax.Array | None = None,
@@ -299,8 +307,8 @@ class Cell(nnx.Module):
             s0, s1: outputs of the cell two back and of the previous cell (NHWC).
             weights: one row of op weights per edge (mixed edges), else None.
             train: training mode (batch statistics, drop path).
-            drop_rate: drop-path rate for the droppable edges, used in training when
-                `rng` is given.
+            drop_path_rate: drop-path rate for the droppable edges, used in training
+                when `rng` is given.
             rng: key for drop path; each edge folds in its index.
             paths: optional (edges,) int op index per mixed edge: compute only that op.
             edge_weights: optional (edges,) factor on each edge's output (PC-DARTS' beta).
@@ -313,7 +321,7 @@ class Cell(nnx.Module):
             self.n_nodes,
             weights,
             train,
-            drop_rate,
+            drop_path_rate,
             rng,
             paths=paths,
             edge_weights=edge_weights,
@@ -328,7 +336,7 @@ def run_nodes(
     n_nodes: int,
     weights: jax.Array | None,
     train: bool,
-    drop_rate: jax.Array | float | None = None,
+    drop_path_rate: jax.Array | float | None = None,
     rng: jax.Array | None = None,
     *,
     paths: jax.Array | None = None,
@@ -340,7 +348,7 @@ def run_nodes(
     drop path behave the same in all of them. Arguments are as in `Cell.__call__`;
     `wiring[i]` is edge i's (node, source), sources counting the inputs first.
     """
-    dropping = train and rng is not None and drop_rate is not None
+    dropping = train and rng is not None and drop_path_rate is not None
     states = list(inputs)
     for node in range(n_nodes):
         acc = None
@@ -356,7 +364,7 @@ def run_nodes(
             if edge_weights is not None:
                 y = edge_weights[i] * y
             if dropping and edge.droppable:
-                y = drop_path(y, drop_rate, jax.random.fold_in(rng, i))
+                y = drop_path(y, drop_path_rate, jax.random.fold_in(rng, i))
             acc = y if acc is None else acc + y
         states.append(acc)
     return states
@@ -392,9 +400,9 @@ class PlainCell(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        weights: jax.Array | None,
-        train: bool,
-        drop_rate: jax.Array | float | None = None,
+        weights: jax.Array | None = None,
+        train: bool = False,
+        drop_path_rate: jax.Array | float | None = None,
         rng: jax.Array | None = None,
         *,
         paths: jax.Array | None = None,
@@ -408,10 +416,58 @@ class PlainCell(nnx.Module):
             self.n_nodes,
             weights,
             train,
-            drop_rate,
+            drop_path_rate,
             rng,
             paths=paths,
             edge_weights=edge_weights,
         )
         outputs = [states[i] for i in self.concat]
         return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
+
+
+class DiscreteCell(nnx.Module):
+    """One cell of a genotype (`kind` "normal" or "reduce") with affine BatchNorms.
+
+    Call as `cell(s0, s1, train=..., drop_path_rate=..., rng=...)` with `s0` the output
+    of the cell two back and `s1` of the previous one (NHWC). It outputs
+    `len(concat) * channels` channels, at half the resolution when it is a reduction cell.
+
+    Args:
+        genotype: the genotype; it is validated against its space.
+        kind: which of its cells to build.
+        c_prev_prev, c_prev: channels of `s0` and `s1`.
+        channels: C, the channels of every node inside the cell.
+        reduction_prev: the previous cell halved the resolution, so `s0` is twice as
+            large as `s1` and is reduced on the way in.
+    """
+
+    def __init__(
+        self,
+        genotype: Genotype,
+        kind: str,
+        *,
+        c_prev_prev: int,
+        c_prev: int,
+        channels: int,
+        reduction_prev: bool = False,
+        rngs: nnx.Rngs,
+    ) -> None:
+        genotype.validate()
+        rngs = param_keys(rngs)
+        wiring, _ = genotype.wiring(kind)
+        _, concat = genotype.cell(kind)
+        plan = CellPlan(c_prev_prev, c_prev, channels, kind == "reduce", reduction_prev)
+        self.cell = Cell(plan, wiring, fixed_edges(genotype, kind), concat, True, rngs)
+        self.out_channels = len(concat) * channels
+
+    def __call__(
+        self,
+        s0: jax.Array,
+        s1: jax.Array,
+        *,
+        train: bool = False,
+        drop_path_rate: jax.Array | float = 0.0,
+        rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """The cell's output. Drop path acts only with `train=True` and an `rng`."""
+        return self.cell(s0, s1, None, train, drop_path_rate, rng)

@@ -1,68 +1,21 @@
-"""The discrete cell and the stacked network built from a genotype, for retraining and reuse.
+"""The DARTS network built from a genotype, for retraining and reuse, and its auxiliary head.
 
-Both are plain `flax.nnx` modules: call them inside any optax loop. They use the same
-`Cell` as the search network, with one `FixedEdge` per chosen op.
+Both it and `DiscreteCell` are plain `flax.nnx` modules: call them inside any optax loop.
+They use the same `Cell` as the search network, with one `FixedEdge` per chosen op.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from nasax.blocks import block
-from nasax.supernet.cells import Cell, CellPlan, drop_path, fixed_edges, reduction_indices
-from nasax.supernet.genotypes import Genotype
-from nasax.supernet.network import DartsStack, linear
-from nasax.supernet.ops import BatchNorm, Conv, param_keys
-
-
-class DiscreteCell(nnx.Module):
-    """One cell of a genotype (`kind` "normal" or "reduce") with affine BatchNorms.
-
-    Call as `cell(s0, s1, train=..., drop_path_rate=..., rng=...)` with `s0` the output
-    of the cell two back and `s1` of the previous one (NHWC). It outputs
-    `len(concat) * channels` channels, at half the resolution when it is a reduction cell.
-
-    Args:
-        genotype: the genotype; it is validated against its space.
-        kind: which of its cells to build.
-        c_prev_prev, c_prev: channels of `s0` and `s1`.
-        channels: C, the channels of every node inside the cell.
-        reduction_prev: the previous cell halved the resolution, so `s0` is twice as
-            large as `s1` and is reduced on the way in.
-    """
-
-    def __init__(
-        self,
-        genotype: Genotype,
-        kind: str,
-        *,
-        c_prev_prev: int,
-        c_prev: int,
-        channels: int,
-        reduction_prev: bool = False,
-        rngs: nnx.Rngs,
-    ) -> None:
-        genotype.validate()
-        rngs = param_keys(rngs)
-        wiring, _ = genotype.wiring(kind)
-        _, concat = genotype.cell(kind)
-        plan = CellPlan(c_prev_prev, c_prev, channels, kind == "reduce", reduction_prev)
-        self.cell = Cell(plan, wiring, fixed_edges(genotype, kind), concat, True, rngs)
-        self.out_channels = len(concat) * channels
-
-    def __call__(
-        self,
-        s0: jax.Array,
-        s1: jax.Array,
-        *,
-        train: bool = False,
-        drop_path_rate: jax.Array | float = 0.0,
-        rng: jax.Array | None = None,
-    ) -> jax.Array:
-        """The cell's output. Drop path acts only with `train=True` and an `rng`."""
-        return self.cell(s0, s1, None, train, drop_path_rate, rng)
+from nasax.supernet.cells import DiscreteCell, drop_path, reduction_indices
+from nasax.supernet.network import DartsStack, GenotypeNetwork, linear
+from nasax.supernet.ops import BatchNorm, Conv, ParamKeys, param_keys
 
 
 class AuxiliaryHead(nnx.Module):
@@ -95,100 +48,20 @@ class AuxiliaryHead(nnx.Module):
         return self.classifier(jnp.mean(x, axis=(1, 2)))
 
 
-class DiscreteNetwork(DartsStack):
-    """The network a genotype is retrained as: stem, `layers` cells, pooling, classifier.
+class DiscreteNetwork(GenotypeNetwork, DartsStack):
+    """The DARTS network a genotype is retrained as (`GenotypeNetwork` on `DartsStack`):
+    stem, `layers` cells (36 channels and 20 cells by default), pooling, classifier.
 
-    Reduction cells sit at 1/3 and 2/3 of the depth and double the channels. With
-    `auxiliary=True` an auxiliary classifier reads the features after the second
+    With `auxiliary=True` an auxiliary classifier reads the features after the second
     reduction cell; it runs only in training and only when asked (`return_aux=True`).
-
-    Call as `net(x, train=..., drop_path_rate=..., rng=..., return_aux=...)` on NHWC
-    images normalised as for training. Returns logits, or `(logits, aux_logits)` with
-    `return_aux=True` (`aux_logits` is None outside training or without the head).
     """
 
-    def __init__(
-        self,
-        genotype: Genotype,
-        *,
-        num_classes: int,
-        channels: int = 36,
-        layers: int = 20,
-        in_channels: int = 3,
-        stem_multiplier: int = 3,
-        auxiliary: bool = False,
-        rngs: nnx.Rngs,
-    ) -> None:
-        genotype.validate()
-        kinds = genotype.resolve_space().cell_kinds
-        if kinds != ("normal", "reduce"):
-            raise ValueError(
-                f"DiscreteNetwork stacks normal and reduction cells; space {genotype.space!r} "
-                f"has {list(kinds)}: build it with its skeleton's network "
-                "(nasax.supernet.skeleton_of(space).discrete_network)"
-            )
-        rngs = param_keys(rngs)
-        self.genotype = genotype
+    auxiliary_head: ClassVar[bool] = True
 
-        def make_cell(plan: CellPlan, kind: str) -> DiscreteCell:
-            return DiscreteCell(
-                genotype,
-                kind,
-                c_prev_prev=plan.c_prev_prev,
-                c_prev=plan.c_prev,
-                channels=plan.channels,
-                reduction_prev=plan.reduction_prev,
-                rngs=rngs,
-            )
-
-        self._stack(
-            make_cell,
-            channels=channels,
-            layers=layers,
-            in_channels=in_channels,
-            stem_multiplier=stem_multiplier,
-            outputs={kind: len(genotype.cell(kind)[1]) for kind in kinds},
-            rngs=rngs,
-        )
+    def _auxiliary_head(self, layers: int, num_classes: int, rngs: ParamKeys) -> None:
         self.aux_index = reduction_indices(layers)[1]
-        self.auxiliary = (
-            AuxiliaryHead(self.cells[self.aux_index].out_channels, num_classes, rngs)
-            if auxiliary
-            else None
-        )
-        self.classifier = linear(self.cells[-1].out_channels, num_classes, rngs)
-
-    def __call__(
-        self,
-        x: jax.Array,
-        *,
-        train: bool = False,
-        drop_path_rate: jax.Array | float = 0.0,
-        rng: jax.Array | None = None,
-        return_aux: bool = False,
-    ) -> jax.Array | tuple[jax.Array, jax.Array | None]:
-        """Logits for NHWC images `x` (and the auxiliary logits with `return_aux`).
-
-        Args:
-            x: a batch of images, normalised as the network was trained on.
-            train: training mode: batch statistics, drop path, the auxiliary head.
-            drop_path_rate: probability of dropping each non-identity edge's output
-                per example; needs `rng` and `train`.
-            rng: key for drop path (each cell and edge folds in its position).
-            return_aux: also return the auxiliary logits.
-        """
-        aux = None
-
-        def run_cell(i: int, cell: DiscreteCell, s0: jax.Array, s1: jax.Array) -> jax.Array:
-            nonlocal aux
-            cell_rng = None if rng is None else jax.random.fold_in(rng, i)
-            out = cell(s0, s1, train=train, drop_path_rate=drop_path_rate, rng=cell_rng)
-            if i == self.aux_index and self.auxiliary is not None and train and return_aux:
-                aux = self.auxiliary(out, train)
-            return out
-
-        logits = self.classifier(self._features(x, train, run_cell))
-        return (logits, aux) if return_aux else logits
+        c_in = self.cells[self.aux_index].out_channels
+        self.auxiliary = AuxiliaryHead(c_in, num_classes, rngs)
 
 
 def count_params(module: nnx.Module) -> int:

@@ -11,6 +11,7 @@ has 3N cells. NAS-Bench-201's stem has no multiplier: `stem_multiplier` must be 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,14 @@ from jax import lax
 from nasax.blocks import block
 from nasax.supernet.cells import PlainCell, fixed_edges
 from nasax.supernet.genotypes import Genotype
-from nasax.supernet.network import Stem, SupernetMixin, linear, mixed_edges
+from nasax.supernet.network import (
+    GenotypeNetwork,
+    RunCell,
+    StackSize,
+    Stem,
+    Supernet,
+    linear,
+)
 from nasax.supernet.ops import BatchNorm, Conv, ParamKeys, ReLUConvBN, param_keys
 from nasax.supernet.spaces import SearchSpace
 
@@ -76,127 +84,73 @@ def stage_channels(channels: int, layers: int) -> list[int | None]:
     return [channels] * layers + [None] + [2 * channels] * layers + [None] + [4 * channels] * layers
 
 
-def _check_stem(stem_multiplier: int) -> None:
-    if stem_multiplier != 1:
-        raise ValueError(
-            f"stem_multiplier={stem_multiplier}: the NAS-Bench-201 stem outputs C channels; "
-            "use stem_multiplier=1"
-        )
-
-
-def _check_space(space: SearchSpace) -> None:
-    if space.n_inputs != 1 or space.cell_kinds != (CELL_KIND,):
-        raise ValueError(
-            f"the nb201 skeleton stacks one-input cells of one kind ({CELL_KIND!r}); space "
-            f"{space.name!r} has {space.n_inputs} inputs and cells {list(space.cell_kinds)}"
-        )
-
-
 class NB201Stack(nnx.Module):
     """NAS-Bench-201's macro skeleton, for the supernet and the discrete network alike: a
-    stem, three stages of cells joined by residual reduction blocks, and the head."""
+    stem, three stages of cells joined by residual reduction blocks, and the head. Its
+    cells have one input and one kind; a cell's plan is its channel count."""
+
+    skeleton: ClassVar[str] = "nb201"
+    defaults: ClassVar[dict[str, int]] = {"channels": 16, "layers": 5, "stem_multiplier": 1}
+
+    @staticmethod
+    def _check_space(space: SearchSpace) -> None:
+        if space.n_inputs != 1 or space.cell_kinds != (CELL_KIND,):
+            raise ValueError(
+                f"the nb201 skeleton stacks one-input cells of one kind ({CELL_KIND!r}); "
+                f"space {space.name!r} has {space.n_inputs} inputs and cells "
+                f"{list(space.cell_kinds)}"
+            )
 
     def _stack(
-        self,
-        make_cell: Callable[[int], nnx.Module],
-        *,
-        channels: int,
-        layers: int,
-        num_classes: int,
-        in_channels: int,
-        stem_multiplier: int,
-        rngs: ParamKeys,
-    ) -> None:
-        """Builds `stem`, `cells` (cells and reduction blocks) and `head`;
-        `make_cell(c)` builds a cell of `c` channels."""
-        _check_stem(stem_multiplier)
-        plan = stage_channels(channels, layers)
-        self.stem = Stem(in_channels, channels, rngs)
-        blocks, c_prev = [], channels
+        self, make_cell: Callable[[str, int], nnx.Module], size: StackSize, rngs: ParamKeys
+    ) -> int:
+        """Builds `stem` and `cells` (cells and reduction blocks) and returns the last
+        stage's channels; `make_cell(kind, c)` builds a cell of `c` channels."""
+        if size.stem_multiplier != 1:
+            raise ValueError(
+                f"stem_multiplier={size.stem_multiplier}: the NAS-Bench-201 stem outputs C "
+                "channels; use stem_multiplier=1"
+            )
+        plan = stage_channels(size.channels, size.layers)
+        self.stem = Stem(size.in_channels, size.channels, rngs)
+        blocks, c_prev = [], size.channels
         for c in plan:
             if c is None:
                 blocks.append(ResidualReduction(c_prev, 2 * c_prev, rngs))
                 c_prev *= 2
             else:
-                blocks.append(make_cell(c))
+                blocks.append(make_cell(CELL_KIND, c))
         self.cells = nnx.List(blocks)
-        self.head = Head(c_prev, num_classes, rngs)
+        return c_prev
 
-    def _logits(
-        self, x: jax.Array, train: bool, run_cell: Callable[[int, PlainCell, jax.Array], jax.Array]
-    ) -> jax.Array:
-        """The logits; `run_cell(i, cell, x)` runs the cell at position i of the stack."""
+    def _head(self, features: int, num_classes: int, rngs: ParamKeys) -> None:
+        self.head = Head(features, num_classes, rngs)
+
+    def _logits(self, x: jax.Array, train: bool, run_cell: RunCell) -> jax.Array:
+        """The logits; `run_cell(i, kind, cell, x)` runs the cell at position i."""
         x = self.stem(x, train)
         for i, stage in enumerate(self.cells):
             reduction = isinstance(stage, ResidualReduction)
-            x = stage(x, train) if reduction else run_cell(i, stage, x)
+            x = stage(x, train) if reduction else run_cell(i, CELL_KIND, stage, x)
         return self.head(x, train)
 
+    def _mixed_cell(
+        self, kind: str, c: int, space: SearchSpace, make_edge: Callable, rngs: ParamKeys
+    ) -> PlainCell:
+        return PlainCell(c, space.edges, make_edge, space.concat, rngs)
 
-class NB201SearchNetwork(NB201Stack, SupernetMixin):
-    """The NAS-Bench-201 supernet: every cell edge mixes all ops of `space`.
+    def _fixed_cell(self, kind: str, c: int, genotype: Genotype, rngs: ParamKeys) -> PlainCell:
+        return _fixed_cell(genotype, c, rngs)
 
-    The same interface as `SearchNetwork`, with one cell kind: `alpha_normal` (edges x
-    ops, 6 x 5 for nb201) is shared by all 3N cells, and weights, paths and edge weights
-    are dicts with the key "normal". Mixed edges have non-affine BatchNorms; the stem,
-    the reduction blocks and the head are affine, as in NAS-Bench-201's search network.
 
-    Args:
-        space: a space with one input node and one cell kind (nb201).
-        channels: C of the first stage.
-        layers: cells per stage (N).
-        num_classes: classifier outputs.
-        in_channels: image channels.
-        stem_multiplier: must be 1 (the stem outputs C channels).
-        partial_channels: PC-DARTS' K on every mixed edge.
-        aux_skip: DARTS-' auxiliary skip connection on every mixed edge (`MixedEdge`).
-        edge_normalization: add per-edge scores `beta_normal` (PC-DARTS).
+class NB201SearchNetwork(Supernet, NB201Stack):
+    """The NAS-Bench-201 supernet (`Supernet` on `NB201Stack`).
+
+    One cell kind: `alpha_normal` (edges x ops, 6 x 5 for nb201) is shared by all 3N
+    cells, and weights, paths and edge weights are dicts with the key "normal". Mixed
+    edges have non-affine BatchNorms; the stem, the reduction blocks and the head are
+    affine, as in NAS-Bench-201's search network. `layers` counts cells per stage (N).
     """
-
-    def __init__(
-        self,
-        space: SearchSpace,
-        *,
-        channels: int,
-        layers: int,
-        num_classes: int,
-        in_channels: int = 3,
-        stem_multiplier: int = 1,
-        partial_channels: int = 1,
-        edge_normalization: bool = False,
-        aux_skip: bool = False,
-        rngs: nnx.Rngs,
-    ) -> None:
-        _check_space(space)
-        rngs = param_keys(rngs)
-        make_edge = mixed_edges(space, partial_channels=partial_channels, aux_skip=aux_skip)
-        self._stack(
-            lambda c: PlainCell(c, space.edges, make_edge, space.concat, rngs),
-            channels=channels,
-            layers=layers,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            stem_multiplier=stem_multiplier,
-            rngs=rngs,
-        )
-        self._arch_params(space, edge_normalization, rngs)
-
-    def __call__(
-        self,
-        x: jax.Array,
-        *,
-        train: bool,
-        weights: dict[str, jax.Array] | None = None,
-        paths: dict[str, jax.Array] | None = None,
-        edge_weights: dict[str, jax.Array] | None = None,
-    ) -> jax.Array:
-        """Logits for NHWC images `x`; the arguments are as in `SearchNetwork.__call__`."""
-        a = self.cell_arguments(weights, paths, edge_weights)[CELL_KIND]
-
-        def run_cell(i: int, cell: PlainCell, x: jax.Array) -> jax.Array:
-            return cell(x, a["weights"], train, paths=a["paths"], edge_weights=a["edge_weights"])
-
-        return self._logits(x, train, run_cell)
 
 
 def _fixed_cell(genotype: Genotype, channels: int, rngs: nnx.Rngs | ParamKeys) -> PlainCell:
@@ -215,7 +169,7 @@ class NB201Cell(nnx.Module):
 
     def __init__(self, genotype: Genotype, *, channels: int, rngs: nnx.Rngs) -> None:
         genotype.validate()
-        _check_space(genotype.resolve_space())
+        NB201Stack._check_space(genotype.resolve_space())
         self.cell = _fixed_cell(genotype, channels, param_keys(rngs))
 
     def __call__(
@@ -230,70 +184,13 @@ class NB201Cell(nnx.Module):
         return self.cell(x, None, train, drop_path_rate, rng)
 
 
-class NB201Network(NB201Stack):
-    """A NAS-Bench-201 genotype as the network NAS-Bench-201 trains (its TinyNetwork).
-
-    The same interface as `DiscreteNetwork`: call as `net(x, train=..., drop_path_rate=...,
-    rng=..., return_aux=...)`. There is no auxiliary head (`auxiliary=True` is refused,
-    `return_aux=True` returns None in its place). Drop path works as in DARTS (identity
-    edges are spared) but NAS-Bench-201's protocol does not use it.
-
-    Args:
-        genotype: an nb201 genotype; it is validated.
-        num_classes: classifier outputs.
-        channels: C of the first stage (16 in NAS-Bench-201).
-        layers: cells per stage, N (5 in NAS-Bench-201).
-        in_channels: image channels.
-        stem_multiplier: must be 1.
-        auxiliary: must be False.
+class NB201Network(GenotypeNetwork, NB201Stack):
+    """A NAS-Bench-201 genotype as the network NAS-Bench-201 trains (its TinyNetwork;
+    `GenotypeNetwork` on `NB201Stack`, C=16 and N=5 by default). There is no auxiliary
+    head (`auxiliary=True` is refused, `return_aux=True` returns None in its place). Drop
+    path works as in DARTS (identity edges are spared) but NAS-Bench-201's protocol does
+    not use it.
     """
-
-    def __init__(
-        self,
-        genotype: Genotype,
-        *,
-        num_classes: int,
-        channels: int = 16,
-        layers: int = 5,
-        in_channels: int = 3,
-        stem_multiplier: int = 1,
-        auxiliary: bool = False,
-        rngs: nnx.Rngs,
-    ) -> None:
-        genotype.validate()
-        _check_space(genotype.resolve_space())
-        if auxiliary:
-            raise ValueError("the NAS-Bench-201 network has no auxiliary head; use auxiliary=False")
-        rngs = param_keys(rngs)
-        self.genotype = genotype
-        self._stack(
-            lambda c: _fixed_cell(genotype, c, rngs),
-            channels=channels,
-            layers=layers,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            stem_multiplier=stem_multiplier,
-            rngs=rngs,
-        )
-        self.auxiliary = None
-
-    def __call__(
-        self,
-        x: jax.Array,
-        *,
-        train: bool = False,
-        drop_path_rate: jax.Array | float = 0.0,
-        rng: jax.Array | None = None,
-        return_aux: bool = False,
-    ) -> jax.Array | tuple[jax.Array, None]:
-        """Logits for NHWC images `x` (and None for the absent auxiliary logits)."""
-
-        def run_cell(i: int, cell: PlainCell, x: jax.Array) -> jax.Array:
-            cell_rng = None if rng is None else jax.random.fold_in(rng, i)
-            return cell(x, None, train, drop_path_rate, cell_rng)
-
-        logits = self._logits(x, train, run_cell)
-        return (logits, None) if return_aux else logits
 
 
 __all__ = ["NB201Cell", "NB201Network", "NB201SearchNetwork", "ResidualReduction"]

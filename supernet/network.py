@@ -1,16 +1,34 @@
-"""DARTS' macro skeleton (`DartsStack`) and its supernet; what every supernet adds to its
-skeleton (`Supernet`: architecture parameters); pieces all networks share."""
+"""The two networks every macro skeleton builds, and DARTS' skeleton.
+
+A skeleton class (`DartsStack` here, `NB201Stack` in `nb201.py`) stacks cells into a
+network; a role class says what the cells are. `Supernet` gives every edge all ops of a
+space and holds the architecture parameters; `GenotypeNetwork` builds the cells of a
+genotype. A network class is one of each: `SearchNetwork(Supernet, DartsStack)`.
+
+A skeleton provides `skeleton` (its name), `defaults` (channels, layers and stem
+multiplier of its published network), `_check_space`, `_stack`, `_head`, `_logits`,
+`_mixed_cell` and `_fixed_cell`; see `DartsStack`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from nasax.blocks import block
-from nasax.supernet.cells import Cell, CellPlan, MixedEdge, plan_cells
+from nasax.supernet.cells import (
+    Cell,
+    CellPlan,
+    DiscreteCell,
+    MixedEdge,
+    plan_cells,
+    reduction_indices,
+)
+from nasax.supernet.genotypes import Genotype
 from nasax.supernet.ops import BatchNorm, Conv, ParamKeys, param_keys, torch_default_init
 from nasax.supernet.spaces import SearchSpace
 
@@ -65,15 +83,102 @@ def mixed_edges(
     return make_edge
 
 
-class SupernetMixin(nnx.Module):
-    """What every supernet adds to its skeleton: architecture parameters per cell kind.
+class StackSize(NamedTuple):
+    """What a skeleton's `_stack` builds: C, depth, image channels, stem multiplier, and
+    per cell kind the number of nodes a cell concatenates."""
 
-    `alpha_<kind>` (edges x ops) is shared by all cells of that kind; `beta_<kind>`
-    (edges) exists with `edge_normalization` (PC-DARTS). Both are `ArchParam` variables.
+    channels: int
+    layers: int
+    in_channels: int
+    stem_multiplier: int
+    outputs: dict[str, int]
+
+
+RunCell = Callable[..., jax.Array]
+"""`run_cell(i, kind, cell, *inputs)`: runs the cell at position `i` of a stack."""
+
+
+class Supernet(nnx.Module):
+    """The search network of a skeleton: every cell edge mixes all ops of `space`.
+
+    Architecture parameters `alpha_<kind>` (edges x ops) are `ArchParam` variables shared
+    by all cells of a kind; `beta_<kind>` (edges) exist with `edge_normalization`
+    (PC-DARTS). Call with `weights` to use op weights a strategy computed (sampled,
+    normalised, ...); by default they are the softmax of the alphas.
+
+    Args:
+        space: a space of the class's skeleton.
+        channels: C of the first cell (or stage).
+        layers: the skeleton's depth (DARTS: cells; NAS-Bench-201: cells per stage).
+        num_classes: classifier outputs.
+        in_channels: image channels.
+        stem_multiplier: the stem outputs `stem_multiplier * C` channels (default: the
+            skeleton's, 3 for DARTS, 1 for NAS-Bench-201).
+        partial_channels: PC-DARTS' K on every mixed edge.
+        edge_normalization: add per-edge scores `beta_<kind>` (PC-DARTS).
+        aux_skip: DARTS-' auxiliary skip connection on every mixed edge (`MixedEdge`).
     """
 
     space: SearchSpace
     edge_normalization: bool
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        channels: int,
+        layers: int,
+        num_classes: int,
+        in_channels: int = 3,
+        stem_multiplier: int | None = None,
+        partial_channels: int = 1,
+        edge_normalization: bool = False,
+        aux_skip: bool = False,
+        rngs: nnx.Rngs,
+    ) -> None:
+        self._check_space(space)
+        rngs = param_keys(rngs)
+        make_edge = mixed_edges(space, partial_channels=partial_channels, aux_skip=aux_skip)
+        if stem_multiplier is None:
+            stem_multiplier = self.defaults["stem_multiplier"]
+        outputs = dict.fromkeys(space.cell_kinds, len(space.concat))
+        features = self._stack(
+            lambda kind, plan: self._mixed_cell(kind, plan, space, make_edge, rngs),
+            StackSize(channels, layers, in_channels, stem_multiplier, outputs),
+            rngs,
+        )
+        self._head(features, num_classes, rngs)
+        self._arch_params(space, edge_normalization, rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        train: bool,
+        weights: dict[str, jax.Array] | None = None,
+        paths: dict[str, jax.Array] | None = None,
+        edge_weights: dict[str, jax.Array] | None = None,
+    ) -> jax.Array:
+        """Logits for NHWC images `x`.
+
+        Args:
+            x: NHWC images.
+            train: training mode.
+            weights: cell kind -> (edges, ops) op weights; default: softmax of the alphas.
+                With `paths` it may be None (each edge runs its path op as is).
+            paths: cell kind -> (edges,) op index per edge: single-path forward.
+            edge_weights: cell kind -> (edges,) edge factors; default: the normalised
+                betas when the network was built with `edge_normalization`.
+        """
+        args = self.cell_arguments(weights, paths, edge_weights)
+
+        def run_cell(i: int, kind: str, cell: nnx.Module, *inputs: jax.Array) -> jax.Array:
+            a = args[kind]
+            return cell(
+                *inputs, a["weights"], train, paths=a["paths"], edge_weights=a["edge_weights"]
+            )
+
+        return self._logits(x, train, run_cell)
 
     def _arch_params(self, space: SearchSpace, edge_normalization: bool, rngs: ParamKeys) -> None:
         shape = (space.n_edges, space.n_ops)
@@ -121,118 +226,165 @@ class SupernetMixin(nnx.Module):
         }
 
 
-class DartsStack(nnx.Module):
-    """DARTS' macro skeleton, for the supernet and the discrete network alike: a stem,
-    `layers` cells with reduction cells at 1/3 and 2/3 of the depth (each doubling C),
-    each cell reading the two before it, and global pooling of the last one."""
+class GenotypeNetwork(nnx.Module):
+    """The network a genotype is retrained as, on its space's skeleton: each edge runs
+    the op the genotype chose, BatchNorms are affine.
 
-    def _stack(
-        self,
-        make_cell: Callable[[CellPlan, str], nnx.Module],
-        *,
-        channels: int,
-        layers: int,
-        in_channels: int,
-        stem_multiplier: int,
-        outputs: dict[str, int],
-        rngs: ParamKeys,
-    ) -> list[CellPlan]:
-        """Builds `stem` and `cells` and returns the cells' plans; `make_cell(plan, kind)`
-        builds one cell, `outputs` says how many nodes each cell kind concatenates."""
-        stem_channels = stem_multiplier * channels
-        self.stem = Stem(in_channels, stem_channels, rngs)
-        plans = plan_cells(stem_channels, channels, layers, outputs["normal"], outputs["reduce"])
-        self.cells = nnx.List(
-            [make_cell(plan, "reduce" if plan.reduction else "normal") for plan in plans]
-        )
-        return plans
+    Call as `net(x, train=..., drop_path_rate=..., rng=..., return_aux=...)` on NHWC
+    images normalised as for training. Returns logits, or `(logits, aux_logits)` with
+    `return_aux=True` (`aux_logits` is None outside training or without the head).
 
-    def _features(
-        self,
-        x: jax.Array,
-        train: bool,
-        run_cell: Callable[[int, nnx.Module, jax.Array, jax.Array], jax.Array],
-    ) -> jax.Array:
-        """The pooled features of the last cell; `run_cell(i, cell, s0, s1)` runs cell i."""
-        s0 = s1 = self.stem(x, train)
-        for i, cell in enumerate(self.cells):
-            s0, s1 = s1, run_cell(i, cell, s0, s1)
-        return jnp.mean(s1, axis=(1, 2))
-
-
-class SearchNetwork(DartsStack, SupernetMixin):
-    """The DARTS supernet: every cell edge mixes all ops of `space`.
-
-    Architecture parameters `alpha_normal` and `alpha_reduce` (edges x ops) are
-    `ArchParam` variables shared by all cells of a kind. Call with `weights` to use op
-    weights a strategy computed (sampled, normalised, ...); by default they are the
-    softmax of the alphas.
+    Args:
+        genotype: the genotype; it is validated against its space.
+        num_classes: classifier outputs.
+        channels, layers, stem_multiplier: as in `Supernet` (default: the skeleton's
+            published network, `defaults`).
+        in_channels: image channels.
+        auxiliary: build an auxiliary classifier (where the skeleton has one).
     """
+
+    auxiliary_head: ClassVar[bool] = False
+    """Whether the skeleton's network can have an auxiliary head (`_auxiliary_head`)."""
 
     def __init__(
         self,
-        space: SearchSpace,
+        genotype: Genotype,
         *,
-        channels: int,
-        layers: int,
         num_classes: int,
+        channels: int | None = None,
+        layers: int | None = None,
         in_channels: int = 3,
-        stem_multiplier: int = 3,
-        partial_channels: int = 1,
-        edge_normalization: bool = False,
-        aux_skip: bool = False,
+        stem_multiplier: int | None = None,
+        auxiliary: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
-        if space.skeleton != "darts":
+        genotype.validate()
+        self._check_space(genotype.resolve_space())
+        if auxiliary and not self.auxiliary_head:
             raise ValueError(
-                f"SearchNetwork stacks DARTS cells; space {space.name!r} uses the "
-                f"{space.skeleton!r} skeleton: build it with "
-                "nasax.supernet.skeleton_of(space).search_network"
+                f"the {self.skeleton} network has no auxiliary head; use auxiliary=False"
             )
         rngs = param_keys(rngs)
-        make_edge = mixed_edges(space, partial_channels=partial_channels, aux_skip=aux_skip)
-        concat = space.concat
-        plans = self._stack(
-            lambda plan, kind: Cell(plan, space.edges, make_edge, concat, False, rngs),
-            channels=channels,
-            layers=layers,
+        self.genotype = genotype
+        given = {"channels": channels, "layers": layers, "stem_multiplier": stem_multiplier}
+        size = StackSize(
             in_channels=in_channels,
-            stem_multiplier=stem_multiplier,
-            outputs=dict.fromkeys(space.cell_kinds, len(concat)),
-            rngs=rngs,
+            outputs={kind: len(genotype.cell(kind)[1]) for kind in genotype.cells},
+            **{k: self.defaults[k] if v is None else v for k, v in given.items()},
         )
-        self.classifier = linear(len(concat) * plans[-1].channels, num_classes, rngs)
-        self._arch_params(space, edge_normalization, rngs)
+        features = self._stack(
+            lambda kind, plan: self._fixed_cell(kind, plan, genotype, rngs), size, rngs
+        )
+        if auxiliary:
+            self._auxiliary_head(size.layers, num_classes, rngs)
+        else:
+            self.aux_index, self.auxiliary = None, None
+        self._head(features, num_classes, rngs)
 
     def __call__(
         self,
         x: jax.Array,
         *,
-        train: bool,
-        weights: dict[str, jax.Array] | None = None,
-        paths: dict[str, jax.Array] | None = None,
-        edge_weights: dict[str, jax.Array] | None = None,
-    ) -> jax.Array:
-        """Logits for NHWC images `x`.
+        train: bool = False,
+        drop_path_rate: jax.Array | float = 0.0,
+        rng: jax.Array | None = None,
+        return_aux: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array | None]:
+        """Logits for NHWC images `x` (and the auxiliary logits with `return_aux`).
 
         Args:
-            x: NHWC images.
-            train: training mode.
-            weights: cell kind -> (edges, ops) op weights; default: softmax of the alphas.
-                With `paths` it may be None (each edge runs its path op as is).
-            paths: cell kind -> (edges,) op index per edge: single-path forward.
-            edge_weights: cell kind -> (edges,) edge factors; default: the normalised
-                betas when the network was built with `edge_normalization`.
+            x: a batch of images, normalised as the network was trained on.
+            train: training mode: batch statistics, drop path, the auxiliary head.
+            drop_path_rate: probability of dropping each non-identity edge's output
+                per example; needs `rng` and `train`.
+            rng: key for drop path (each cell and edge folds in its position).
+            return_aux: also return the auxiliary logits.
         """
-        args = self.cell_arguments(weights, paths, edge_weights)
+        aux = None
 
-        def run_cell(i: int, cell: Cell, s0: jax.Array, s1: jax.Array) -> jax.Array:
-            a = args["reduce" if cell.reduction else "normal"]
-            return cell(
-                s0, s1, a["weights"], train, paths=a["paths"], edge_weights=a["edge_weights"]
+        def run_cell(i: int, kind: str, cell: nnx.Module, *inputs: jax.Array) -> jax.Array:
+            nonlocal aux
+            cell_rng = None if rng is None else jax.random.fold_in(rng, i)
+            out = cell(*inputs, train=train, drop_path_rate=drop_path_rate, rng=cell_rng)
+            if i == self.aux_index and self.auxiliary is not None and train and return_aux:
+                aux = self.auxiliary(out, train)
+            return out
+
+        logits = self._logits(x, train, run_cell)
+        return (logits, aux) if return_aux else logits
+
+    def _auxiliary_head(self, layers: int, num_classes: int, rngs: ParamKeys) -> None:
+        """Builds `auxiliary` and sets `aux_index`, the cell whose output it reads."""
+        raise NotImplementedError
+
+
+class DartsStack(nnx.Module):
+    """DARTS' macro skeleton, for the supernet and the discrete network alike: a stem,
+    `layers` cells with reduction cells at 1/3 and 2/3 of the depth (each doubling C),
+    each cell reading the two before it, and global pooling of the last one."""
+
+    skeleton: ClassVar[str] = "darts"
+    defaults: ClassVar[dict[str, int]] = {"channels": 36, "layers": 20, "stem_multiplier": 3}
+
+    @staticmethod
+    def _check_space(space: SearchSpace) -> None:
+        if space.skeleton != "darts" or space.cell_kinds != ("normal", "reduce"):
+            raise ValueError(
+                "the darts skeleton stacks normal and reduction cells; space "
+                f"{space.name!r} uses the {space.skeleton!r} skeleton with cells "
+                f"{list(space.cell_kinds)}: build it with "
+                "nasax.supernet.skeleton_of(space).search_network (or .discrete_network)"
             )
 
-        return self.classifier(self._features(x, train, run_cell))
+    def _stack(
+        self, make_cell: Callable[[str, CellPlan], nnx.Module], size: StackSize, rngs: ParamKeys
+    ) -> int:
+        """Builds `stem` and `cells` and returns the channels of the last cell's output;
+        `make_cell(kind, plan)` builds one cell."""
+        stem_channels = size.stem_multiplier * size.channels
+        self.stem = Stem(size.in_channels, stem_channels, rngs)
+        outputs = size.outputs
+        plans = plan_cells(
+            stem_channels, size.channels, size.layers, outputs["normal"], outputs["reduce"]
+        )
+        kinds = ["reduce" if plan.reduction else "normal" for plan in plans]
+        self.cells = nnx.List([make_cell(kind, plan) for kind, plan in zip(kinds, plans)])
+        return outputs[kinds[-1]] * plans[-1].channels
+
+    def _head(self, features: int, num_classes: int, rngs: ParamKeys) -> None:
+        self.classifier = linear(features, num_classes, rngs)
+
+    def _logits(self, x: jax.Array, train: bool, run_cell: RunCell) -> jax.Array:
+        """The logits; `run_cell(i, kind, cell, s0, s1)` runs cell i."""
+        s0 = s1 = self.stem(x, train)
+        reductions = reduction_indices(len(self.cells))
+        for i, cell in enumerate(self.cells):
+            kind = "reduce" if i in reductions else "normal"
+            s0, s1 = s1, run_cell(i, kind, cell, s0, s1)
+        return self.classifier(jnp.mean(s1, axis=(1, 2)))
+
+    def _mixed_cell(
+        self, kind: str, plan: CellPlan, space: SearchSpace, make_edge: Callable, rngs: ParamKeys
+    ) -> Cell:
+        return Cell(plan, space.edges, make_edge, space.concat, False, rngs)
+
+    def _fixed_cell(
+        self, kind: str, plan: CellPlan, genotype: Genotype, rngs: ParamKeys
+    ) -> DiscreteCell:
+        return DiscreteCell(
+            genotype,
+            kind,
+            c_prev_prev=plan.c_prev_prev,
+            c_prev=plan.c_prev,
+            channels=plan.channels,
+            reduction_prev=plan.reduction_prev,
+            rngs=rngs,
+        )
+
+
+class SearchNetwork(Supernet, DartsStack):
+    """The DARTS supernet (`Supernet` on `DartsStack`): cells `alpha_normal` and
+    `alpha_reduce`, `stem_multiplier` 3 by default."""
 
 
 def node_softmax(beta: jax.Array, space: SearchSpace) -> jax.Array:
