@@ -180,15 +180,43 @@ def _holds_blocks(jaxpr: Any) -> bool:
 _CALLABLES: dict[int, tuple[Any, Callable]] = {}
 """Jitted callables of block jaxprs by identity (the jaxpr is kept so its id stays unique)."""
 
+UNFUSED = "unfused"
+"""`separate_program` tag: compile without XLA's fusion pass on CPU."""
 
-def _block_callable(closed: Any) -> Callable:
+_CPU_OPTIONS = {UNFUSED: {"xla_disable_hlo_passes": "fusion"}}
+"""XLA options of tagged programs on CPU (elsewhere they compile with the defaults)."""
+
+
+def _block_callable(closed: Any, name: str = "") -> Callable:
     hit = _CALLABLES.get(id(closed))
     if hit is None:
+        options = None
+        if jax.default_backend() == "cpu":
+            tags = [tag for tag in _CPU_OPTIONS if f"{BLOCK_NAME}_{tag}" in name]
+            options = _CPU_OPTIONS[tags[0]] if tags else None
         hit = _CALLABLES[id(closed)] = (
             closed,
-            jax.jit(core.jaxpr_as_fun(closed)),
+            jax.jit(core.jaxpr_as_fun(closed), compiler_options=options),
         )
     return hit[1]
+
+
+def separate_program(fn: Callable, tag: str) -> Callable:
+    """`fn` (a pure function of arrays) as a program of its own in block execution, compiled
+    with the options `tag` names (`UNFUSED`); in fused execution an ordinary nested call.
+
+    For glue that XLA compiles badly inside a larger program: the pullback of a global-norm
+    gradient clip over hundreds of parameter arrays never finished fusing on CPU (24 GB
+    in minutes) and compiles in seconds on its own without fusion.
+    """
+    if tag not in _CPU_OPTIONS:
+        raise ValueError(f"separate_program: tag must be one of {list(_CPU_OPTIONS)}, got {tag!r}")
+
+    def program(*args: Any) -> Any:
+        return fn(*args)
+
+    program.__name__ = program.__qualname__ = f"{BLOCK_NAME}_{tag}"
+    return jax.jit(program)
 
 
 EAGER_SEGMENT_MAX = 8
@@ -373,7 +401,8 @@ def _special_item(eqn: Any) -> _Item:
     outvars = list(eqn.outvars)
     name = eqn.primitive.name
     if _is_block(eqn):
-        return _Item("call", _block_callable(eqn.params["jaxpr"]), invars, outvars, (eqn,))
+        fn = _block_callable(eqn.params["jaxpr"], str(eqn.params.get("name", "")))
+        return _Item("call", fn, invars, outvars, (eqn,))
     if name == "cond":
         plans = [_Plan(b.jaxpr, b.consts) for b in eqn.params["branches"]]
         return _Item("cond", plans, invars, outvars, (eqn,))
@@ -575,6 +604,7 @@ __all__ = [
     "BLOCK_NAME",
     "EXECUTIONS",
     "REMAT_POLICIES",
+    "UNFUSED",
     "BlockProgram",
     "block",
     "block_jit",
@@ -582,4 +612,5 @@ __all__ = [
     "jit_for",
     "resolve_execution",
     "resolve_remat",
+    "separate_program",
 ]

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from nasax.blocks import UNFUSED, separate_program
 from nasax.search.strategy import SearchSetup, Supernet, SupernetState
 
 Hessian = Literal["exact", "finite_difference"]
@@ -110,17 +111,21 @@ def unrolled_arch_grad(
         grad_fn = jax.grad(net.loss, argnums=2, has_aux=True)
         return grad_fn(params, stats, state.arch, x_train, y_train)[0]
 
-    unrolled, pullback = jax.vjp(
-        lambda g: virtual_weight_step(setup, state, g, xi), weight_grads(state.arch)
-    )
+    def pulled_back(state: SupernetState, grads: nnx.State, v: nnx.State) -> nnx.State:
+        """(∂w'/∂g)ᵀ v: `v` pulled back through the optimizer update alone (no network)."""
+        _, pullback = jax.vjp(lambda g: virtual_weight_step(setup, state, g, xi), grads)
+        return pullback(v)[0]
+
+    grads = weight_grads(state.arch)
+    unrolled = virtual_weight_step(setup, state, grads, xi)
     (val_loss, (val_acc, _)), (v, direct) = jax.value_and_grad(
         net.loss, argnums=(0, 2), has_aux=True
     )(unrolled, stats, state.arch, x_val, y_val)
-    # u = (∂w'/∂g)ᵀ v is the validation gradient pulled back through the optimizer
-    # update alone (no network): -ξ·v for SGD with momentum and weight decay, plus the
-    # clip's Jacobian when clipping is active. The implicit term (∂g/∂α)ᵀ u is the
-    # derivative of ∇α L_train(w, α) along u, taken by central differences.
-    (u,) = pullback(v)
+    # u = (∂w'/∂g)ᵀ v is -ξ·v for SGD with momentum and weight decay, plus the clip's
+    # Jacobian when clipping is active; its own program, without XLA's fusion on CPU
+    # (inside the step's glue, fusing the clip's pullback did not finish). The implicit
+    # term (∂g/∂α)ᵀ u is the derivative of ∇α L_train(w, α) along u, by central differences.
+    u = separate_program(pulled_back, UNFUSED)(state, grads, v)
     eps = FD_RADIUS / jnp.maximum(optax.tree.norm(u), jnp.finfo(jnp.float32).tiny)
     g_plus = arch_grads(optax.tree.add_scale(state.params, eps, u))
     g_minus = arch_grads(optax.tree.add_scale(state.params, -eps, u))

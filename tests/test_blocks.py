@@ -3,6 +3,8 @@ block is one program wherever it recurs."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,12 +12,14 @@ import pytest
 from flax import nnx
 
 from nasax.blocks import (
+    UNFUSED,
     BlockProgram,
     block,
     block_jit,
     compile_program,
     resolve_execution,
     resolve_remat,
+    separate_program,
 )
 from nasax.config import load_config
 from nasax.data import batches, load_dataset
@@ -163,17 +167,19 @@ def _run_steps(strategy, data, execution, remat="none"):
 
 
 @pytest.mark.parametrize(
-    "name, remat",
+    "name, remat, extra",
     [
-        ("darts_nb201_digits", "none"),
+        ("darts_nb201_digits", "none", ()),
         # Rematerialised blocks under second-order autodiff, and inside a switch.
-        ("darts2_nb201_digits", "full"),
-        ("gdas_nb201_digits", "full"),
+        ("darts2_nb201_digits", "full", ()),
+        ("gdas_nb201_digits", "full", ()),
+        # The optimizer's pullback as a program of its own, compiled without fusion.
+        ("darts2_nb201_digits", "convs", ("search.darts.hessian=finite_difference",)),
     ],
 )
-def test_search_steps_agree_in_both_modes(name, remat, tiny_npz):
+def test_search_steps_agree_in_both_modes(name, remat, extra, tiny_npz):
     """The fused step (keeping every residual) against the block step (with `remat`)."""
-    strategy, data = _search(name, tiny_npz)
+    strategy, data = _search(name, tiny_npz, extra)
     fused_state, fused_losses = _run_steps(strategy, data, "fused")
     block_state, block_losses = _run_steps(strategy, data, "blocks", remat)
     np.testing.assert_allclose(block_losses, fused_losses, rtol=2e-4, atol=2e-5)
@@ -253,3 +259,27 @@ def test_second_order_architecture_gradient_is_the_same_under_every_remat(tiny_n
     for remat in ("convs", "full"):
         for a, b in zip(grads["none"], grads[remat]):
             np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * scale)
+
+
+def test_a_separate_program_runs_as_one_call_compiled_as_its_tag_says():
+    x = jnp.linspace(-1.0, 1.0, 64).reshape(8, 8)
+
+    def glue(x):
+        return jnp.tanh(x * 2.0 + 1.0).sum(axis=0) * x.mean()
+
+    def step(x):
+        return separate_program(glue, UNFUSED)(x) + 1.0
+
+    program = BlockProgram(step, x)
+    np.testing.assert_allclose(program(x), jax.jit(step)(x), rtol=1e-6)
+    assert [item.kind for item in program.plan.items] == ["call", "segment"]
+
+    def fused_ops(hlo: str) -> list[str]:
+        """Fusions of several ops (XLA's CPU backend wraps each lone op in one of its own)."""
+        names = re.findall(r"%([\w.-]+) = [^=]*? fusion\(", hlo)
+        return [n for n in names if not n.startswith("wrapped_")]
+
+    assert fused_ops(jax.jit(glue).lower(x).compile().as_text())  # fused by default
+    assert not fused_ops(program.as_text())  # on CPU the tag turns fusion off
+    with pytest.raises(ValueError, match="tag must be one of"):
+        separate_program(glue, "fast")
