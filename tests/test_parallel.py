@@ -40,7 +40,11 @@ SCRIPT = textwrap.dedent(
 
 def test_four_devices_give_the_losses_and_genotype_of_one(tiny_npz, tmp_path):
     overrides = [*TINY_NB201, f"data.name=npz:{tiny_npz}", "run.log_every=1", "search.epochs=1"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    # Four host devices share the cores with the other test worker: an all-reduce waits
+    # longer for its last device thread than XLA's default of 40 s allows on 2 cores.
+    flags = "--xla_force_host_platform_device_count=4"
+    flags += " --xla_cpu_collective_call_terminate_timeout_seconds=600"
+    env = {**os.environ, "XLA_FLAGS": flags}
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path), json.dumps(overrides)],
         env=env,
