@@ -123,7 +123,8 @@ def unrolled_arch_grad(
     )(unrolled, stats, state.arch, x_val, y_val)
     # u = (∂w'/∂g)ᵀ v is -ξ·v for SGD with momentum and weight decay, plus the clip's
     # Jacobian when clipping is active; its own program, without XLA's fusion on CPU
-    # (inside the step's glue, fusing the clip's pullback did not finish). The implicit
+    # (inside the step's glue, fusing the clip's pullback did not finish). It recomputes
+    # the update's forward, elementwise work that `unrolled` above keeps fused. The implicit
     # term (∂g/∂α)ᵀ u is the derivative of ∇α L_train(w, α) along u, by central differences.
     u = separate_program(pulled_back, UNFUSED)(state, grads, v)
     eps = FD_RADIUS / jnp.maximum(optax.tree.norm(u), jnp.finfo(jnp.float32).tiny)
