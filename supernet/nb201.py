@@ -91,6 +91,7 @@ class NB201Stack(nnx.Module):
 
     skeleton: ClassVar[str] = "nb201"
     defaults: ClassVar[dict[str, int]] = {"channels": 16, "layers": 5, "stem_multiplier": 1}
+    fixed_stem_multiplier: ClassVar[int | None] = 1
 
     @staticmethod
     def _check_space(space: SearchSpace) -> None:
@@ -106,7 +107,7 @@ class NB201Stack(nnx.Module):
     ) -> int:
         """Builds `stem` and `cells` (cells and reduction blocks) and returns the last
         stage's channels; `make_cell(kind, c)` builds a cell of `c` channels."""
-        if size.stem_multiplier != 1:
+        if size.stem_multiplier != self.fixed_stem_multiplier:
             raise ValueError(
                 f"stem_multiplier={size.stem_multiplier}: the NAS-Bench-201 stem outputs C "
                 "channels; use stem_multiplier=1"

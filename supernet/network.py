@@ -6,8 +6,8 @@ space and holds the architecture parameters; `GenotypeNetwork` builds the cells 
 genotype. A network class is one of each: `SearchNetwork(Supernet, DartsStack)`.
 
 A skeleton provides `skeleton` (its name), `defaults` (channels, layers and stem
-multiplier of its published network), `_check_space`, `_stack`, `_head`, `_logits`,
-`_mixed_cell` and `_fixed_cell`; see `DartsStack`.
+multiplier of its published network), `fixed_stem_multiplier`, `_check_space`, `_stack`,
+`_head`, `_logits`, `_mixed_cell` and `_fixed_cell`; see `DartsStack`.
 """
 
 from __future__ import annotations
@@ -325,6 +325,8 @@ class DartsStack(nnx.Module):
 
     skeleton: ClassVar[str] = "darts"
     defaults: ClassVar[dict[str, int]] = {"channels": 36, "layers": 20, "stem_multiplier": 3}
+    fixed_stem_multiplier: ClassVar[int | None] = None
+    """The only stem multiplier the skeleton builds (None: any)."""
 
     @staticmethod
     def _check_space(space: SearchSpace) -> None:

@@ -17,7 +17,7 @@ from nasax.config import MODEL_CHECKS, ModelConfig
 from nasax.registry import Registry
 from nasax.supernet.discrete import DiscreteNetwork
 from nasax.supernet.nb201 import NB201Network, NB201SearchNetwork
-from nasax.supernet.network import SearchNetwork
+from nasax.supernet.network import GenotypeNetwork, SearchNetwork, Supernet
 from nasax.supernet.spaces import SearchSpace, get_space
 
 
@@ -40,13 +40,23 @@ class Skeleton(NamedTuple):
     stem_multiplier: int | None = None
     auxiliary: bool = True
 
+    @classmethod
+    def of(
+        cls, search_network: type[Supernet], discrete_network: type[GenotypeNetwork]
+    ) -> Skeleton:
+        """The skeleton of two network classes built on one stacking class, with the stem
+        multiplier and auxiliary head those classes themselves allow."""
+        return cls(
+            search_network,
+            discrete_network,
+            search_network.fixed_stem_multiplier,
+            discrete_network.auxiliary_head,
+        )
+
 
 SKELETONS: Registry[Skeleton] = Registry("macro skeleton", builtins.SKELETONS)
-SKELETONS.register("darts", Skeleton(SearchNetwork, DiscreteNetwork))
-SKELETONS.register(
-    "nb201",
-    Skeleton(NB201SearchNetwork, NB201Network, stem_multiplier=1, auxiliary=False),
-)
+SKELETONS.register("darts", Skeleton.of(SearchNetwork, DiscreteNetwork))
+SKELETONS.register("nb201", Skeleton.of(NB201SearchNetwork, NB201Network))
 
 
 def skeleton_of(space: SearchSpace | str) -> Skeleton:
