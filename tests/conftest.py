@@ -1,9 +1,13 @@
 """Shared fixtures: a persistent compilation cache, a tiny dataset made from digits, and
-one finished tiny search and retraining."""
+one finished tiny search and retraining; tests marked `serial` run with no other test."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
@@ -15,6 +19,39 @@ CACHE = os.environ.setdefault(
 )
 jax.config.update("jax_compilation_cache_dir", CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@contextmanager
+def _turn(item: pytest.Item) -> Iterator[None]:
+    """Hold a shared lock while `item` runs, or an exclusive one if it is marked `serial`.
+
+    Under pytest-xdist the workers share one lock file per run. A serial test first takes
+    a gate that every test passes through, so the other worker finishes its current test
+    and then waits, instead of starving the serial test with fresh shared locks.
+    """
+    workerinput = getattr(item.config, "workerinput", None)
+    if workerinput is None:  # one process: tests never overlap
+        yield
+        return
+    serial = item.get_closest_marker("serial") is not None
+    base = Path(tempfile.gettempdir()) / f"nasax-tests-{workerinput['testrunuid']}"
+    with open(f"{base}.gate", "a") as gate, open(f"{base}.run", "a") as run:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        if not serial:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        fcntl.flock(run, fcntl.LOCK_EX if serial else fcntl.LOCK_SH)
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(run, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Each test's setup, call and teardown under its turn (see `_turn`)."""
+    with _turn(item):
+        yield
 
 
 @pytest.fixture(autouse=True, scope="module")

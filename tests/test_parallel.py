@@ -38,19 +38,19 @@ SCRIPT = textwrap.dedent(
 )
 
 
+# Serial: with the cores busy, XLA 0.10's host collectives can stall for good (a rendezvous
+# whose last device thread never arrives; a 15-line pure JAX loop of sharded matmuls does it
+# too while two other processes spin), so the other test worker waits while this one runs.
+@pytest.mark.serial
 def test_four_devices_give_the_losses_and_genotype_of_one(tiny_npz, tmp_path):
     overrides = [*TINY_NB201, f"data.name=npz:{tiny_npz}", "run.log_every=1", "search.epochs=1"]
-    # Four host devices share the cores with the other test worker: an all-reduce waits
-    # longer for its last device thread than XLA's default of 40 s allows on 2 cores.
-    flags = "--xla_force_host_platform_device_count=4"
-    flags += " --xla_cpu_collective_call_terminate_timeout_seconds=600"
-    env = {**os.environ, "XLA_FLAGS": flags}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path), json.dumps(overrides)],
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
