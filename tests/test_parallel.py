@@ -39,8 +39,8 @@ SCRIPT = textwrap.dedent(
 
 
 # Serial: with the cores busy, XLA 0.10's host collectives can stall for good (a rendezvous
-# whose last device thread never arrives; a 15-line pure JAX loop of sharded matmuls does it
-# too while two other processes spin), so the other test worker waits while this one runs.
+# whose last device thread never arrives; benchmarks/host_collective_stall.py shows it without
+# nasax), so the other test worker waits while this one runs.
 @pytest.mark.serial
 def test_four_devices_give_the_losses_and_genotype_of_one(tiny_npz, tmp_path):
     overrides = [*TINY_NB201, f"data.name=npz:{tiny_npz}", "run.log_every=1", "search.epochs=1"]
