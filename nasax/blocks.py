@@ -20,16 +20,19 @@ inlines, so the same model code serves both modes.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.extend import core
+
+from nasax import plan_cache
 
 BLOCK_NAME = "nasax_block"
 """The name of every block's jitted call; autodiff keeps it on the transformed calls."""
@@ -194,11 +197,15 @@ def _block_callable(closed: Any, name: str = "") -> Callable:
         if jax.default_backend() == "cpu":
             tags = [tag for tag in _CPU_OPTIONS if f"{BLOCK_NAME}_{tag}" in name]
             options = _CPU_OPTIONS[tags[0]] if tags else None
-        hit = _CALLABLES[id(closed)] = (
-            closed,
-            jax.jit(core.jaxpr_as_fun(closed), compiler_options=options),
-        )
+        jitted = jax.jit(core.jaxpr_as_fun(closed), compiler_options=options)
+        hit = _CALLABLES[id(closed)] = (closed, jitted)
+        if options:
+            _OPTIONS[id(jitted)] = options
     return hit[1]
+
+
+_OPTIONS: dict[int, dict[str, str]] = {}
+"""XLA options of the block callables compiled with any, by the callable's identity."""
 
 
 def separate_program(fn: Callable, tag: str) -> Callable:
@@ -244,10 +251,18 @@ class _Item(NamedTuple):
 
     kind: str  # "call", "segment", "cond", "scan" or "inline"
     run: Any  # the callable, the sub-plan(s), or None: a short segment bound op by op
-    invars: list[Any]
-    outvars: list[Any]
-    eqns: tuple[Any, ...]  # the equation (one), or a segment's glue equations
+    invars: list[Any]  # the variables it reads
+    outvars: list[Any]  # what it defines (None or a DropVar: an output nobody reads)
+    eqns: tuple[Any, ...]  # a segment bound op by op: its equations; else ()
     free: tuple[Any, ...] = ()  # variables no later item reads
+    ins: tuple[Any, ...] = ()  # the call's arguments in order, literals included (not segments)
+    params: tuple[Any, ...] = ()  # a scan's (num_consts, num_carry, length, reverse)
+
+
+class _Lit(NamedTuple):
+    """A literal argument in a portable plan (jaxpr literals do not outlive their trace)."""
+
+    val: Any
 
 
 def _is_special(eqn: Any) -> bool:
@@ -309,7 +324,8 @@ class _Plan:
     """A jaxpr as a list of items to run: block calls, glue segments, control flow."""
 
     def __init__(self, jaxpr: Any, consts: Sequence[Any]) -> None:
-        self.jaxpr, self.consts = jaxpr, list(consts)
+        self.constvars, self.consts = list(jaxpr.constvars), list(consts)
+        self.invars, self.outvars = list(jaxpr.invars), list(jaxpr.outvars)
         eqns = jaxpr.eqns
         special = [_is_special(e) for e in eqns]
         items = []
@@ -330,7 +346,7 @@ class _Plan:
 
     def _finish(self, items: list[_Item]) -> list[_Item]:
         """Adds what each item frees, and gives segments their outputs and callables."""
-        outputs = {v for v in self.jaxpr.outvars if isinstance(v, core.Var)}
+        outputs = {v for v in self.outvars if isinstance(v, core.Var)}
         live: set[Any] = set(outputs)
         done: list[_Item] = []
         for item in reversed(items):
@@ -339,10 +355,10 @@ class _Plan:
                     v for e in item.eqns for v in e.outvars if not _is_drop(v) and v in live
                 )
                 if len(item.eqns) <= EAGER_SEGMENT_MAX:
-                    run = None
+                    item = item._replace(outvars=outvars)
                 else:
                     run = _segment_callable(item.eqns, item.invars, outvars)
-                item = item._replace(run=run, outvars=outvars)
+                    item = item._replace(run=run, outvars=outvars, eqns=())
             free = tuple(v for v in _unique(item.invars) if v not in live)
             live.update(item.invars)
             done.append(item._replace(free=free))
@@ -351,11 +367,11 @@ class _Plan:
     def run(self, args: Sequence[Any], record: list | None = None) -> list[Any]:
         """Runs the plan on `args`; `record` collects (program, argument types) and the
         primitives bound alone, for `BlockProgram.as_text`."""
-        env: dict[Any, Any] = dict(zip(self.jaxpr.constvars, self.consts))
-        env.update(zip(self.jaxpr.invars, args))
+        env: dict[Any, Any] = dict(zip(self.constvars, self.consts))
+        env.update(zip(self.invars, args))
 
         def read(atom: Any) -> Any:
-            return atom.val if isinstance(atom, core.Literal) else env[atom]
+            return atom.val if isinstance(atom, core.Literal | _Lit) else env[atom]
 
         for item in self.items:
             kind, fn = item.kind, item.run
@@ -375,7 +391,7 @@ class _Plan:
                 ins = (
                     [env[v] for v in item.invars]
                     if kind == "segment"
-                    else [read(v) for v in item.eqns[0].invars]
+                    else [read(v) for v in item.ins]
                 )
                 if kind in ("call", "segment"):
                     if record is not None:
@@ -387,41 +403,41 @@ class _Plan:
                     index = int(jax.device_get(ins[0]))
                     outs = fn[min(max(index, 0), len(fn) - 1)].run(ins[1:], record)
                 elif kind == "scan":
-                    outs = _run_scan(fn, item.eqns[0].params, ins, record)
+                    outs = _run_scan(fn, item.params, ins, record)
                 else:
                     outs = fn.run(ins, record)
                 env.update((v, x) for v, x in zip(item.outvars, outs) if not _is_drop(v))
             for v in item.free:
                 env.pop(v, None)
-        return [read(v) for v in self.jaxpr.outvars]
+        return [read(v) for v in self.outvars]
 
 
 def _special_item(eqn: Any) -> _Item:
     invars = [v for v in eqn.invars if isinstance(v, core.Var)]
-    outvars = list(eqn.outvars)
+    outvars, ins = list(eqn.outvars), tuple(eqn.invars)
     name = eqn.primitive.name
     if _is_block(eqn):
         fn = _block_callable(eqn.params["jaxpr"], str(eqn.params.get("name", "")))
-        return _Item("call", fn, invars, outvars, (eqn,))
+        return _Item("call", fn, invars, outvars, (), ins=ins)
     if name == "cond":
         plans = [_Plan(b.jaxpr, b.consts) for b in eqn.params["branches"]]
-        return _Item("cond", plans, invars, outvars, (eqn,))
+        return _Item("cond", plans, invars, outvars, (), ins=ins)
     body = eqn.params["jaxpr"]  # scan body, or a plain jitted call with blocks inside
-    return _Item(
-        "scan" if name == "scan" else "inline",
-        _Plan(body.jaxpr, body.consts),
-        invars,
-        outvars,
-        (eqn,),
-    )
+    if name == "scan":
+        p = eqn.params
+        scan = (p["num_consts"], p["num_carry"], p["length"], bool(p["reverse"]))
+        return _Item(
+            "scan", _Plan(body.jaxpr, body.consts), invars, outvars, (), ins=ins, params=scan
+        )
+    return _Item("inline", _Plan(body.jaxpr, body.consts), invars, outvars, (), ins=ins)
 
 
 def _compile_jobs(plan: _Plan) -> list[tuple[Callable, list[jax.ShapeDtypeStruct]]]:
     """The plan's jitted callables (nested plans included) with their argument types."""
     jobs = []
     for item in plan.items:
-        if item.kind == "call" and all(isinstance(v, core.Var) for v in item.eqns[0].invars):
-            jobs.append((item.run, [_spec(v.aval) for v in item.eqns[0].invars]))
+        if item.kind == "call":
+            jobs.append((item.run, [_atom_spec(v) for v in item.ins]))
         elif item.kind == "segment" and item.run is not None:
             jobs.append((item.run, [_spec(v.aval) for v in item.invars]))
         elif item.kind == "cond":
@@ -437,40 +453,165 @@ def _spec(aval: Any, sharding: Any = None) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type, sharding=sharding)
 
 
-def precompile(plan: _Plan, workers: int | None = None) -> None:
+def _job_key(fn: Callable, specs: Sequence[jax.ShapeDtypeStruct]) -> tuple:
+    return (id(fn), tuple((s.shape, s.dtype, s.weak_type) for s in specs))
+
+
+def precompile(plan: _Plan, workers: int | None = None) -> dict[tuple, Any]:
     """Compiles every distinct program of `plan` before it first runs, several at a time
-    (XLA compiles one program on one core). Later calls find them in JAX's caches."""
-    seen, jobs = set(), []
+    (XLA compiles one program on one core). Later calls find them in JAX's caches; the
+    compiled programs are also returned, by `_job_key`."""
+    jobs = {}
     for fn, specs in _compile_jobs(plan):
-        key = (id(fn), tuple((s.shape, s.dtype, s.weak_type) for s in specs))
-        if key not in seen:
-            seen.add(key)
-            jobs.append((fn, specs))
+        jobs.setdefault(_job_key(fn, specs), (fn, specs))
     workers = workers or os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for done in pool.map(lambda job: job[0].lower(*job[1]).compile(), jobs):
-            del done
+        done = pool.map(lambda job: job[0].lower(*job[1]).compile(), jobs.values())
+        return dict(zip(jobs, done))
+
+
+def _atom_spec(atom: Any) -> jax.ShapeDtypeStruct:
+    return _spec(atom.aval)
+
+
+def _programs_only(plan: _Plan) -> _Plan:
+    """`plan` with its segments bound op by op made programs too, so every item that
+    computes is one executable (what a stored plan holds)."""
+    new = object.__new__(_Plan)
+    new.__dict__.update(plan.__dict__)
+    items = []
+    for item in plan.items:
+        if item.kind == "segment" and item.run is None:
+            run = _segment_callable(item.eqns, item.invars, item.outvars)
+            item = item._replace(run=run, eqns=())
+        elif item.kind == "cond":
+            item = item._replace(run=[_programs_only(b) for b in item.run])
+        elif item.kind in ("scan", "inline"):
+            item = item._replace(run=_programs_only(item.run))
+        items.append(item)
+    new.items = items
+    return new
+
+
+@contextlib.contextmanager
+def _fresh_compiles() -> Iterator[None]:
+    """Compiles that skip JAX's on-disk cache. On CPU (XLA 0.10) an executable loaded from
+    that cache serializes without its kernels, and fails in the process that loads it
+    ("Function ... not found"); a stored plan must hold freshly compiled ones."""
+    previous = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", previous)
+
+
+class StoredProgram:
+    """A compiled program that is stored as its StableHLO (`jax.export`) and compiled
+    again when loaded, through JAX's on-disk cache: on a warm cache that is a read.
+
+    (XLA 0.10's CPU executables do not serialize reliably on their own: some that
+    deduplicate identical kernels load without them in another process.)
+    """
+
+    def __init__(self, exported: Any, specs: Sequence[jax.ShapeDtypeStruct], options: Any) -> None:
+        self.exported, self.specs, self.options = exported, tuple(specs), options
+        self.compiled: Any = None
+
+    @classmethod
+    def of(cls, fn: Callable, specs: Sequence[jax.ShapeDtypeStruct]) -> StoredProgram:
+        """Exports the jitted `fn` at `specs` (not compiled yet: `compile_all`)."""
+        exported = jax.export.export(fn)(*specs)
+        return cls(exported, specs, _OPTIONS.get(id(fn)))
+
+    def compile(self) -> StoredProgram:
+        if self.compiled is None:
+            jitted = jax.jit(self.exported.call, compiler_options=self.options)
+            self.compiled = jitted.lower(*self.specs).compile()
+        return self
+
+    def __call__(self, *args: Any) -> Any:
+        return self.compiled(*args)
+
+    def __getstate__(self) -> dict[str, Any]:
+        specs = [(s.shape, str(s.dtype), s.weak_type) for s in self.specs]
+        return {"hlo": bytes(self.exported.serialize()), "specs": specs, "options": self.options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        specs = [jax.ShapeDtypeStruct(s, np.dtype(d), weak_type=w) for s, d, w in state["specs"]]
+        self.__init__(jax.export.deserialize(bytearray(state["hlo"])), specs, state["options"])
+
+
+def compile_all(programs: Sequence[StoredProgram], workers: int | None = None) -> None:
+    """Compiles stored programs several at a time (each compile, or cache read, on one core)."""
+    workers = workers or os.cpu_count() or 1
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(StoredProgram.compile, programs))
+
+
+def portable(plan: _Plan) -> _Plan:
+    """`plan` made of stored programs, numbered variables and literal values only, so
+    it can be stored and run in another process (`nasax.plan_cache`)."""
+    plan = _programs_only(plan)
+    jobs = {}
+    for fn, specs in _compile_jobs(plan):
+        jobs.setdefault(_job_key(fn, specs), (fn, specs))
+    compiled = {key: StoredProgram.of(fn, specs) for key, (fn, specs) in jobs.items()}
+    compile_all(list(compiled.values()))
+    ids: dict[Any, int] = {}
+
+    def var(v: Any) -> Any:
+        if isinstance(v, core.Literal):  # plain NumPy: JAX's literal arrays do not pickle
+            return _Lit(np.asarray(v.val) if isinstance(v.val, jax.Array | np.ndarray) else v.val)
+        return None if _is_drop(v) else ids.setdefault(v, len(ids))
+
+    def convert(p: _Plan) -> _Plan:
+        new = object.__new__(_Plan)
+        new.constvars = [var(v) for v in p.constvars]
+        new.consts = [np.asarray(c) if isinstance(c, np.ndarray) else c for c in p.consts]
+        new.invars, new.outvars = [var(v) for v in p.invars], [var(v) for v in p.outvars]
+        new.items = []
+        for item in p.items:
+            if item.kind in ("call", "segment"):
+                atoms = item.ins if item.kind == "call" else item.invars
+                run = compiled[_job_key(item.run, [_atom_spec(a) for a in atoms])]
+            elif item.kind == "cond":
+                run = [convert(b) for b in item.run]
+            else:
+                run = convert(item.run)
+            new.items.append(
+                item._replace(
+                    run=run,
+                    invars=[var(v) for v in item.invars],
+                    outvars=[var(v) for v in item.outvars],
+                    free=tuple(var(v) for v in item.free),
+                    ins=tuple(var(v) for v in item.ins),
+                )
+            )
+        return new
+
+    return convert(plan)
 
 
 def _run_scan(
-    body: _Plan, params: dict[str, Any], ins: list[Any], record: list | None = None
+    body: _Plan, params: tuple[Any, ...], ins: list[Any], record: list | None = None
 ) -> list[Any]:
     """A scan whose body holds blocks, iterated on the host (its length is static)."""
-    n_consts, n_carry, length = params["num_consts"], params["num_carry"], params["length"]
+    n_consts, n_carry, length, reverse = params
     consts, carry, xs = (
         ins[:n_consts],
         ins[n_consts : n_consts + n_carry],
         ins[n_consts + n_carry :],
     )
     ys: list[list[Any]] = []
-    order = range(length - 1, -1, -1) if params["reverse"] else range(length)
+    order = range(length - 1, -1, -1) if reverse else range(length)
     for i in order:
         outs = body.run([*consts, *carry, *(x[i] for x in xs)], record if i == order[0] else None)
         carry, y = outs[:n_carry], outs[n_carry:]
         ys.append(y)
-    if params["reverse"]:
+    if reverse:
         ys.reverse()
-    n_ys = len(body.jaxpr.outvars) - n_carry
+    n_ys = len(body.outvars) - n_carry
     stacked = [_stack([y[j] for y in ys]) for j in range(n_ys)]
     return [*carry, *stacked]
 
@@ -481,7 +622,7 @@ def _stack(values: list[jax.Array]) -> jax.Array:
 
 
 def _is_drop(v: Any) -> bool:
-    return isinstance(v, core.DropVar)
+    return v is None or isinstance(v, core.DropVar)
 
 
 def _unique(items: Any) -> list[Any]:
@@ -496,16 +637,32 @@ class BlockProgram:
     rounding (XLA fuses differently across block boundaries).
     """
 
-    def __init__(self, fn: Callable, *example_args: Any) -> None:
-        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*example_args)
+    def __init__(self, fn: Callable, *example_args: Any, cache_key: str | None = None) -> None:
+        """`cache_key` names what `fn` computes beyond its code and its arguments' types
+        (`nasax.plan_cache`): given one, the plan is loaded from the on-disk store when it
+        is there, and stored after tracing when it is not."""
         self.in_tree = jax.tree.structure(example_args)
-        self.out_tree = jax.tree.structure(out_shape)
-        self.plan = _Plan(closed.jaxpr, closed.consts)
         arrays = [x for x in jax.tree.leaves(example_args) if isinstance(x, jax.Array)]
-        if all(len(x.devices()) == 1 for x in arrays):
-            # One device: the programs' argument types are known from the jaxpr. (Sharded
-            # arguments compile at their first call, with the shardings they arrive with.)
-            precompile(self.plan)
+        # One device: the programs' argument types are known from the jaxpr. (Sharded
+        # arguments compile at their first call, with the shardings they arrive with.)
+        one_device = all(len(x.devices()) == 1 for x in arrays)
+        path = None
+        if cache_key is not None and one_device:
+            path = plan_cache.plan_path(cache_key, example_args)
+        stored = None if path is None else plan_cache.load(path)
+        self.loaded = stored is not None
+        if stored is not None:
+            self.plan, self.out_tree = stored
+        else:
+            closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*example_args)
+            self.out_tree = jax.tree.structure(out_shape)
+            self.plan = _Plan(closed.jaxpr, closed.consts)
+            if path is not None:
+                # Run what is stored, so a first run and its reruns compute alike.
+                self.plan = portable(self.plan)
+                plan_cache.save(path, self.plan, self.out_tree)
+            elif one_device:
+                precompile(self.plan)
         self.ran: list[tuple[Any, ...]] | None = None
 
     def as_text(self) -> str:
@@ -522,7 +679,11 @@ class BlockProgram:
             key = (id(fn), specs)
             if key not in seen:
                 seen.add(key)
-                texts.append(fn.lower(*specs).compile().as_text())
+                if isinstance(fn, StoredProgram):
+                    compiled = fn.compiled
+                else:
+                    compiled = fn.lower(*specs).compile()
+                texts.append(compiled.as_text())
         return "\n".join(texts)
 
     def __call__(self, *args: Any) -> Any:
@@ -537,8 +698,11 @@ class BlockProgram:
         return jax.tree.unflatten(self.out_tree, self.plan.run(leaves, record))
 
 
-def block_jit(fn: Callable, donate_argnums: int | Sequence[int] = ()) -> Callable:
-    """Like `jax.jit(fn)`, but each call signature is traced once into a `BlockProgram`.
+def block_jit(
+    fn: Callable, donate_argnums: int | Sequence[int] = (), *, cache_key: str | None = None
+) -> Callable:
+    """Like `jax.jit(fn)`, but each call signature is traced once into a `BlockProgram`
+    (whose plan is stored on disk under `cache_key`, if given).
 
     `donate_argnums` is accepted for the same call shape as `jax.jit` and ignored: the
     programs of a block step are many, and the caller's arrays stay valid.
@@ -553,7 +717,7 @@ def block_jit(fn: Callable, donate_argnums: int | Sequence[int] = ()) -> Callabl
         key = (tree, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves))
         program = programs.get(key)
         if program is None:
-            program = programs[key] = BlockProgram(fn, *args)
+            program = programs[key] = BlockProgram(fn, *args, cache_key=cache_key)
         return program(*args)
 
     return call
@@ -572,9 +736,20 @@ def resolve_execution(execution: str) -> str:
     return execution
 
 
-def jit_for(execution: str) -> Callable[..., Callable]:
-    """`jax.jit` for the fused mode, `block_jit` for the block mode (after `auto` is resolved)."""
-    return block_jit if resolve_execution(execution) == "blocks" else jax.jit
+def jit_for(execution: str, cache_key: str | None = None) -> Callable[..., Callable]:
+    """`jax.jit` for the fused mode, `block_jit` for the block mode (after `auto` is
+    resolved); a `cache_key` stores block plans (`BlockProgram`), keyed further by the
+    jitted function's name."""
+    if resolve_execution(execution) != "blocks":
+        return jax.jit
+    if cache_key is None:
+        return block_jit
+
+    def jit(fn: Callable, **kwargs: Any) -> Callable:
+        name = f"{getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', repr(fn))}"
+        return block_jit(fn, **kwargs, cache_key=f"{cache_key}|{name}")
+
+    return jit
 
 
 def compile_program(
@@ -584,6 +759,7 @@ def compile_program(
     *,
     donate: bool = False,
     remat: str = "auto",
+    cache_key: str | None = None,
 ) -> Callable:
     """`fn` ready to run at the shapes of `example_args`, compiled before it returns.
 
@@ -592,12 +768,15 @@ def compile_program(
     several, each compiles at its first call with the shardings it gets); single glue
     primitives compile at the first call. `remat` says what each block keeps for its
     backward pass (`REMAT_POLICIES`, or `auto`: `resolve_remat`), in either execution.
+    `cache_key` (block execution) stores the plan on disk (`BlockProgram`).
     """
-    fn = _rematerialized(fn, resolve_remat(remat, execution))
+    remat = resolve_remat(remat, execution)
+    fn = _rematerialized(fn, remat)
     if resolve_execution(execution) == "fused":
         jitted = jax.jit(fn, donate_argnums=(0,) if donate else ())
         return jitted.lower(*example_args).compile()
-    return BlockProgram(fn, *example_args)
+    key = None if cache_key is None else f"{cache_key}|remat={remat}"
+    return BlockProgram(fn, *example_args, cache_key=key)
 
 
 __all__ = [

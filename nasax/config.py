@@ -277,6 +277,12 @@ class RunConfig(Section):
         "convolutions' outputs (convs) or only its inputs (full), trading memory for "
         "compute; auto: convs in block execution, none in fused",
     )
+    plan_cache: bool = Field(
+        True,
+        description="block execution: keep the traced step's plan and programs beside the "
+        "compilation cache, so a rerun or resume skips tracing (off: registered code that "
+        "reads state from outside its source file)",
+    )
     devices: int | None = Field(
         None, ge=1, description="data-parallel devices (null: all of them); batches split evenly"
     )

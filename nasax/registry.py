@@ -10,6 +10,17 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+_REGISTRIES: list[Registry] = []
+"""Every registry made, for `registered`."""
+
+
+def registered() -> Iterator[tuple[str, str, object]]:
+    """(kind, name, object) of everything registered so far, in every registry."""
+    for registry in _REGISTRIES:
+        for name, item in list(registry._items.items()):
+            yield registry.kind, name, item
+
+
 class Registry(Generic[T]):
     """A mapping from names to objects that refuses duplicates and explains misses.
 
@@ -22,6 +33,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._builtins = dict(builtins or {})
+        _REGISTRIES.append(self)
 
     def _load(self, name: str | None = None) -> None:
         """Imports the module that registers the built-in `name`, or every built-in's."""

@@ -8,13 +8,16 @@ flax's `train_and_evaluate(config, workdir)`.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import jax
+import numpy as np
 
+from nasax.blocks import resolve_execution, resolve_remat
 from nasax.checkpoint import Checkpoints
 from nasax.compilation_cache import release_if_crowded
 from nasax.config import Config
@@ -35,6 +38,37 @@ from nasax.runloop import (
     run_epochs,
 )
 from nasax.views import RunViews
+
+
+def program_key(config: Config, dataset: Dataset, dp: DataParallel, **extra: Any) -> str:
+    """Everything a task's compiled programs depend on besides code: a later run in the same
+    process (a resume, another trial) reuses them, and the plan store keys on it.
+
+    The seed and the `run` section (apart from `nonfinite`, `execution` and `remat`) only
+    change the state or the host side, not the programs. `extra` adds what the task's
+    programs also close over (steps per epoch, the genotype).
+    """
+    resolved = config.to_dict()
+    for key in ("name", "seed", "run", "tune"):
+        resolved.pop(key, None)
+    return json.dumps(
+        {
+            "config": resolved,
+            "nonfinite": config.run.nonfinite,
+            "execution": resolve_execution(config.run.execution),
+            "remat": resolve_remat(config.run.remat, config.run.execution),
+            "data": [
+                list(dataset.image_shape),
+                str(dataset.x_train.dtype),
+                dataset.num_classes,
+                np.asarray(dataset.mean).tolist(),
+                np.asarray(dataset.std).tolist(),
+            ],
+            "devices": [str(d) for d in dp.mesh.devices.flat],
+            **extra,
+        },
+        sort_keys=True,
+    )
 
 
 class RunContext(NamedTuple):
@@ -234,4 +268,4 @@ def run(
         return summary
 
 
-__all__ = ["RunContext", "Task", "run"]
+__all__ = ["RunContext", "Task", "program_key", "run"]

@@ -120,18 +120,20 @@ class SupernetState(NamedTuple):
     arch_opt: optax.OptState
 
 
-class Supernet(NamedTuple):
+class Supernet:
     """Functional access to a supernet: its graph and a forward over explicit state.
 
     Attributes:
-        graphdef: the network's structure.
         setup: the shared search setup.
         build: rngs -> a fresh network (`setup.network` with the strategy's options).
+        graphdef: the network's structure, from the first `init` (or, before any, from
+            an abstract build: the same structure without the 1-2 s that build costs
+            a run that initialises anyway).
     """
 
-    graphdef: nnx.GraphDef
-    setup: SearchSetup
-    build: Callable[[nnx.Rngs], SearchNetwork]
+    def __init__(self, setup: SearchSetup, build: Callable[[nnx.Rngs], SearchNetwork]) -> None:
+        self.setup, self.build = setup, build
+        self._graphdef: nnx.GraphDef | None = None
 
     @classmethod
     def create(cls, setup: SearchSetup, **network_options: Any) -> Supernet:
@@ -140,14 +142,21 @@ class Supernet(NamedTuple):
         def build(rngs: nnx.Rngs) -> SearchNetwork:
             return setup.network(rngs, **network_options)
 
-        abstract = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
-        graphdef, *_ = split_supernet(abstract)
-        return cls(graphdef, setup, build)
+        return cls(setup, build)
+
+    @property
+    def graphdef(self) -> nnx.GraphDef:
+        if self._graphdef is None:
+            abstract = nnx.eval_shape(lambda: self.build(nnx.Rngs(0)))
+            self._graphdef, *_ = split_supernet(abstract)
+        return self._graphdef
 
     def init(self, rng: jax.Array) -> SupernetState:
         """Fresh weights and alphas from `rng`, and both optimizers' states."""
         init_rng, state_rng = jax.random.split(rng)
-        _, arch, params, stats = split_supernet(self.build(nnx.Rngs(params=init_rng)))
+        graphdef, arch, params, stats = split_supernet(self.build(nnx.Rngs(params=init_rng)))
+        if self._graphdef is None:
+            self._graphdef = graphdef
         return SupernetState(
             step=jnp.zeros((), jnp.int32),
             rng=state_rng,

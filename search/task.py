@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -14,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nasax.blocks import compile_program, jit_for, resolve_execution, resolve_remat
+from nasax.blocks import compile_program, jit_for
 from nasax.config import Config
 from nasax.data import (
     Batch,
@@ -27,8 +26,7 @@ from nasax.data import (
 )
 from nasax.io import atomic_write_npz
 from nasax.optim import arch_optimizer, weight_optimizer, weight_schedule
-from nasax.parallel import DataParallel
-from nasax.run import RunContext, Task, run
+from nasax.run import RunContext, Task, program_key, run
 from nasax.runloop import (
     LoopResult,
     check_finite,
@@ -47,36 +45,6 @@ from nasax.supernet.spaces import get_space
 _COMPILED: dict[str, tuple[Any, Any]] = {}
 """Compiled (step, evaluate) programs of this process by `program_key`, newest last."""
 _COMPILED_KEEP = 2
-
-
-def program_key(config: Config, dataset: Dataset, steps_per_epoch: int, dp: DataParallel) -> str:
-    """Everything the compiled search programs depend on, so a later run in the same
-    process (a resume, another trial) reuses them instead of compiling again.
-
-    The seed and the `run` section (apart from `nonfinite`, `execution` and `remat`) only change
-    the state or the host side, not the programs.
-    """
-    resolved = config.to_dict()
-    for key in ("name", "seed", "run", "tune"):
-        resolved.pop(key, None)
-    return json.dumps(
-        {
-            "config": resolved,
-            "nonfinite": config.run.nonfinite,
-            "execution": resolve_execution(config.run.execution),
-            "remat": resolve_remat(config.run.remat, config.run.execution),
-            "data": [
-                list(dataset.image_shape),
-                str(dataset.x_train.dtype),
-                dataset.num_classes,
-                np.asarray(dataset.mean).tolist(),
-                np.asarray(dataset.std).tolist(),
-            ],
-            "steps_per_epoch": steps_per_epoch,
-            "devices": [str(d) for d in dp.mesh.devices.flat],
-        },
-        sort_keys=True,
-    )
 
 
 def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> SearchSetup:
@@ -178,12 +146,13 @@ class SearchTask(Task):
         """The step, and the evaluations compiled at their first call; a later run in this
         process with the same programs (a resume, another trial) reuses them."""
         rc, dp = self.config.run, self.ctx.dp
-        key = program_key(self.config, self.data, self.steps_per_epoch, dp)
+        key = program_key(self.config, self.data, dp, steps_per_epoch=self.steps_per_epoch)
         if key not in _COMPILED:
             sample = dp.put_batch(
                 next(batches(self.data.x_train, self.data.y_train, self.train_idx, self.batch_size))
             )
-            jit = jit_for(rc.execution)
+            stored = f"search|{key}" if rc.plan_cache else None  # plans kept on disk
+            jit = jit_for(rc.execution, cache_key=stored)
             _COMPILED[key] = (
                 # No weight steps (epochs 0: trained weights came with the config): no program.
                 compile_program(
@@ -192,6 +161,7 @@ class SearchTask(Task):
                     rc.execution,
                     donate=True,
                     remat=rc.remat,
+                    cache_key=stored and f"{stored}|step",
                 )
                 if self.epochs
                 else None,

@@ -16,7 +16,7 @@ from nasax.config import Config
 from nasax.data import Batch, Dataset, batches, check_batch_size, epoch_order, make_preprocess
 from nasax.errors import ConfigError, GenotypeError, RunDirError
 from nasax.optim import weight_optimizer, weight_schedule
-from nasax.run import RunContext, Task, run
+from nasax.run import RunContext, Task, program_key, run
 from nasax.runloop import evaluate, guard_step, prefetch
 from nasax.supernet.discrete import param_counts
 from nasax.supernet.genotypes import Genotype, load_genotype
@@ -138,9 +138,23 @@ class TrainTask(Task):
         sample = self.ctx.dp.put_batch(
             next(batches(data.x_train, data.y_train, self.order, self.batch_size))
         )
-        self.eval_fn = jit_for(rc.execution)(self.trainer.evaluate)  # compiled when first used
+        stored = None  # the key of plans kept on disk
+        if rc.plan_cache:
+            genotype = self.genotype.to_json()
+            key = program_key(
+                self.config, data, self.ctx.dp, genotype=genotype, steps=self.steps_per_epoch
+            )
+            stored = f"train|{key}"
+        self.eval_fn = jit_for(rc.execution, cache_key=stored)(self.trainer.evaluate)
         step = guard_step(self.trainer.step, rc)
-        return compile_program(step, (state, sample), rc.execution, donate=True, remat=rc.remat)
+        return compile_program(
+            step,
+            (state, sample),
+            rc.execution,
+            donate=True,
+            remat=rc.remat,
+            cache_key=stored and f"{stored}|step",
+        )
 
     def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch]]:
         idx = epoch_order(self.order, self.config.seed, epoch, 0)

@@ -1,0 +1,259 @@
+"""Block plans kept on disk, so a rerun or a resume skips tracing, planning and lowering.
+
+A block step's warm start was mostly work that gives the same result every time: tracing
+the step (about half of it), planning the block calls and lowering every program to look
+it up in JAX's cache. A stored plan holds the step's schedule and its compiled programs
+(XLA's serialized executables), and loading it only deserializes them.
+
+The trace is what made block execution safe to reuse, so the key must cover everything
+the trace depends on:
+
+- the caller's key (the config sections, data shapes and statistics the step is built from);
+- the argument structure, shapes, dtypes and devices;
+- the source of nasax's own packages, and of every module that registered a strategy, op,
+  space or skeleton (`nasax.registry.registered`);
+- the JAX, jaxlib, Flax, Optax and NumPy versions, the platform, `XLA_FLAGS` and the JAX
+  settings that change a trace.
+
+Something registered from code without a source file (an interactive session) turns the
+store off for that run, as does `run.plan_cache: false`, which a user whose registered code
+reads state from outside its module sets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import io
+import logging
+import os
+import pickle
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+FORMAT = 1
+"""The stored layout's version; a change makes old files misses."""
+
+OWN_PACKAGES = ("nasax", "nasax.supernet", "nasax.search", "nasax.train")
+"""Packages whose source is hashed whole (their code is what a step runs); each has a
+folder of its own (pyproject's package-dir)."""
+
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy")
+
+_TRACE_SETTINGS = (
+    "jax_enable_x64",
+    "jax_default_matmul_precision",
+    "jax_numpy_dtype_promotion",
+    "jax_threefry_partitionable",
+    "jax_default_prng_impl",
+)
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _own_source() -> str:
+    """A hash of every Python file of nasax's packages, in a fixed order."""
+    h = hashlib.sha256()
+    for package in OWN_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        for root in (spec.submodule_search_locations or ()) if spec else ():
+            for path in sorted(Path(root).rglob("*.py")):
+                h.update(f"{package}/{path.relative_to(root)}".encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@functools.cache
+def _file_hash(path: str, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class _NoSource(Exception):
+    """Registered code whose module has no source file: its behaviour cannot be keyed."""
+
+
+def _module_source(module_name: str, files: dict[str, str]) -> None:
+    """Adds the source file of `module_name` to `files`, unless nasax's own hash covers it."""
+    if module_name == "nasax" or module_name.startswith("nasax."):
+        return
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    if not path or not os.path.exists(path):
+        raise _NoSource(module_name)
+    files[path] = _file_hash(path, os.stat(path).st_mtime_ns)
+
+
+def _describe(obj: Any, files: dict[str, str]) -> Any:
+    """A process-independent description of a registered object; the source files of the
+    code it names go to `files`."""
+    if isinstance(obj, types.FunctionType | types.BuiltinFunctionType | type):
+        _module_source(obj.__module__, files)
+        return f"{obj.__module__}:{obj.__qualname__}"
+    if isinstance(obj, types.MethodType):
+        return ["method", _describe(obj.__func__, files), _describe(obj.__self__, files)]
+    if isinstance(obj, functools.partial):
+        return [
+            "partial",
+            _describe(obj.func, files),
+            _describe(obj.args, files),
+            _describe(obj.keywords, files),
+        ]
+    if isinstance(obj, str | int | float | bool | type(None)):
+        return repr(obj)
+    if isinstance(obj, tuple | list):
+        return [type(obj).__qualname__, *(_describe(x, files) for x in obj)]
+    if isinstance(obj, dict):
+        return {str(k): _describe(v, files) for k, v in sorted(obj.items(), key=str)}
+    kind = _describe(type(obj), files)
+    if dataclasses.is_dataclass(obj):
+        fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        return [kind, _describe(fields, files)]
+    if hasattr(obj, "__dict__"):
+        return [kind, _describe(vars(obj), files)]
+    # A repr with an address differs per process: no hit, never a wrong one.
+    return [kind, repr(obj)]
+
+
+def code_key() -> str | None:
+    """What the traced code depends on, hashed; None when some registered code has no
+    source file to hash."""
+    from nasax.registry import registered
+
+    files: dict[str, str] = {}
+    try:
+        entries = [[kind, name, _describe(item, files)] for kind, name, item in registered()]
+    except _NoSource as missing:
+        log.info("plan cache off: %s has no source file", missing)
+        return None
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    devices = [(d.platform, d.device_kind) for d in jax.devices()]
+    settings = {name: str(getattr(jax.config, name, None)) for name in _TRACE_SETTINGS}
+    parts = [
+        FORMAT,
+        _own_source(),
+        sorted(entries, key=str),
+        sorted(files.items()),
+        versions,
+        sys.version,
+        devices,
+        os.environ.get("XLA_FLAGS", ""),
+        settings,
+    ]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _args_key(example_args: Any) -> str:
+    leaves, tree = jax.tree.flatten(example_args)
+    avals = []
+    for x in leaves:
+        aval = jax.typeof(x) if isinstance(x, jax.Array) else None
+        devices = sorted(str(d) for d in x.devices()) if isinstance(x, jax.Array) else None
+        avals.append(
+            (
+                np.shape(x),
+                str(getattr(x, "dtype", type(x))),
+                getattr(aval, "weak_type", None),
+                devices,
+            )
+        )
+    return repr((str(tree), avals))
+
+
+def store_dir() -> Path | None:
+    """Where plans are kept: beside JAX's on-disk compilation cache, when one is set and
+    NASAX_PLAN_CACHE is not 0."""
+    cache = jax.config.jax_compilation_cache_dir
+    if not cache or os.environ.get("NASAX_PLAN_CACHE", "1") == "0":
+        return None
+    return Path(cache) / "nasax-plans"
+
+
+def plan_path(program_key: str, example_args: Any) -> Path | None:
+    """The file of the plan of the program `program_key` names at these arguments, or None
+    when plans are not stored (no on-disk cache, or code that cannot be keyed)."""
+    folder = store_dir()
+    if folder is None:
+        return None
+    code = code_key()
+    if code is None:
+        return None
+    digest = hashlib.sha256(repr((code, program_key, _args_key(example_args))).encode())
+    return folder / f"{digest.hexdigest()[:40]}.plan"
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles a plan with its arrays on the host."""
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, jax.Array):
+            return ("array", np.asarray(obj))
+        return None
+
+
+class _Unpickler(pickle.Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        kind, value = pid
+        if kind == "array":
+            return jax.device_put(value)
+        raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
+
+
+def save(path: Path, plan: Any, out_tree: Any) -> None:
+    """Writes the plan atomically; a cache that cannot be written is only logged."""
+    from nasax.io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((FORMAT, plan, out_tree))
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except Exception as error:  # a full or read-only cache folder must not stop a run
+        log.warning("plan cache: could not write %s: %s", path, error)
+
+
+def load(path: Path) -> tuple[Any, Any] | None:
+    """The stored (plan, out_tree) with its programs compiled (read from JAX's cache), or
+    None when there is none or it cannot be read."""
+    from nasax.blocks import StoredProgram, compile_all
+
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        stored = _Unpickler(io.BytesIO(data)).load()
+        if stored[0] != FORMAT:
+            return None
+        _, plan, out_tree = stored
+        compile_all([p for p in _objects(plan) if isinstance(p, StoredProgram)])
+        return plan, out_tree
+    except Exception as error:  # a damaged or foreign file is a miss, rewritten after the trace
+        log.warning("plan cache: ignoring %s: %s", path, error)
+        return None
+
+
+def _objects(plan: Any) -> Any:
+    """The programs and sub-plans a plan's items hold, depth first."""
+    for item in plan.items:
+        runs = item.run if isinstance(item.run, list) else [item.run]
+        for run in runs:
+            if hasattr(run, "items"):
+                yield from _objects(run)
+            elif run is not None:
+                yield run
+
+
+__all__ = ["code_key", "load", "plan_path", "save", "store_dir"]
