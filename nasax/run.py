@@ -211,7 +211,9 @@ def run(
         step_fn = task.compile(state)
         compile_seconds = time.perf_counter() - compile_start
         to_first_step = time.perf_counter() - wall_start
-        progress.log(f"compiled in {compile_seconds:.0f} s")
+        loaded = getattr(step_fn, "loaded", None)  # block execution: was the plan stored?
+        plan = {True: "loaded", False: "traced"}.get(loaded)  # None: one fused program
+        progress.log(f"compiled in {compile_seconds:.0f} s" + (" (stored plan)" if loaded else ""))
 
         test: dict[str, float] = {}
 
@@ -257,6 +259,7 @@ def run(
             **task.summary(),
             "wall_seconds": resumed.elapsed + time.perf_counter() - wall_start,
             "compile_seconds": compile_seconds,
+            "step_plan": plan,
             "seconds_to_first_step": to_first_step,
             "images_per_sec": result.images / result.seconds if result.seconds else None,
             "peak_rss_mb": peak_rss_mb(),
