@@ -10,8 +10,9 @@ the trace depends on:
 
 - the caller's key (the config sections, data shapes and statistics the step is built from);
 - the argument structure, shapes, dtypes and devices;
-- the source of nasax's own packages, and of every module that registered a strategy, op,
-  space or skeleton (`nasax.registry.registered`);
+- the source of nasax's own packages, and of the modules of the registered strategies,
+  ops, spaces or skeletons the program uses (those the caller's key names, and those
+  they name in turn: a space's ops);
 - the JAX, jaxlib, Flax, Optax and NumPy versions, the platform, `XLA_FLAGS` and the JAX
   settings that change a trace.
 
@@ -31,6 +32,7 @@ import io
 import logging
 import os
 import pickle
+import re
 import sys
 import types
 from pathlib import Path
@@ -38,6 +40,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from nasax.registry import registered
 
 FORMAT = 1
 """The stored layout's version; a change makes old files misses."""
@@ -123,14 +127,40 @@ def _describe(obj: Any, files: dict[str, str]) -> Any:
     return [kind, repr(obj)]
 
 
-def code_key() -> str | None:
-    """What the traced code depends on, hashed; None when some registered code has no
-    source file to hash."""
-    from nasax.registry import registered
+def _is_own(obj: Any) -> bool:
+    """Code of nasax's packages (their source is hashed whole)."""
+    module = getattr(obj, "__module__", None) or ""
+    return isinstance(obj, types.FunctionType | type) and (
+        module == "nasax" or module.startswith("nasax.")
+    )
 
+
+def _used_registrations(program_key: str, files: dict[str, str]) -> list[Any]:
+    """Descriptions of the registered things a program can use: those whose name the
+    program key mentions, then those their descriptions mention (a space's ops), and so
+    on. What nasax ships is covered by its source hash; what else a process registered
+    does not change this program's key."""
+    candidates = {
+        name: (kind, item)
+        for kind, name, item, builtin in registered()
+        if not builtin and not _is_own(item)
+    }
+    words, chosen, pending = set(), {}, [program_key]
+    while pending:
+        words.update(re.findall(r"[\w.:=-]+", pending.pop()))
+        for name in [n for n in candidates if n in words and n not in chosen]:
+            kind, item = candidates[name]
+            chosen[name] = [kind, name, _describe(item, files)]
+            pending.append(repr(chosen[name]))
+    return sorted(chosen.values(), key=str)
+
+
+def code_key(program_key: str = "") -> str | None:
+    """What the traced code of the program `program_key` names depends on, hashed; None
+    when registered code it uses has no source file to hash."""
     files: dict[str, str] = {}
     try:
-        entries = [[kind, name, _describe(item, files)] for kind, name, item in registered()]
+        entries = _used_registrations(program_key, files)
     except _NoSource as missing:
         log.info("plan cache off: %s has no source file", missing)
         return None
@@ -145,7 +175,7 @@ def code_key() -> str | None:
     parts = [
         FORMAT,
         _own_source(),
-        sorted(entries, key=str),
+        entries,
         sorted(files.items()),
         versions,
         sys.version,
@@ -188,7 +218,7 @@ def plan_path(program_key: str, example_args: Any) -> Path | None:
     folder = store_dir()
     if folder is None:
         return None
-    code = code_key()
+    code = code_key(program_key)
     if code is None:
         return None
     digest = hashlib.sha256(repr((code, program_key, _args_key(example_args))).encode())

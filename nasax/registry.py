@@ -14,11 +14,12 @@ _REGISTRIES: list[Registry] = []
 """Every registry made, for `registered`."""
 
 
-def registered() -> Iterator[tuple[str, str, object]]:
-    """(kind, name, object) of everything registered so far, in every registry."""
+def registered() -> Iterator[tuple[str, str, object, bool]]:
+    """(kind, name, object, built in) of everything registered so far, in every registry;
+    built in: a name nasax ships (`nasax.builtins`)."""
     for registry in _REGISTRIES:
         for name, item in list(registry._items.items()):
-            yield registry.kind, name, item
+            yield registry.kind, name, item, name in registry._builtins
 
 
 class Registry(Generic[T]):

@@ -93,23 +93,26 @@ def test_the_key_follows_the_source_of_registered_code(
     monkeypatch.syspath_prepend(str(tmp_path))
     user_ops = importlib.import_module("plan_cache_user_ops")
     monkeypatch.setitem(sys.modules, "plan_cache_user_ops", user_ops)
-    before = plan_cache.code_key()
+    uses = '{"model": {"ops": ["double"]}}'  # a program key that names the op
+    before = plan_cache.code_key(uses)
     scratch_registry.register("double", user_ops.op)
-    registered = plan_cache.code_key()
+    registered = plan_cache.code_key(uses)
     assert registered is not None and registered != before
-    assert plan_cache.code_key() == registered  # the same code, the same key
+    assert plan_cache.code_key(uses) == registered  # the same code, the same key
+    assert plan_cache.code_key("other") == plan_cache.code_key()  # unused: no part of it
 
     module.write_text("def op(x):\n    return x * 3\n")
     os.utime(module, ns=(0, os.stat(module).st_mtime_ns + 1_000_000))
-    assert plan_cache.code_key() not in (None, registered)
+    assert plan_cache.code_key(uses) not in (None, registered)
 
-    # Code without a source file cannot be keyed: nothing is stored for it.
+    # Code without a source file cannot be keyed: nothing is stored for what uses it.
     ephemeral = types.ModuleType("plan_cache_ephemeral")
     exec("def op(x):\n    return x * 4\n", ephemeral.__dict__)
     monkeypatch.setitem(sys.modules, "plan_cache_ephemeral", ephemeral)
     scratch_registry.register("quadruple", ephemeral.op)
-    assert plan_cache.code_key() is None
-    assert plan_cache.plan_path("toy", ()) is None
+    assert plan_cache.code_key("quadruple") is None
+    assert plan_cache.plan_path("quadruple", ()) is None
+    assert plan_cache.code_key(uses) is not None
 
 
 def _metrics(run: Path) -> list[dict]:
