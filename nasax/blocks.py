@@ -556,8 +556,10 @@ def portable(plan: _Plan) -> _Plan:
     jobs = {}
     for fn, specs in _compile_jobs(plan):
         jobs.setdefault(_job_key(fn, specs), (fn, specs))
-    compiled = {key: StoredProgram.of(fn, specs) for key, (fn, specs) in jobs.items()}
-    compile_all(list(compiled.values()))
+    workers = os.cpu_count() or 1
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # export one, compile another
+        done = pool.map(lambda job: StoredProgram.of(*job).compile(), jobs.values())
+        compiled = dict(zip(jobs, done))
     ids: dict[Any, int] = {}
 
     def var(v: Any) -> Any:
