@@ -20,11 +20,10 @@ inlines, so the same model code serves both modes.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import contextvars
 import functools
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -457,17 +456,23 @@ def _job_key(fn: Callable, specs: Sequence[jax.ShapeDtypeStruct]) -> tuple:
     return (id(fn), tuple((s.shape, s.dtype, s.weak_type) for s in specs))
 
 
-def precompile(plan: _Plan, workers: int | None = None) -> dict[tuple, Any]:
-    """Compiles every distinct program of `plan` before it first runs, several at a time
-    (XLA compiles one program on one core). Later calls find them in JAX's caches; the
-    compiled programs are also returned, by `_job_key`."""
-    jobs = {}
+def _distinct_jobs(plan: _Plan) -> dict[tuple, tuple[Callable, list[jax.ShapeDtypeStruct]]]:
+    """`_compile_jobs` without repeats, by `_job_key`."""
+    jobs: dict[tuple, tuple[Callable, list[jax.ShapeDtypeStruct]]] = {}
     for fn, specs in _compile_jobs(plan):
         jobs.setdefault(_job_key(fn, specs), (fn, specs))
+    return jobs
+
+
+def precompile(plan: _Plan, workers: int | None = None) -> None:
+    """Compiles every distinct program of `plan` before it first runs, several at a time
+    (XLA compiles one program on one core). Later calls find them in JAX's caches."""
     workers = workers or os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        done = pool.map(lambda job: job[0].lower(*job[1]).compile(), jobs.values())
-        return dict(zip(jobs, done))
+        for done in pool.map(
+            lambda job: job[0].lower(*job[1]).compile(), _distinct_jobs(plan).values()
+        ):
+            del done
 
 
 def _atom_spec(atom: Any) -> jax.ShapeDtypeStruct:
@@ -491,19 +496,6 @@ def _programs_only(plan: _Plan) -> _Plan:
         items.append(item)
     new.items = items
     return new
-
-
-@contextlib.contextmanager
-def _fresh_compiles() -> Iterator[None]:
-    """Compiles that skip JAX's on-disk cache. On CPU (XLA 0.10) an executable loaded from
-    that cache serializes without its kernels, and fails in the process that loads it
-    ("Function ... not found"); a stored plan must hold freshly compiled ones."""
-    previous = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_compilation_cache", previous)
 
 
 class StoredProgram:
@@ -553,9 +545,7 @@ def portable(plan: _Plan) -> _Plan:
     """`plan` made of stored programs, numbered variables and literal values only, so
     it can be stored and run in another process (`nasax.plan_cache`)."""
     plan = _programs_only(plan)
-    jobs = {}
-    for fn, specs in _compile_jobs(plan):
-        jobs.setdefault(_job_key(fn, specs), (fn, specs))
+    jobs = _distinct_jobs(plan)
     workers = os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # export one, compile another
         done = pool.map(lambda job: StoredProgram.of(*job).compile(), jobs.values())

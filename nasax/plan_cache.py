@@ -2,8 +2,9 @@
 
 A block step's warm start was mostly work that gives the same result every time: tracing
 the step (about half of it), planning the block calls and lowering every program to look
-it up in JAX's cache. A stored plan holds the step's schedule and its compiled programs
-(XLA's serialized executables), and loading it only deserializes them.
+it up in JAX's cache. A stored plan holds the step's schedule, its constants and each
+program as StableHLO (`nasax.blocks.StoredProgram`); loading it compiles each program
+through JAX's on-disk cache, which on a warm cache is a read.
 
 The trace is what made block execution safe to reuse, so the key must cover everything
 the trace depends on:
@@ -16,9 +17,9 @@ the trace depends on:
 - the JAX, jaxlib, Flax, Optax and NumPy versions, the platform, `XLA_FLAGS` and the JAX
   settings that change a trace.
 
-Something registered from code without a source file (an interactive session) turns the
-store off for that run, as does `run.plan_cache: false`, which a user whose registered code
-reads state from outside its module sets.
+Registered code without a source file (an interactive session) turns the store off for
+the programs that use it. `run.plan_cache: false` (or NASAX_PLAN_CACHE=0) turns it off,
+for registered code that reads state its source file does not hold.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class _NoSource(Exception):
 
 def _module_source(module_name: str, files: dict[str, str]) -> None:
     """Adds the source file of `module_name` to `files`, unless nasax's own hash covers it."""
-    if module_name == "nasax" or module_name.startswith("nasax."):
+    if module_name in ("nasax", *sys.builtin_module_names) or module_name.startswith("nasax."):
         return
     module = sys.modules.get(module_name)
     path = getattr(module, "__file__", None)
@@ -163,6 +164,9 @@ def code_key(program_key: str = "") -> str | None:
         entries = _used_registrations(program_key, files)
     except _NoSource as missing:
         log.info("plan cache off: %s has no source file", missing)
+        return None
+    except RecursionError:  # a registered object that refers to itself: not described
+        log.info("plan cache off: a registered object cannot be described")
         return None
     versions = {}
     for name in _VERSIONED:
