@@ -172,3 +172,15 @@ def test_preprocess_normalises_per_channel():
     x = jnp.stack([jnp.full((3, 3), 10.0), jnp.full((3, 3), 28.0)], -1)[None]
     out = pre(x, jax.random.PRNGKey(0), False)
     np.testing.assert_allclose(out[0, 0, 0], [0.0, 2.0])
+
+
+def test_digits_read_from_the_bundled_csv_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    from nasax.data import digits_arrays
+
+    pixels, labels = digits_arrays()
+    digits = load_digits()
+    np.testing.assert_array_equal(pixels, digits.images)
+    np.testing.assert_array_equal(labels, digits.target)
+    assert labels.dtype.kind == "i" and pixels.shape == (1797, 8, 8)
