@@ -534,6 +534,18 @@ class StoredProgram:
         self.__init__(jax.export.deserialize(bytearray(state["hlo"])), specs, state["options"])
 
 
+def stored_programs(plan: _Plan) -> list[StoredProgram]:
+    """The distinct stored programs of a plan (nested plans included), each once."""
+    found: dict[int, StoredProgram] = {}
+    for item in plan.items:
+        for run in item.run if isinstance(item.run, list) else [item.run]:
+            if isinstance(run, _Plan):
+                found.update((id(p), p) for p in stored_programs(run))
+            elif isinstance(run, StoredProgram):
+                found[id(run)] = run
+    return list(found.values())
+
+
 def compile_all(programs: Sequence[StoredProgram], workers: int | None = None) -> None:
     """Compiles stored programs several at a time (each compile, or cache read, on one core)."""
     workers = workers or os.cpu_count() or 1

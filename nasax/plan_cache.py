@@ -261,7 +261,7 @@ def save(path: Path, plan: Any, out_tree: Any) -> None:
 def load(path: Path) -> tuple[Any, Any] | None:
     """The stored (plan, out_tree) with its programs compiled (read from JAX's cache), or
     None when there is none or it cannot be read."""
-    from nasax.blocks import StoredProgram, compile_all
+    from nasax.blocks import compile_all, stored_programs
 
     try:
         data = path.read_bytes()
@@ -272,22 +272,11 @@ def load(path: Path) -> tuple[Any, Any] | None:
         if stored[0] != FORMAT:
             return None
         _, plan, out_tree = stored
-        compile_all([p for p in _objects(plan) if isinstance(p, StoredProgram)])
+        compile_all(stored_programs(plan))
         return plan, out_tree
     except Exception as error:  # a damaged or foreign file is a miss, rewritten after the trace
         log.warning("plan cache: ignoring %s: %s", path, error)
         return None
-
-
-def _objects(plan: Any) -> Any:
-    """The programs and sub-plans a plan's items hold, depth first."""
-    for item in plan.items:
-        runs = item.run if isinstance(item.run, list) else [item.run]
-        for run in runs:
-            if hasattr(run, "items"):
-                yield from _objects(run)
-            elif run is not None:
-                yield run
 
 
 __all__ = ["code_key", "load", "plan_path", "save", "store_dir"]
