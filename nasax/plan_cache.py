@@ -88,7 +88,7 @@ class _NoSource(Exception):
 
 def _module_source(module_name: str, files: dict[str, str]) -> None:
     """Adds the source file of `module_name` to `files`, unless nasax's own hash covers it."""
-    if module_name in ("nasax", *sys.builtin_module_names) or module_name.startswith("nasax."):
+    if _is_own_module(module_name) or module_name in sys.builtin_module_names:
         return
     module = sys.modules.get(module_name)
     path = getattr(module, "__file__", None)
@@ -128,12 +128,14 @@ def _describe(obj: Any, files: dict[str, str]) -> Any:
     return [kind, repr(obj)]
 
 
+def _is_own_module(name: str) -> bool:
+    """A module of nasax's packages (their source is hashed whole)."""
+    return name == "nasax" or name.startswith("nasax.")
+
+
 def _is_own(obj: Any) -> bool:
-    """Code of nasax's packages (their source is hashed whole)."""
-    module = getattr(obj, "__module__", None) or ""
-    return isinstance(obj, types.FunctionType | type) and (
-        module == "nasax" or module.startswith("nasax.")
-    )
+    """A function or class of nasax's packages."""
+    return isinstance(obj, types.FunctionType | type) and _is_own_module(obj.__module__)
 
 
 def _used_registrations(program_key: str, files: dict[str, str]) -> list[Any]:
