@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rank": int(1 + np.sum(accuracies > c10)),
         "of": len(table),
         "search_s": round(search_s, 1),
+        "epochs_planned": summary.get("epochs_planned"),
         "supernet_test_accuracy": summary.get("test_accuracy"),
         "kendall_tau": round(tau, 3),
         "alpha_kendall_tau": None if alpha_tau is None else round(alpha_tau, 3),

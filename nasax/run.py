@@ -138,6 +138,16 @@ class Task:
         """The batches of each step of `epoch`, from its batch `first`, on the devices."""
         raise NotImplementedError
 
+    def horizon(self, state: Any) -> int | None:
+        """The epochs `state`'s schedules span, when the loop may fit them to a time limit
+        (`runloop.run_epochs`); None: the task's epochs are fixed."""
+        return None
+
+    def with_horizon(self, state: Any, epochs: int) -> Any:
+        """`state` with its schedules spanning `epochs` (only called when `horizon` is not
+        None)."""
+        raise NotImplementedError
+
     def end_epoch(self, state: Any, epoch: int, step: int, evaluating: bool) -> None:
         """Work at an epoch's end before its test evaluation (architecture weights, the cell)."""
 
@@ -218,7 +228,8 @@ def run(
         test: dict[str, float] = {}
 
         def end_epoch(state: Any, epoch: int, step: int) -> dict[str, Any]:
-            evaluating = is_eval_epoch(epoch, task.epochs, task.eval_every)
+            epochs = task.horizon(state) or task.epochs
+            evaluating = is_eval_epoch(epoch, epochs, task.eval_every)
             task.end_epoch(state, epoch, step, evaluating)
             if not evaluating:
                 return {}
@@ -252,6 +263,7 @@ def run(
             "dataset": dataset.name,
             "seed": config.seed,
             "epochs": task.epochs,
+            "epochs_planned": result.planned_epochs,
             "steps": result.step,
             "batch_size": task.batch_size,
             "test_loss": test["loss"],

@@ -275,6 +275,15 @@ class LoopResult(NamedTuple):
     images: int
     seconds: float
     stopped_early: bool = False
+    planned_epochs: int | None = None
+    """The epochs the schedules spanned at the end when a time-limit plan changed them."""
+
+
+def fit_epochs(done: int, seconds_left: float, epoch_seconds: float, most: int) -> int:
+    """How many epochs a run completes in all: the `done` ones, plus the whole epochs of
+    `epoch_seconds` that fit in `seconds_left`, at most `most`."""
+    more = int(max(seconds_left, 0.0) // epoch_seconds) if epoch_seconds > 0 else most
+    return min(most, done + more)
 
 
 def past(deadline: float | None) -> bool:
@@ -293,6 +302,10 @@ class LoopTask(Protocol):
     after_epoch: Callable[[Any, int, int], tuple[Any, list[dict[str, Any]]]] | None
 
     def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch, ...]]: ...
+
+    def horizon(self, state: Any) -> int | None: ...
+
+    def with_horizon(self, state: Any, epochs: int) -> Any: ...
 
 
 class LoopIO(NamedTuple):
@@ -330,7 +343,9 @@ def run_epochs(
             (`shown`), the step records' `kind`, and `after_epoch(state, epoch, step) ->
             (state, records to log)`: a phase run after the epoch's steps, before
             `end_epoch` and the epoch's checkpoint (not after a partial epoch the time
-            limit ended).
+            limit ended). `horizon(state)` is the epochs the state's schedules span (None:
+            `task.epochs`, fixed); the loop runs that many, and under a deadline sets it
+            with `with_horizon(state, epochs)` to the epochs that fit (see `deadline`).
         state: the state to start from.
         step_fn: (state, *batches) -> (state, metrics), compiled and guarded as
             `run.nonfinite` asks.
@@ -346,9 +361,16 @@ def run_epochs(
             the first step or epoch boundary after it, checkpoints, marks the epoch
             record it ends with `"stopped": "time_limit"` (`end_epoch` runs for a partial
             epoch too), and returns with `stopped_early`. Every epoch it enters runs at
-            least one step.
+            least one step. A task whose schedules have a `horizon` instead ends on a
+            complete epoch: from the second epoch this process runs (the first holds the
+            first calls), each epoch's end times the epochs and fits the horizon to the
+            epochs that end before the deadline (the first fit may also lengthen it, up
+            to `task.epochs`; later ones only shorten it), so the schedules (warm-up,
+            temperature, regulariser weight) run their whole course in the time given.
     """
-    epochs, steps_per_epoch, batch_size = task.epochs, task.steps_per_epoch, task.batch_size
+    steps_per_epoch, batch_size = task.steps_per_epoch, task.batch_size
+    epochs = task.horizon(state) or task.epochs
+    planned = None  # epochs a time-limit plan set in this process
     kind, shown, after_epoch = task.kind, task.shown, task.after_epoch
     metrics_log, progress, save, on_epoch = io
     log_every, skip_nonfinite = run.log_every, run.nonfinite == "skip"
@@ -358,6 +380,7 @@ def run_epochs(
     queued: list[dict[str, Any]] = list(pending or [])
     images, seconds_total = 0, 0.0
     last_save = time.monotonic()
+    mark, epoch_seconds = time.perf_counter(), []  # epoch-end times, this process's epochs
 
     def checkpoint(state: Any, epoch: int, batch: int) -> None:
         nonlocal last_save
@@ -371,7 +394,9 @@ def run_epochs(
     with progress, StopRequests() as stop:
         progress.advance(step, start_epoch)
         stopped = False
-        for epoch in range(start_epoch, epochs):
+        epoch = start_epoch - 1
+        while epoch + 1 < epochs:
+            epoch += 1
             first = start_batch if epoch == start_epoch else 0
             stream = task.epoch_batches(epoch, first)
             tick, since = time.perf_counter(), 0
@@ -420,7 +445,22 @@ def run_epochs(
                     metrics_log.write(r)
             record = {"kind": "epoch", "epoch": epoch + 1, "step": step}
             record.update(end_epoch(state, epoch, step))
-            at_limit = stopped or (epoch < epochs - 1 and past(deadline))
+            now = time.perf_counter()
+            if epoch > start_epoch and not stopped:
+                epoch_seconds.append(now - mark)
+            mark = now
+            if deadline is not None and epoch_seconds and not stopped and task.horizon(state):
+                fit = fit_epochs(epoch + 1, deadline - now, np.mean(epoch_seconds), task.epochs)
+                fit = max(fit if planned is None else min(fit, epochs), epoch + 1)
+                if fit != epochs:
+                    state, epochs = task.with_horizon(state, fit), fit
+                    progress.log(
+                        f"time limit: the schedules now span {fit} of {task.epochs} epochs"
+                    )
+                planned = fit
+                record["epochs_planned"] = fit
+            ended_by_plan = epoch == epochs - 1 and epochs < task.epochs
+            at_limit = stopped or ended_by_plan or (epoch < epochs - 1 and past(deadline))
             if at_limit:
                 record["stopped"] = "time_limit"
             metrics_log.write(record)
@@ -428,14 +468,21 @@ def run_epochs(
                 checkpoint(state, epoch + 1, 0)
                 if on_epoch is not None:
                     on_epoch(epoch_summary(metrics_log.records, epoch + 1))
-            if at_limit:
+            if ended_by_plan and not stopped:
                 stopped = True
                 progress.log(
-                    f"time limit reached after {step} steps (epoch {epoch + 1} of {epochs}); "
+                    f"time limit: the search ends after epoch {epoch + 1} of {task.epochs}, "
+                    "where its schedules end"
+                )
+            elif at_limit:
+                stopped = True
+                progress.log(
+                    f"time limit reached after {step} steps (epoch {epoch + 1} of {task.epochs}); "
                     f"stopping with the latest state; {resume_hint}"
                 )
                 break
-    return LoopResult(state, step, images, seconds_total, stopped)
+    changed = epochs if epochs != task.epochs else None
+    return LoopResult(state, step, images, seconds_total, stopped, changed)
 
 
 def epoch_summary(records: list[dict[str, Any]], epoch: int) -> dict[str, Any]:

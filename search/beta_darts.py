@@ -20,7 +20,7 @@ from nasax.search.relaxed import (
     softmax_forward,
     softmax_weights,
 )
-from nasax.search.strategy import SearchSetup, Strategy, register_strategy
+from nasax.search.strategy import Clock, SearchSetup, Strategy, register_strategy
 
 
 class BetaDartsOptions(BaseModel):
@@ -44,13 +44,13 @@ def make_beta_darts(setup: SearchSetup, options: BetaDartsOptions) -> Strategy:
     """Builds β-DARTS (first order) over the supernet of `setup`."""
     progress = epoch_progress(setup)
 
-    def weight(step: jax.Array) -> jax.Array:
-        return options.scale * progress(step)
+    def weight(clock: Clock) -> jax.Array:
+        return options.scale * progress(clock)
 
     relaxation = Relaxation(
         sample=softmax_forward,
         weights=softmax_weights,
-        penalty=lambda alphas, step: weight(step) * beta_decay(alphas),
-        metrics=lambda step: {"beta_decay_weight": weight(step)},
+        penalty=lambda alphas, clock: weight(clock) * beta_decay(alphas),
+        metrics=lambda clock: {"beta_decay_weight": weight(clock)},
     )
     return relaxed_strategy(setup, relaxation)

@@ -21,7 +21,7 @@ from nasax.search.relaxed import (
     relaxed_strategy,
     softmax_weights,
 )
-from nasax.search.strategy import SearchSetup, Strategy, register_strategy
+from nasax.search.strategy import Clock, SearchSetup, Strategy, register_strategy
 
 
 class DartsMinusOptions(BaseModel):
@@ -45,15 +45,15 @@ def make_darts_minus(setup: SearchSetup, options: DartsMinusOptions) -> Strategy
     """Builds DARTS- (first order) over a supernet whose edges carry the auxiliary skip."""
     progress = epoch_progress(setup)
 
-    def beta(step: jax.Array) -> jax.Array:
-        return options.beta_max * (1.0 - progress(step))
+    def beta(clock: Clock) -> jax.Array:
+        return options.beta_max * (1.0 - progress(clock))
 
-    def sample(alphas: dict[str, jax.Array], rng: jax.Array, step: jax.Array) -> Forward:
-        return {"weights": with_aux_skip(softmax_weights(alphas), beta(step))}
+    def sample(alphas: dict[str, jax.Array], rng: jax.Array, clock: Clock) -> Forward:
+        return {"weights": with_aux_skip(softmax_weights(alphas), beta(clock))}
 
     relaxation = Relaxation(
         sample=sample,
         weights=softmax_weights,
-        metrics=lambda step: {"aux_skip_beta": beta(step)},
+        metrics=lambda clock: {"aux_skip_beta": beta(clock)},
     )
     return relaxed_strategy(setup, relaxation, network_options={"aux_skip": True})

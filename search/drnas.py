@@ -17,7 +17,7 @@ from jax.scipy.special import digamma, gammaln
 from pydantic import BaseModel, ConfigDict, Field
 
 from nasax.search.relaxed import Forward, Relaxation, per_kind, relaxed_strategy
-from nasax.search.strategy import SearchSetup, Strategy, register_strategy
+from nasax.search.strategy import Clock, SearchSetup, Strategy, register_strategy
 
 
 class DrnasOptions(BaseModel):
@@ -61,14 +61,14 @@ def dirichlet_mean(alphas: dict[str, jax.Array]) -> dict[str, jax.Array]:
 def make_drnas(setup: SearchSetup, options: DrnasOptions) -> Strategy:
     """Builds DrNAS over the supernet of `setup`."""
 
-    def sample(alphas: dict[str, jax.Array], rng: jax.Array, step: jax.Array) -> Forward:
+    def sample(alphas: dict[str, jax.Array], rng: jax.Array, clock: Clock) -> Forward:
         return {
             "weights": per_kind(
                 lambda a, key: jax.random.dirichlet(key, concentration(a)), alphas, rng
             )
         }
 
-    def penalty(alphas: dict[str, jax.Array], step: jax.Array) -> jax.Array:
+    def penalty(alphas: dict[str, jax.Array], clock: Clock) -> jax.Array:
         concs = [concentration(a) for a in alphas.values()]
         if options.regularizer == "l2":
             value = sum(jnp.sum(jnp.square(c)) for c in concs)

@@ -21,7 +21,7 @@ from nasax.search.relaxed import (
     softmax_weights,
     temperature,
 )
-from nasax.search.strategy import SearchSetup, Strategy, register_strategy
+from nasax.search.strategy import Clock, SearchSetup, Strategy, register_strategy
 
 
 class GdasOptions(Annealing):
@@ -53,8 +53,8 @@ def make_gdas(setup: SearchSetup, options: GdasOptions) -> Strategy:
     """Builds GDAS over the supernet of `setup`."""
     tau = temperature(options, setup)
 
-    def sample(alphas: dict[str, jax.Array], rng: jax.Array, step: jax.Array) -> Forward:
-        drawn = per_kind(lambda a, key: hard_gumbel(a, key, tau(step)), alphas, rng)
+    def sample(alphas: dict[str, jax.Array], rng: jax.Array, clock: Clock) -> Forward:
+        drawn = per_kind(lambda a, key: hard_gumbel(a, key, tau(clock)), alphas, rng)
         return {
             "weights": {kind: w for kind, (w, _) in drawn.items()},
             "paths": {kind: index for kind, (_, index) in drawn.items()},
@@ -64,6 +64,6 @@ def make_gdas(setup: SearchSetup, options: GdasOptions) -> Strategy:
         sample=sample,
         weights=softmax_weights,
         eval_forward=argmax_paths,
-        metrics=lambda step: {"tau": tau(step)},
+        metrics=lambda clock: {"tau": tau(clock)},
     )
     return relaxed_strategy(setup, relaxation)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from nasax.data import Batch
 from nasax.search.discretize import derive_genotype
 from nasax.search.strategy import (
+    Clock,
     Metrics,
     SearchSetup,
     Strategy,
@@ -44,26 +45,27 @@ class Relaxation(NamedTuple):
     """How a strategy turns architecture parameters into a forward of the supernet.
 
     Attributes:
-        sample: (alphas by kind, rng, step) -> forward kwargs for a training-mode pass;
-            differentiable in the alphas.
+        sample: (alphas by kind, rng, clock) -> forward kwargs for a training-mode pass;
+            differentiable in the alphas. The `Clock` gives the step and the epochs the
+            schedules span; schedules read it through `epoch_progress`.
         weights: alphas by kind -> deterministic (edges, ops) op weights by kind, used to
             evaluate the supernet and to derive the genotype.
         eval_forward: alphas by kind -> forward kwargs for evaluation (default: the
             mixed forward with `weights`).
-        penalty: optional (alphas by kind, step) -> regulariser added to the
+        penalty: optional (alphas by kind, clock) -> regulariser added to the
             architecture loss.
-        metrics: optional step -> extra scalars to log (e.g. the temperature).
+        metrics: optional clock -> extra scalars to log (e.g. the temperature).
         weight_sample: optional forward of the weight step, with the same arguments as
             `sample` (default: `sample`), for strategies that train the weights under
             other op weights than the alphas see (SDARTS' perturbed ones).
     """
 
-    sample: Callable[[dict[str, jax.Array], jax.Array, jax.Array], Forward]
+    sample: Callable[[dict[str, jax.Array], jax.Array, Clock], Forward]
     weights: Callable[[dict[str, jax.Array]], dict[str, jax.Array]]
     eval_forward: Callable[[dict[str, jax.Array]], Forward] | None = None
-    penalty: Callable[[dict[str, jax.Array], jax.Array], jax.Array] | None = None
-    metrics: Callable[[jax.Array], Metrics] | None = None
-    weight_sample: Callable[[dict[str, jax.Array], jax.Array, jax.Array], Forward] | None = None
+    penalty: Callable[[dict[str, jax.Array], Clock], jax.Array] | None = None
+    metrics: Callable[[Clock], Metrics] | None = None
+    weight_sample: Callable[[dict[str, jax.Array], jax.Array, Clock], Forward] | None = None
 
 
 class Annealing(BaseModel):
@@ -82,25 +84,26 @@ class Annealing(BaseModel):
         return self
 
 
-def epoch_progress(setup: SearchSetup) -> Callable[[jax.Array], jax.Array]:
-    """progress(step): the step's epoch as a fraction of the search, 0 in the first epoch
-    and 1 in the last. Schedules written per epoch this way keep their shape at any budget."""
-    last = max(setup.epochs - 1, 1)
+def epoch_progress(setup: SearchSetup) -> Callable[[Clock], jax.Array]:
+    """progress(clock): the step's epoch as a fraction of the epochs the schedules span,
+    0 in the first epoch and 1 in the last. Schedules written per epoch this way keep
+    their shape at any budget, and follow a span the loop fits to a time limit."""
 
-    def progress(step: jax.Array) -> jax.Array:
-        return jnp.minimum(step // setup.steps_per_epoch, last) / last
+    def progress(clock: Clock) -> jax.Array:
+        last = jnp.maximum(clock.epochs - 1, 1)
+        return jnp.minimum(clock.step // setup.steps_per_epoch, last) / last
 
     return progress
 
 
-def temperature(options: Annealing, setup: SearchSetup) -> Callable[[jax.Array], jax.Array]:
-    """tau(step): steps through the epochs from `tau_max` to `tau_min`, linearly as in GDAS
+def temperature(options: Annealing, setup: SearchSetup) -> Callable[[Clock], jax.Array]:
+    """tau(clock): steps through the epochs from `tau_max` to `tau_min`, linearly as in GDAS
     or geometrically."""
     hi, lo = options.tau_max, options.tau_min
     epoch_fraction = epoch_progress(setup)
 
-    def tau(step: jax.Array) -> jax.Array:
-        progress = epoch_fraction(step)
+    def tau(clock: Clock) -> jax.Array:
+        progress = epoch_fraction(clock)
         if options.anneal == "linear":
             return hi - (hi - lo) * progress
         return hi * (lo / hi) ** progress
@@ -132,7 +135,7 @@ def softmax_weights(alphas: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {kind: jax.nn.softmax(a, axis=-1) for kind, a in alphas.items()}
 
 
-def softmax_forward(alphas: dict[str, jax.Array], rng: jax.Array, step: jax.Array) -> Forward:
+def softmax_forward(alphas: dict[str, jax.Array], rng: jax.Array, clock: Clock) -> Forward:
     """A `Relaxation.sample` without randomness: the mixed forward under softmax(alpha)."""
     return {"weights": softmax_weights(alphas)}
 
@@ -159,12 +162,19 @@ def relaxed_strategy(
         setup: the shared search setup.
         relaxation: how alphas become op weights.
         network_options: keyword options for the supernet (e.g. partial channels).
-        arch_warmup_epochs: epochs in which only the weights train (PC-DARTS).
+        arch_warmup_epochs: epochs in which only the weights train (PC-DARTS), out of
+            `setup.epochs`; a shorter span (a time limit) shortens it in proportion.
         joint: update weights and alphas together on the training batch (SNAS'
             single-level objective) instead of alternating with the validation batch.
     """
     net = Supernet.create(setup, **(network_options or {}))
-    warmup_steps = arch_warmup_epochs * setup.steps_per_epoch
+
+    def warmup_steps(clock: Clock) -> jax.Array:
+        """The warm-up's steps: its share of the configured epochs, of the epochs the
+        clock spans (rounded half up), so equal to `arch_warmup_epochs` when they agree."""
+        e = setup.epochs
+        return (2 * arch_warmup_epochs * clock.epochs + e) // (2 * e) * setup.steps_per_epoch
+
     Aux = tuple[jax.Array, nnx.State]
 
     def loss(
@@ -174,18 +184,18 @@ def relaxed_strategy(
         x: jax.Array,
         labels: jax.Array,
         rng: jax.Array,
-        step: jax.Array,
+        clock: Clock,
         sample: Callable[..., Forward] = relaxation.sample,
     ) -> tuple[jax.Array, Aux]:
         """Cross-entropy under a fresh sample of the relaxation."""
-        forward = sample(alphas_of(arch), rng, step)
+        forward = sample(alphas_of(arch), rng, clock)
         return net.loss(params, stats, arch, x, labels, **forward)
 
-    def weight_loss(params: nnx.State, arch: nnx.State, *args: jax.Array) -> tuple[jax.Array, Aux]:
+    def weight_loss(params: nnx.State, arch: nnx.State, *args: Any) -> tuple[jax.Array, Aux]:
         """`loss` under the weight step's sample."""
         return loss(params, arch, *args, sample=relaxation.weight_sample or relaxation.sample)
 
-    def regularised(params: nnx.State, arch: nnx.State, *args: jax.Array) -> tuple[jax.Array, Aux]:
+    def regularised(params: nnx.State, arch: nnx.State, *args: Any) -> tuple[jax.Array, Aux]:
         """`loss` plus the relaxation's penalty on the alphas: the architecture objective."""
         value, aux = loss(params, arch, *args)
         if relaxation.penalty is not None:
@@ -197,7 +207,7 @@ def relaxed_strategy(
     def arch_step(state: SupernetState, x: jax.Array, labels: jax.Array, rng: jax.Array) -> ArchOut:
         grad_fn = jax.value_and_grad(regularised, argnums=1, has_aux=True)
         (val_loss, (val_acc, stats)), grads = grad_fn(
-            state.params, state.arch, state.batch_stats, x, labels, rng, state.step
+            state.params, state.arch, state.batch_stats, x, labels, rng, state.clock
         )
         updates, arch_opt = setup.arch_optimizer.update(grads, state.arch_opt, state.arch)
         return optax.apply_updates(state.arch, updates), arch_opt, stats, val_loss, val_acc
@@ -207,7 +217,7 @@ def relaxed_strategy(
     ) -> ArchOut:
         """Warm-up: alphas unchanged; the validation loss is still measured for the log."""
         val_loss, (val_acc, _) = loss(
-            state.params, state.arch, state.batch_stats, x, labels, rng, state.step
+            state.params, state.arch, state.batch_stats, x, labels, rng, state.clock
         )
         return state.arch, state.arch_opt, state.batch_stats, val_loss, val_acc
 
@@ -215,7 +225,7 @@ def relaxed_strategy(
         rng = jax.random.fold_in(state.rng, state.step)
         train_rng, val_rng, train_sample, val_sample = jax.random.split(rng, 4)
         x_train = setup.preprocess(train["image"], train_rng, True)
-        batch_args = (state.batch_stats, x_train, train["label"], train_sample, state.step)
+        batch_args = (state.batch_stats, x_train, train["label"], train_sample, state.clock)
         if joint:
             grad_fn = jax.value_and_grad(regularised, argnums=(0, 1), has_aux=True)
             (train_loss, (train_acc, stats)), (grads, arch_grads) = grad_fn(
@@ -227,9 +237,9 @@ def relaxed_strategy(
         else:
             x_val = setup.preprocess(val["image"], val_rng, True)
             args = (state, x_val, val["label"], val_sample)
-            if warmup_steps:
+            if arch_warmup_epochs:
                 arch, arch_opt, stats, val_loss, val_acc = lax.cond(
-                    state.step >= warmup_steps, arch_step, frozen_arch, *args
+                    state.step >= warmup_steps(state.clock), arch_step, frozen_arch, *args
                 )
             else:
                 arch, arch_opt, stats, val_loss, val_acc = arch_step(*args)
@@ -240,9 +250,14 @@ def relaxed_strategy(
         params, weight_opt = weight_update(setup, state, grads)
         metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
         if relaxation.metrics is not None:
-            metrics.update(relaxation.metrics(state.step))
-        new_state = SupernetState(
-            state.step + 1, state.rng, params, stats, arch, weight_opt, arch_opt
+            metrics.update(relaxation.metrics(state.clock))
+        new_state = state._replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=stats,
+            arch=arch,
+            weight_opt=weight_opt,
+            arch_opt=arch_opt,
         )
         return new_state, metrics
 

@@ -23,7 +23,7 @@ from nasax.search.relaxed import (
     softmax_forward,
     softmax_weights,
 )
-from nasax.search.strategy import SearchSetup, Strategy, register_strategy
+from nasax.search.strategy import Clock, SearchSetup, Strategy, register_strategy
 
 
 class SdartsOptions(BaseModel):
@@ -58,11 +58,11 @@ def make_sdarts_rs(setup: SearchSetup, options: SdartsOptions) -> Strategy:
     """Builds SDARTS-RS (first order) over the supernet of `setup`."""
     progress = epoch_progress(setup)
 
-    def epsilon(step: jax.Array) -> jax.Array:
-        return options.epsilon_min + (options.epsilon_max - options.epsilon_min) * progress(step)
+    def epsilon(clock: Clock) -> jax.Array:
+        return options.epsilon_min + (options.epsilon_max - options.epsilon_min) * progress(clock)
 
-    def noisy(alphas: dict[str, jax.Array], rng: jax.Array, step: jax.Array) -> Forward:
-        eps = epsilon(step)
+    def noisy(alphas: dict[str, jax.Array], rng: jax.Array, clock: Clock) -> Forward:
+        eps = epsilon(clock)
 
         def draw(w: jax.Array, key: jax.Array) -> jax.Array:
             noise = jax.random.uniform(key, w.shape, w.dtype, -1.0, 1.0) * eps
@@ -74,6 +74,6 @@ def make_sdarts_rs(setup: SearchSetup, options: SdartsOptions) -> Strategy:
         sample=softmax_forward,
         weights=softmax_weights,
         weight_sample=noisy,
-        metrics=lambda step: {"epsilon": epsilon(step)},
+        metrics=lambda clock: {"epsilon": epsilon(clock)},
     )
     return relaxed_strategy(setup, relaxation)

@@ -22,7 +22,7 @@ from nasax.search.relaxed import (
     softmax_weights,
     temperature,
 )
-from nasax.search.strategy import SearchSetup, Strategy, register_strategy
+from nasax.search.strategy import Clock, SearchSetup, Strategy, register_strategy
 
 
 class SnasOptions(Annealing):
@@ -46,10 +46,10 @@ def make_snas(setup: SearchSetup, options: SnasOptions) -> Strategy:
     """Builds SNAS over the supernet of `setup`."""
     tau = temperature(options, setup)
 
-    def sample(alphas: dict[str, jax.Array], rng: jax.Array, step: jax.Array) -> Forward:
-        return {"weights": per_kind(lambda a, key: soft_gumbel(a, key, tau(step)), alphas, rng)}
+    def sample(alphas: dict[str, jax.Array], rng: jax.Array, clock: Clock) -> Forward:
+        return {"weights": per_kind(lambda a, key: soft_gumbel(a, key, tau(clock)), alphas, rng)}
 
     relaxation = Relaxation(
-        sample=sample, weights=softmax_weights, metrics=lambda step: {"tau": tau(step)}
+        sample=sample, weights=softmax_weights, metrics=lambda clock: {"tau": tau(clock)}
     )
     return relaxed_strategy(setup, relaxation, joint=options.joint)

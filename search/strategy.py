@@ -108,8 +108,19 @@ def register_strategy(
 # ------------------------------------------------------------------ supernet state helpers
 
 
+class Clock(NamedTuple):
+    """Where a search step stands for its schedules: the step's index, and the epochs
+    the schedules span (`search.epochs`, or fewer when the run loop fits the search to
+    its time limit)."""
+
+    step: jax.Array
+    epochs: jax.Array
+
+
 class SupernetState(NamedTuple):
-    """Weights, BN statistics, architecture parameters and both optimizer states."""
+    """Weights, BN statistics, architecture parameters, both optimizer states, and the
+    epochs the architecture schedules span (a scalar, so the loop can fit them to a
+    time limit and a checkpoint keeps them)."""
 
     step: jax.Array
     rng: jax.Array
@@ -118,6 +129,12 @@ class SupernetState(NamedTuple):
     arch: nnx.State
     weight_opt: optax.OptState
     arch_opt: optax.OptState
+    epochs: jax.Array
+
+    @property
+    def clock(self) -> Clock:
+        """The step and the schedules' span, as the strategies' schedules read them."""
+        return Clock(self.step, self.epochs)
 
 
 class Supernet:
@@ -165,6 +182,7 @@ class Supernet:
             arch=arch,
             weight_opt=self.setup.weight_optimizer.init(params),
             arch_opt=self.setup.arch_optimizer.init(arch),
+            epochs=jnp.asarray(self.setup.epochs, jnp.int32),
         )
 
     def apply(

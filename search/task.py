@@ -37,7 +37,7 @@ from nasax.runloop import (
     prefetch,
 )
 from nasax.search.single_path import genotype_paths
-from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy
+from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy, SupernetState
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.skeletons import skeleton_of
 from nasax.supernet.spaces import get_space
@@ -127,6 +127,15 @@ class SearchTask(Task):
         if self.strategy.after_epoch is not None:
             self.after_epoch = self._after_epoch
         return self.strategy.init(key)
+
+    def horizon(self, state: Any) -> int | None:
+        net = getattr(state, "net", state)  # ENAS keeps the supernet's state in `net`
+        return int(net.epochs) if isinstance(net, SupernetState) else None
+
+    def with_horizon(self, state: Any, epochs: int) -> Any:
+        if isinstance(state, SupernetState):
+            return state._replace(epochs=jax.device_put(np.int32(epochs), state.epochs.sharding))
+        return state._replace(net=self.with_horizon(state.net, epochs))
 
     def start(self, state: Any, start: tuple[int, int]) -> None:
         self.params = count_leaves(state.params) if hasattr(state, "params") else None

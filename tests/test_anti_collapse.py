@@ -13,7 +13,7 @@ from nasax.config import validate_config
 from nasax.search.beta_darts import beta_decay
 from nasax.search.darts_minus import with_aux_skip
 from nasax.search.sdarts import perturb
-from nasax.search.strategy import STRATEGIES, SearchSetup
+from nasax.search.strategy import STRATEGIES, Clock, SearchSetup
 from nasax.supernet.cells import MixedEdge
 
 SETUP = SearchSetup(*[None] * 6, epochs=5, steps_per_epoch=10)
@@ -50,8 +50,11 @@ def test_epoch_progress_runs_from_0_in_the_first_epoch_to_1_in_the_last():
     from nasax.search.relaxed import epoch_progress
 
     progress = epoch_progress(SETUP)
-    got = [float(progress(jnp.asarray(s))) for s in (0, 9, 10, 25, 49, 99)]
+    got = [float(progress(Clock(jnp.asarray(s), jnp.asarray(5)))) for s in (0, 9, 10, 25, 49, 99)]
     assert got == pytest.approx([0.0, 0.0, 0.25, 0.5, 1.0, 1.0])
+    # A time limit that leaves 3 of the 5 epochs: the same course over 3 epochs.
+    got = [float(progress(Clock(jnp.asarray(s), jnp.asarray(3)))) for s in (0, 10, 20, 29, 49)]
+    assert got == pytest.approx([0.0, 0.5, 1.0, 1.0, 1.0])
 
 
 def test_aux_skip_adds_beta_times_the_input_outside_the_ops():
@@ -165,3 +168,37 @@ def test_a_single_path_is_evaluated_with_the_batchs_statistics(tiny_npz):
     mixed = [evaluate(s, batch) for s in (state, spoiled)]
     np.testing.assert_allclose(single[0]["loss_sum"], single[1]["loss_sum"], rtol=1e-6)
     assert abs(float(mixed[0]["loss_sum"]) - float(mixed[1]["loss_sum"])) > 1e-3
+
+
+def test_schedules_and_the_warm_up_follow_the_epochs_the_state_spans(tiny_npz):
+    """A time limit shortens the span the loop writes into the state: PC-DARTS' warm-up
+    (2 of 4 epochs) then ends after 1 of 2, and β-DARTS' lambda reaches its end a
+    configured epoch earlier."""
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+    }
+    pcdarts, _ = _strategy("pcdarts", {"arch_warmup_epochs": 2, "partial_channels": 1}, tiny_npz, 4)
+    step = jax.jit(pcdarts.step)
+    fresh = pcdarts.init(jax.random.PRNGKey(0))
+    assert int(fresh.epochs) == 4
+    moved = {}
+    for span in (4, 2):
+        state = fresh._replace(epochs=jnp.asarray(span, jnp.int32))
+        alphas = []
+        for _ in range(3):  # steps 0-2; an epoch is 2 steps
+            before = jax.tree.leaves(state.arch)[0]
+            state, _ = step(state, batch, batch)
+            alphas.append(not np.allclose(jax.tree.leaves(state.arch)[0], before))
+        moved[span] = alphas
+    assert moved == {4: [False, False, False], 2: [False, False, True]}
+
+    beta, _ = _strategy("beta_darts", {"scale": 50.0}, tiny_npz, 4)
+    step = jax.jit(beta.step)
+    state = beta.init(jax.random.PRNGKey(0))._replace(epochs=jnp.asarray(3, jnp.int32))
+    weights = []
+    for _ in range(6):
+        state, metrics = step(state, batch, batch)
+        weights.append(float(metrics["beta_decay_weight"]))
+    assert weights == pytest.approx([0.0, 0.0, 25.0, 25.0, 50.0, 50.0])

@@ -258,7 +258,7 @@ def test_a_skipped_step_advances_the_counter_of_every_state_kind():
     from nasax.search.enas import EnasState
     from nasax.search.strategy import SupernetState
 
-    net = SupernetState(jnp.asarray(4), jnp.zeros(2), {"w": jnp.ones(3)}, {}, {}, (), ())
+    net = SupernetState(jnp.asarray(4), jnp.zeros(2), {"w": jnp.ones(3)}, {}, {}, (), (), 5)
     for state in (net, EnasState(net, {}, (), jnp.asarray(0.0), jnp.asarray(0))):
 
         def exploding(state, batch):

@@ -15,7 +15,7 @@ from nasax.search.drnas import concentration, dirichlet_kl, dirichlet_mean
 from nasax.search.gdas import hard_gumbel
 from nasax.search.relaxed import Annealing, gumbel, temperature
 from nasax.search.single_path import paths_genotype, sample_paths
-from nasax.search.strategy import SearchSetup
+from nasax.search.strategy import Clock, SearchSetup
 from nasax.supernet.cells import MixedEdge, channel_shuffle
 from nasax.supernet.network import node_softmax
 from nasax.supernet.ops import register_op
@@ -123,11 +123,13 @@ def test_hard_gumbel_is_one_hot_with_the_soft_samples_gradient():
 def test_temperature_anneals_from_tau_max_to_tau_min_by_epoch():
     setup = SearchSetup(*[None] * 6, epochs=5, steps_per_epoch=10)
     linear = temperature(Annealing(tau_max=10.0, tau_min=0.1), setup)
-    assert [float(linear(jnp.asarray(s))) for s in (0, 9, 10, 20, 49, 500)] == pytest.approx(
-        [10.0, 10.0, 7.525, 5.05, 0.1, 0.1], rel=1e-5
-    )
+    five = [linear(Clock(jnp.asarray(s), jnp.asarray(5))) for s in (0, 9, 10, 20, 49, 500)]
+    assert [float(t) for t in five] == pytest.approx([10.0, 10.0, 7.525, 5.05, 0.1, 0.1], rel=1e-5)
     geometric = temperature(Annealing(tau_max=1.0, tau_min=0.01, anneal="exponential"), setup)
-    assert float(geometric(jnp.asarray(20))) == pytest.approx(0.1, rel=1e-5)
+    assert float(geometric(Clock(jnp.asarray(20), jnp.asarray(5)))) == pytest.approx(0.1, rel=1e-5)
+    # Spanning 2 epochs (a time limit): tau_max in the first, tau_min from the second on.
+    two = [linear(Clock(jnp.asarray(s), jnp.asarray(2))) for s in (9, 10, 40)]
+    assert [float(t) for t in two] == pytest.approx([10.0, 0.1, 0.1], rel=1e-5)
 
 
 def test_drnas_samples_lie_on_the_simplex_and_train_the_concentration():

@@ -1,0 +1,117 @@
+"""The run loop fits the epochs a state's schedules span to a time limit: it times this
+process's epochs, ends the run on a complete epoch before the deadline, and the span it
+chose travels in the state (so a checkpoint resumes with it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import pytest
+
+from nasax import runloop
+from nasax.config import RunConfig
+from nasax.progress import LoopProgress
+from nasax.rundir import MetricsLog
+from nasax.runloop import LoopIO, fit_epochs, run_epochs
+
+
+def test_fit_epochs_counts_whole_epochs_that_end_before_the_deadline():
+    assert fit_epochs(2, 22.0, 4.0, 20) == 7  # 5 more whole epochs of 4 s
+    assert fit_epochs(2, 3.9, 4.0, 20) == 2  # not one more
+    assert fit_epochs(2, -1.0, 4.0, 20) == 2  # already past
+    assert fit_epochs(2, 1e9, 4.0, 20) == 20  # never past the configured epochs
+
+
+class _Clock:
+    """A fake `time.perf_counter`: each step takes one second, nothing else takes time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Task:
+    """Four steps per epoch, 20 configured epochs, and a state that is only its span."""
+
+    kind, shown, batch_size, steps_per_epoch, epochs = "search", (), 1, 4, 20
+    after_epoch = None
+
+    def epoch_batches(self, epoch: int, first: int):
+        while True:
+            yield ()
+
+    def horizon(self, state: dict[str, Any]) -> int:
+        return int(state["epochs"])
+
+    def with_horizon(self, state: dict[str, Any], epochs: int) -> dict[str, Any]:
+        return {**state, "epochs": jnp.asarray(epochs)}
+
+
+def _run(tmp_path: Path, monkeypatch, deadline: float | None, start=(0, 0), state=None):
+    clock = _Clock()
+    monkeypatch.setattr(runloop.time, "perf_counter", clock)
+    saved: list[tuple[int, dict]] = []
+
+    def step(state, *batches):
+        clock.now += 1.0
+        return state, {"loss": jnp.asarray(1.0)}
+
+    tmp_path.mkdir(exist_ok=True)
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    io = LoopIO(
+        log,
+        LoopProgress(80, 20, enabled=False, label="t"),
+        lambda s, m: saved.append((int(s["epochs"]), m)),
+    )
+    result = run_epochs(
+        _Task(),
+        state or {"epochs": jnp.asarray(20)},
+        step,
+        io,
+        run=RunConfig(log_every=4, progress=False),
+        start=start,
+        pending=[],
+        end_epoch=lambda state, epoch, step: {},
+        resume_hint="",
+        deadline=deadline,
+    )
+    epochs = [r for r in log.records if r["kind"] == "epoch"]
+    return result, epochs, saved
+
+
+def test_a_time_limit_ends_the_run_on_the_last_complete_epoch_that_fits(tmp_path, monkeypatch):
+    # Epochs take 4 s; the deadline is at 30 s. The first epoch is not timed (its first
+    # calls compile); after the second (8 s), 5 more fit in the 22 s left: 7 in all.
+    result, epochs, saved = _run(tmp_path, monkeypatch, deadline=30.0)
+    assert [r.get("epochs_planned") for r in epochs] == [None, 7, 7, 7, 7, 7, 7]
+    assert result.step == 28 and result.stopped_early and result.planned_epochs == 7
+    assert epochs[-1]["stopped"] == "time_limit"
+    assert [r for r in epochs if "stopped" in r] == [epochs[-1]]
+    # Each epoch-end checkpoint holds the span in force: 20 after the first epoch, then 7.
+    assert [span for span, meta in saved] == [20, 7, 7, 7, 7, 7, 7]
+    assert int(result.state["epochs"]) == 7
+
+
+def test_without_a_time_limit_the_span_runs_and_a_resumed_plan_is_kept(tmp_path, monkeypatch):
+    result, epochs, _ = _run(tmp_path, monkeypatch, deadline=None)
+    assert len(epochs) == 20 and not result.stopped_early and result.planned_epochs is None
+    # A checkpoint of a planned run (span 7, 3 epochs done) resumes to epoch 7, no further.
+    resumed, epochs, _ = _run(
+        tmp_path / "r", monkeypatch, deadline=None, start=(3, 0), state={"epochs": 7}
+    )
+    assert [r["epoch"] for r in epochs] == [4, 5, 6, 7] and resumed.step == 28
+
+
+@pytest.mark.parametrize("deadline, steps, planned", [(6.0, 6, None), (9.0, 8, 2)])
+def test_a_deadline_near_the_start_stops_at_the_first_step_or_epoch_past_it(
+    tmp_path, monkeypatch, deadline, steps, planned
+):
+    """Before a second epoch ends there is nothing to time: the loop stops at the first step
+    past the deadline. After it, an epoch that would not end in time is not started."""
+    result, epochs, _ = _run(tmp_path, monkeypatch, deadline=deadline)
+    assert result.stopped_early and result.planned_epochs == planned
+    assert epochs[-1]["stopped"] == "time_limit" and result.step == steps
