@@ -179,6 +179,23 @@ def _holds_blocks(jaxpr: Any) -> bool:
     return any(_is_block(e) or any(map(_holds_blocks, _subjaxprs(e))) for e in jaxpr.eqns)
 
 
+@functools.cache
+def _size(jaxpr: Any) -> int:
+    """Equations in `jaxpr`, nested ones included: how long its program takes to compile,
+    roughly (XLA's CPU compile time grows with the program's instructions)."""
+    return sum(1 + sum(map(_size, _subjaxprs(e))) for e in jaxpr.eqns)
+
+
+_SIZES: dict[int, int] = {}
+"""`_size` of each jitted block and glue callable, by the callable's identity."""
+
+
+def _largest_first(jobs: Sequence[tuple[Callable, Any]]) -> list[tuple[Callable, Any]]:
+    """`jobs` ordered to compile the largest programs first: on a few cores the long
+    compiles then overlap the many short ones, rather than start last and run alone."""
+    return sorted(jobs, key=lambda job: -_SIZES.get(id(job[0]), 0))
+
+
 _CALLABLES: dict[int, tuple[Any, Callable]] = {}
 """Jitted callables of block jaxprs by identity (the jaxpr is kept so its id stays unique)."""
 
@@ -198,6 +215,7 @@ def _block_callable(closed: Any, name: str = "") -> Callable:
             options = _CPU_OPTIONS[tags[0]] if tags else None
         jitted = jax.jit(core.jaxpr_as_fun(closed), compiler_options=options)
         hit = _CALLABLES[id(closed)] = (closed, jitted)
+        _SIZES[id(jitted)] = _size(closed.jaxpr)
         if options:
             _OPTIONS[id(jitted)] = options
     return hit[1]
@@ -242,6 +260,7 @@ def _segment_callable(eqns: Sequence[Any], invars: list[Any], outvars: list[Any]
     fn = _SEGMENTS.get(key)
     if fn is None:
         fn = _SEGMENTS[key] = jax.jit(core.jaxpr_as_fun(closed))
+        _SIZES[id(fn)] = _size(closed.jaxpr)
     return fn
 
 
@@ -470,7 +489,8 @@ def precompile(plan: _Plan, workers: int | None = None) -> None:
     workers = workers or os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         for done in pool.map(
-            lambda job: job[0].lower(*job[1]).compile(), _distinct_jobs(plan).values()
+            lambda job: job[0].lower(*job[1]).compile(),
+            _largest_first(list(_distinct_jobs(plan).values())),
         ):
             del done
 
@@ -549,19 +569,20 @@ def stored_programs(plan: _Plan) -> list[StoredProgram]:
 def compile_all(programs: Sequence[StoredProgram], workers: int | None = None) -> None:
     """Compiles stored programs several at a time (each compile, or cache read, on one core)."""
     workers = workers or os.cpu_count() or 1
+    largest_first = sorted(programs, key=lambda p: -len(p.exported.mlir_module_serialized))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        list(pool.map(StoredProgram.compile, programs))
+        list(pool.map(StoredProgram.compile, largest_first))
 
 
 def portable(plan: _Plan) -> _Plan:
     """`plan` made of stored programs, numbered variables and literal values only, so
     it can be stored and run in another process (`nasax.plan_cache`)."""
     plan = _programs_only(plan)
-    jobs = _distinct_jobs(plan)
+    jobs = _largest_first(list(_distinct_jobs(plan).values()))
     workers = os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # export one, compile another
-        done = pool.map(lambda job: StoredProgram.of(*job).compile(), jobs.values())
-        compiled = dict(zip(jobs, done))
+        done = pool.map(lambda job: StoredProgram.of(*job).compile(), jobs)
+        compiled = {_job_key(*job): program for job, program in zip(jobs, done)}
     ids: dict[Any, int] = {}
 
     def var(v: Any) -> Any:
