@@ -3,7 +3,7 @@
 Each case runs in its own process, with an empty on-disk compilation cache unless it
 measures the warm cache, so no case profits from another:
 
-- `cli`: `nasax search darts_digits` cold (empty cache) and again warm (same cache):
+- `cli`: `nasax search darts_digits` (or `--config`) cold (empty cache), then warm:
   compile seconds, wall seconds, seconds from the process start to the first step.
 - `digits`, `paper`: one first-order DARTS search step at the digits config (C8, 5 cells,
   batch 64, 8x8x1) and the paper config (C16, 8 cells, batch 64, 32x32x3), per execution:
@@ -48,15 +48,15 @@ def fresh_env(cache: str) -> dict[str, str]:
     return {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache}
 
 
-def cli_case(execution: str) -> dict:
-    """Cold and warm `nasax search darts_digits`."""
+def cli_case(execution: str, config: str = "darts_digits") -> dict:
+    """Cold and warm `nasax search CONFIG` (darts_digits by default)."""
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         env = fresh_env(str(Path(tmp) / "cache"))
         for label in ("cold", "warm"):
             out = Path(tmp) / label
             cmd = [
-                sys.executable, "-m", "nasax.app.cli", "search", "darts_digits", "--out", str(out),
+                sys.executable, "-m", "nasax.app.cli", "search", config, "--out", str(out),
                 "--set", "run.progress=false", "--set", f"run.execution={execution}",
             ]  # fmt: skip
             start = time.perf_counter()
@@ -97,13 +97,14 @@ def main(argv: list[str] | None = None) -> dict:
         choices=["cli", "digits", "paper", "second_order", "retrain"],
     )
     ap.add_argument("--executions", nargs="+", default=["blocks", "fused"])
+    ap.add_argument("--config", default="darts_digits", help="the cli case's search config")
     args = ap.parse_args(argv)
     result: dict = {"bench": "compile"}
     for case in args.cases:
         for execution in args.executions:
             key = f"{case}_{execution}"
             if case == "cli":
-                result[key] = cli_case(execution)
+                result[key] = cli_case(execution, args.config)
             elif case in CONFIGS:
                 result[key] = step_case(case, execution, [])
             elif case == "second_order":

@@ -52,6 +52,11 @@ class LoopProgress:
         """Sets the bar to `completed` steps during `epoch` (0-based)."""
         self._progress.update(self._task, completed=completed, epoch=f"{epoch + 1}/{self.epochs}")
 
+    def span(self, total_steps: int, epochs: int) -> None:
+        """The run now ends after `epochs` epochs, `total_steps` steps (a time-limit plan)."""
+        self.epochs = epochs
+        self._progress.update(self._task, total=total_steps)
+
     def show(self, stats: dict[str, float]) -> None:
         """Shows the latest figures: losses and accuracies to 3-4 digits, images/s whole."""
         parts = [

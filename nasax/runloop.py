@@ -363,10 +363,11 @@ def run_epochs(
             epoch too), and returns with `stopped_early`. Every epoch it enters runs at
             least one step. A task whose schedules have a `horizon` instead ends on a
             complete epoch: from the second epoch this process runs (the first holds the
-            first calls), each epoch's end times the epochs and fits the horizon to the
-            epochs that end before the deadline (the first fit may also lengthen it, up
-            to `task.epochs`; later ones only shorten it), so the schedules (warm-up,
-            temperature, regulariser weight) run their whole course in the time given.
+            first calls), each epoch's end times the epochs (the mean of the last three)
+            and fits the horizon to the epochs that end before the deadline (the first
+            fit may also lengthen it, up to `task.epochs`; later ones only shorten it),
+            so the schedules (warm-up, temperature, regulariser weight) run their whole
+            course in the time given.
     """
     steps_per_epoch, batch_size = task.steps_per_epoch, task.batch_size
     epochs = task.horizon(state) or task.epochs
@@ -392,6 +393,8 @@ def run_epochs(
         last_save = time.monotonic()
 
     with progress, StopRequests() as stop:
+        if epochs != task.epochs:  # resumed from a checkpoint of a time-limit plan
+            progress.span(epochs * steps_per_epoch, epochs)
         progress.advance(step, start_epoch)
         stopped = False
         epoch = start_epoch - 1
@@ -450,10 +453,12 @@ def run_epochs(
                 epoch_seconds.append(now - mark)
             mark = now
             if deadline is not None and epoch_seconds and not stopped and task.horizon(state):
-                fit = fit_epochs(epoch + 1, deadline - now, np.mean(epoch_seconds), task.epochs)
+                recent = float(np.mean(epoch_seconds[-3:]))  # epochs cost more after a warm-up
+                fit = fit_epochs(epoch + 1, deadline - now, recent, task.epochs)
                 fit = max(fit if planned is None else min(fit, epochs), epoch + 1)
                 if fit != epochs:
                     state, epochs = task.with_horizon(state, fit), fit
+                    progress.span(fit * steps_per_epoch, fit)
                     progress.log(
                         f"time limit: the schedules now span {fit} of {task.epochs} epochs"
                     )

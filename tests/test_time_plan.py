@@ -51,13 +51,15 @@ class _Task:
         return {**state, "epochs": jnp.asarray(epochs)}
 
 
-def _run(tmp_path: Path, monkeypatch, deadline: float | None, start=(0, 0), state=None):
+def _run(
+    tmp_path: Path, monkeypatch, deadline: float | None, start=(0, 0), state=None, slow_from=None
+):
     clock = _Clock()
     monkeypatch.setattr(runloop.time, "perf_counter", clock)
     saved: list[tuple[int, dict]] = []
 
     def step(state, *batches):
-        clock.now += 1.0
+        clock.now += 2.0 if slow_from is not None and clock.now >= slow_from else 1.0
         return state, {"loss": jnp.asarray(1.0)}
 
     tmp_path.mkdir(exist_ok=True)
@@ -115,3 +117,12 @@ def test_a_deadline_near_the_start_stops_at_the_first_step_or_epoch_past_it(
     result, epochs, _ = _run(tmp_path, monkeypatch, deadline=deadline)
     assert result.stopped_early and result.planned_epochs == planned
     assert epochs[-1]["stopped"] == "time_limit" and result.step == steps
+
+
+def test_epochs_that_slow_down_shorten_the_span_until_it_fits(tmp_path, monkeypatch):
+    """Steps take 1 s, then 2 s from t=12 (as after PC-DARTS' warm-up): the span planned
+    from the fast epochs (15) shrinks as the last three epochs' mean grows, and the run
+    ends on epoch 9 at the deadline."""
+    result, epochs, _ = _run(tmp_path, monkeypatch, deadline=60.0, slow_from=12.0)
+    assert [r.get("epochs_planned") for r in epochs] == [None, 15, 15, 11, 9, 9, 9, 9, 9]
+    assert result.step == 36 and result.planned_epochs == 9
