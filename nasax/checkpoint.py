@@ -28,13 +28,24 @@ def flatten_state(state: Any) -> dict[str, Any]:
     return {_key(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
+ADDED_LATER = ("epochs",)
+"""State fields newer than some checkpoints, whose fresh value is what those checkpoints'
+runs used: a search state's `epochs` (its schedules' span) was always `search.epochs`."""
+
+
 def unflatten_state(flat: dict[str, Any], like: Any) -> Any:
-    """Puts checkpointed leaves back into the structure of `like` (a fresh state)."""
+    """Puts checkpointed leaves back into the structure of `like` (a fresh state); a
+    field of `ADDED_LATER` that the checkpoint lacks keeps its value in `like`."""
     paths, treedef = jax.tree_util.tree_flatten_with_path(like)
-    missing = [_key(p) for p, _ in paths if _key(p) not in flat]
+    keys = [_key(p) for p, _ in paths]
+    flat = dict(flat)
+    for key, (_, leaf) in zip(keys, paths):
+        if key not in flat and key.rsplit("/", 1)[-1] in ADDED_LATER:
+            flat[key] = leaf
+    missing = [k for k in keys if k not in flat]
     if missing:
         raise KeyError(f"checkpoint lacks {len(missing)} entries, e.g. {missing[0]!r}")
-    return jax.tree_util.tree_unflatten(treedef, [flat[_key(p)] for p, _ in paths])
+    return jax.tree_util.tree_unflatten(treedef, [flat[k] for k in keys])
 
 
 def pack_arrays(flat: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[list]]:

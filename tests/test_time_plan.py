@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from nasax import runloop
@@ -126,3 +127,22 @@ def test_epochs_that_slow_down_shorten_the_span_until_it_fits(tmp_path, monkeypa
     result, epochs, _ = _run(tmp_path, monkeypatch, deadline=60.0, slow_from=12.0)
     assert [r.get("epochs_planned") for r in epochs] == [None, 15, 15, 11, 9, 9, 9, 9, 9]
     assert result.step == 36 and result.planned_epochs == 9
+
+
+def test_a_checkpoint_from_before_the_span_restores_with_the_configured_epochs():
+    """Older search checkpoints lack `epochs`; their runs' schedules spanned search.epochs,
+    which is what the fresh state holds. Any other missing entry is still an error."""
+    from nasax.checkpoint import flatten_state, unflatten_state
+    from nasax.search.strategy import SupernetState
+
+    saved = SupernetState(
+        jnp.asarray(7), jnp.zeros(2), {"w": jnp.ones(3)}, {}, {}, (), (), jnp.asarray(9)
+    )
+    fresh = saved._replace(step=jnp.asarray(0), params={"w": jnp.zeros(3)}, epochs=jnp.asarray(50))
+    old = {k: v for k, v in flatten_state(saved).items() if k != "epochs"}
+    restored = unflatten_state(old, fresh)
+    assert int(restored.step) == 7 and int(restored.epochs) == 50
+    assert np.array_equal(restored.params["w"], np.ones(3))
+    assert int(unflatten_state(flatten_state(saved), fresh).epochs) == 9
+    with pytest.raises(KeyError, match="params/w"):
+        unflatten_state({k: v for k, v in old.items() if k != "params/w"}, fresh)
