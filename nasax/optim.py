@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -59,6 +60,25 @@ def arch_lr(cfg: ArchOptimConfig, steps: int | None = None) -> float:
     if cfg.budget_steps is None or not steps or steps >= cfg.budget_steps:
         return cfg.lr
     return cfg.lr * cfg.budget_steps / steps
+
+
+def arch_lr_ratio(
+    cfg: ArchOptimConfig, steps_per_epoch: int, epochs: int
+) -> Callable[[jax.Array], jax.Array] | None:
+    """ratio(span): `arch_lr` for a search of `span` epochs over its value at `epochs`, for
+    a search whose time limit shortened its span; None when the lr does not scale with
+    the steps (no `budget_steps`). Adam's update is proportional to its lr, so the
+    update times the ratio is the update at the span's lr. Exactly 1 at `epochs`."""
+    if cfg.budget_steps is None:
+        return None
+    budget, base = cfg.budget_steps, arch_lr(cfg, epochs * steps_per_epoch)
+
+    def ratio(span: jax.Array) -> jax.Array:
+        steps = jnp.maximum(span * steps_per_epoch, 1).astype(jnp.float32)
+        lr = jnp.where(steps < budget, cfg.lr * budget / steps, cfg.lr)
+        return jnp.where(span == epochs, 1.0, lr / base)
+
+    return ratio
 
 
 def arch_optimizer(cfg: ArchOptimConfig, steps: int | None = None) -> optax.GradientTransformation:

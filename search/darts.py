@@ -13,7 +13,6 @@ from typing import Literal
 
 import jax
 import numpy as np
-import optax
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nasax.data import Batch
@@ -25,6 +24,7 @@ from nasax.search.strategy import (
     Supernet,
     SupernetState,
     alphas_of,
+    arch_update,
     register_strategy,
     step_metrics,
     weight_update,
@@ -101,8 +101,7 @@ def make_darts(setup: SearchSetup, options: DartsOptions) -> Strategy:
                 xi=options.unrolled_lr,
             )
             stats = state.batch_stats
-        updates, arch_opt = setup.arch_optimizer.update(arch_grad, state.arch_opt, state.arch)
-        arch = optax.apply_updates(state.arch, updates)
+        arch, arch_opt = arch_update(setup, state, arch_grad)
 
         weight_grad_fn = jax.value_and_grad(net.loss, argnums=0, has_aux=True)
         (train_loss, (train_acc, stats)), grads = weight_grad_fn(

@@ -30,6 +30,7 @@ from nasax.search.strategy import (
     Supernet,
     SupernetState,
     alphas_of,
+    arch_update,
     betas_of,
     step_metrics,
     weight_update,
@@ -209,8 +210,8 @@ def relaxed_strategy(
         (val_loss, (val_acc, stats)), grads = grad_fn(
             state.params, state.arch, state.batch_stats, x, labels, rng, state.clock
         )
-        updates, arch_opt = setup.arch_optimizer.update(grads, state.arch_opt, state.arch)
-        return optax.apply_updates(state.arch, updates), arch_opt, stats, val_loss, val_acc
+        arch, arch_opt = arch_update(setup, state, grads)
+        return arch, arch_opt, stats, val_loss, val_acc
 
     def frozen_arch(
         state: SupernetState, x: jax.Array, labels: jax.Array, rng: jax.Array
@@ -231,8 +232,7 @@ def relaxed_strategy(
             (train_loss, (train_acc, stats)), (grads, arch_grads) = grad_fn(
                 state.params, state.arch, *batch_args
             )
-            updates, arch_opt = setup.arch_optimizer.update(arch_grads, state.arch_opt, state.arch)
-            arch = optax.apply_updates(state.arch, updates)
+            arch, arch_opt = arch_update(setup, state, arch_grads)
             val_loss, val_acc = train_loss, train_acc
         else:
             x_val = setup.preprocess(val["image"], val_rng, True)

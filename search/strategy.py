@@ -45,6 +45,9 @@ class SearchSetup(NamedTuple):
         steps_per_epoch: search steps per epoch.
         jit: compiles a strategy's own programs (`jax.jit`, or `nasax.blocks.block_jit`
             to run them block by block as the search step runs).
+        arch_lr_ratio: optional ratio(span) of the architecture lr at a span of `span`
+            epochs to the configured one (`nasax.optim.arch_lr_ratio`), applied by
+            `arch_update`.
     """
 
     space: SearchSpace
@@ -57,6 +60,7 @@ class SearchSetup(NamedTuple):
     epochs: int = 1
     steps_per_epoch: int = 1
     jit: Callable[..., Callable] = jax.jit
+    arch_lr_ratio: Callable[[jax.Array], jax.Array] | None = None
 
 
 class Strategy(NamedTuple):
@@ -236,6 +240,18 @@ def weight_update(
     """The weight optimizer's step: (new params, new optimizer state)."""
     updates, weight_opt = setup.weight_optimizer.update(grads, state.weight_opt, state.params)
     return optax.apply_updates(state.params, updates), weight_opt
+
+
+def arch_update(
+    setup: SearchSetup, state: SupernetState, grads: nnx.State
+) -> tuple[nnx.State, optax.OptState]:
+    """The architecture optimizer's step, at the lr of the epochs the state spans when
+    that lr scales with the search's steps: (new arch, new optimizer state)."""
+    updates, arch_opt = setup.arch_optimizer.update(grads, state.arch_opt, state.arch)
+    if setup.arch_lr_ratio is not None:
+        ratio = setup.arch_lr_ratio(state.epochs)
+        updates = jax.tree.map(lambda u: u * ratio, updates)
+    return optax.apply_updates(state.arch, updates), arch_opt
 
 
 def step_metrics(

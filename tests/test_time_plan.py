@@ -146,3 +146,33 @@ def test_a_checkpoint_from_before_the_span_restores_with_the_configured_epochs()
     assert int(unflatten_state(flatten_state(saved), fresh).epochs) == 9
     with pytest.raises(KeyError, match="params/w"):
         unflatten_state({k: v for k, v in old.items() if k != "params/w"}, fresh)
+
+
+def test_a_budget_scaled_arch_lr_follows_the_span():
+    """With `budget_steps` the arch lr is budget / steps times the configured one, so a
+    span cut from 50 to 25 epochs doubles it (until the steps reach the budget); the
+    update of `arch_update` is the update at that lr."""
+    from nasax.config import ArchOptimConfig
+    from nasax.optim import arch_lr_ratio, arch_optimizer
+    from nasax.search.strategy import SearchSetup, SupernetState, arch_update
+
+    cfg = ArchOptimConfig(lr=3e-4, budget_steps=19500)
+    ratio = arch_lr_ratio(cfg, steps_per_epoch=78, epochs=50)
+    assert float(ratio(jnp.asarray(50))) == 1.0
+    assert float(ratio(jnp.asarray(25))) == pytest.approx(2.0, rel=1e-6)
+    assert float(ratio(jnp.asarray(35))) == pytest.approx(50 / 35, rel=1e-6)
+    # Past the budget the lr is the configured one: 300 epochs of 78 steps > 19500.
+    assert float(ratio(jnp.asarray(300))) == pytest.approx(3e-4 / (3e-4 * 19500 / 3900))
+    assert arch_lr_ratio(ArchOptimConfig(lr=3e-4), 78, 50) is None
+
+    opt = arch_optimizer(cfg, 50 * 78)
+    setup = SearchSetup(*[None] * 3, opt, None, None, epochs=50, arch_lr_ratio=ratio)
+    arch = {"a": jnp.zeros(4)}
+    grads = {"a": jnp.array([1.0, -2.0, 0.5, 0.0])}
+    moved = {}
+    for span in (50, 25):
+        state = SupernetState(0, None, {}, {}, arch, None, opt.init(arch), jnp.asarray(span))
+        new, _ = arch_update(setup, state, grads)
+        moved[span] = np.asarray(new["a"])
+    np.testing.assert_allclose(moved[25], 2 * moved[50], rtol=1e-6)
+    assert float(np.abs(moved[50]).max()) == pytest.approx(3e-4 * 19500 / 3900, rel=1e-3)
