@@ -109,15 +109,7 @@ def make_darts(setup: SearchSetup, options: DartsOptions) -> Strategy:
         )
         params, weight_opt = weight_update(setup, state, grads)
         metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
-        new_state = state._replace(
-            step=state.step + 1,
-            params=params,
-            batch_stats=stats,
-            arch=arch,
-            weight_opt=weight_opt,
-            arch_opt=arch_opt,
-        )
-        return new_state, metrics
+        return state.stepped(params, stats, arch, weight_opt, arch_opt), metrics
 
     def derive(state: SupernetState) -> Genotype:
         return derive_genotype(

@@ -251,15 +251,7 @@ def relaxed_strategy(
         metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
         if relaxation.metrics is not None:
             metrics.update(relaxation.metrics(state.clock))
-        new_state = state._replace(
-            step=state.step + 1,
-            params=params,
-            batch_stats=stats,
-            arch=arch,
-            weight_opt=weight_opt,
-            arch_opt=arch_opt,
-        )
-        return new_state, metrics
+        return state.stepped(params, stats, arch, weight_opt, arch_opt), metrics
 
     def evaluate(state: SupernetState, batch: Batch) -> Metrics:
         alphas = alphas_of(state.arch)

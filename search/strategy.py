@@ -135,6 +135,25 @@ class SupernetState(NamedTuple):
     arch_opt: optax.OptState
     epochs: jax.Array
 
+    def stepped(
+        self,
+        params: nnx.State,
+        batch_stats: nnx.State,
+        arch: nnx.State,
+        weight_opt: optax.OptState,
+        arch_opt: optax.OptState,
+    ) -> SupernetState:
+        """The state after a step that computed these: the counter moves on, the rng (which
+        the counter keys) and the schedules' span stay."""
+        return self._replace(
+            step=self.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            arch=arch,
+            weight_opt=weight_opt,
+            arch_opt=arch_opt,
+        )
+
     @property
     def clock(self) -> Clock:
         """The step and the schedules' span, as the strategies' schedules read them."""
