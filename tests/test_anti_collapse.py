@@ -193,6 +193,15 @@ def test_schedules_and_the_warm_up_follow_the_epochs_the_state_spans(tiny_npz):
             alphas.append(not np.allclose(jax.tree.leaves(state.arch)[0], before))
         moved[span] = alphas
     assert moved == {4: [False, False, False], 2: [False, False, True]}
+    # Unset, the warm-up is 30% of search.epochs (the paper's 15 of 50): 1 of 4 here.
+    default, _ = _strategy("pcdarts", {"partial_channels": 1}, tiny_npz, 4)
+    state, step = default.init(jax.random.PRNGKey(0)), jax.jit(default.step)
+    alphas = []
+    for _ in range(3):
+        before = jax.tree.leaves(state.arch)[0]
+        state, _ = step(state, batch, batch)
+        alphas.append(not np.allclose(jax.tree.leaves(state.arch)[0], before))
+    assert alphas == [False, False, True]
 
     beta, _ = _strategy("beta_darts", {"scale": 50.0}, tiny_npz, 4)
     step = jax.jit(beta.step)

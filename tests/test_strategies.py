@@ -194,9 +194,8 @@ def test_pcdarts_refuses_a_warmup_that_leaves_no_architecture_epochs(tiny_npz):
     from nasax.search.strategy import STRATEGIES
     from nasax.search.task import build_setup
 
-    config = validate_config(
-        {"data": {"name": f"npz:{tiny_npz}"}, "search": {"strategy": "pcdarts", "epochs": 10}}
-    )
+    search = {"strategy": "pcdarts", "epochs": 10, "pcdarts": {"arch_warmup_epochs": 15}}
+    config = validate_config({"data": {"name": f"npz:{tiny_npz}"}, "search": search})
     setup = build_setup(config, load_dataset(config.data.name), steps_per_epoch=4)
     with pytest.raises(ConfigError, match="arch_warmup_epochs=15"):
         STRATEGIES.get("pcdarts")(setup, config.search.strategy_options())

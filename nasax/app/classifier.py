@@ -53,8 +53,8 @@ class ImageClassifier:
     Args:
         strategy: a registered search strategy; `beta_darts` by default: the best mean
             of the strategies on the NAS-Bench-201 CPU proxy under a 600 s limit (seeds
-            0-2, see benchmarks/README.md). `pcdarts` warms up for 30% of the search,
-            as in the paper (15 of 50 epochs), of the epochs the time limit leaves.
+            0-2, see benchmarks/README.md). `pcdarts` warms up for 30% of `max_epochs`
+            (its default: the paper's 15 of 50), and so of the epochs the limit leaves.
         time_limit: seconds the search may take (None: the whole `max_epochs`).
         seed: the runs' seed.
         space: the search space (`darts`, `nb201`).
@@ -261,9 +261,6 @@ class ImageClassifier:
         }
         if run == "search":
             data["search"] = {"strategy": self.strategy, "epochs": self.max_epochs}
-            if self.strategy == "pcdarts":  # the paper's 15 of 50 epochs at any max_epochs
-                warmup = int(0.3 * self.max_epochs + 0.5)
-                data["search"]["pcdarts"] = {"arch_warmup_epochs": warmup}
             data["run"]["time_limit"] = self.time_limit
         else:
             data["train"] = {
