@@ -443,11 +443,23 @@ def _special_item(eqn: Any) -> _Item:
     body = eqn.params["jaxpr"]  # scan body, or a plain jitted call with blocks inside
     if name == "scan":
         p = eqn.params
-        scan = (p["num_consts"], p["num_carry"], p["length"], bool(p["reverse"]))
+        scan = (*_scan_counts(p, len(eqn.invars)), p["length"], bool(p["reverse"]))
         return _Item(
             "scan", _Plan(body.jaxpr, body.consts), invars, outvars, (), ins=ins, params=scan
         )
     return _Item("inline", _Plan(body.jaxpr, body.consts), invars, outvars, (), ins=ins)
+
+
+def _scan_counts(params: dict[str, Any], n_in: int) -> tuple[int, int]:
+    """A scan's (constants, carries) among its `n_in` operands. JAX 0.10 names them
+    `num_consts` and `num_carry`; JAX 0.12 groups the operands in a flat tree `ft_in`
+    of (constants, carries, scanned inputs)."""
+    if "num_consts" in params:
+        return params["num_consts"], params["num_carry"]
+    consts, carry, xs = (list(g) for g in params["ft_in"].update(list(range(n_in))).unpack())
+    if consts + carry + xs != list(range(n_in)):
+        raise NotImplementedError(f"scan operands out of order: {params['ft_in']}")
+    return len(consts), len(carry)
 
 
 def _compile_jobs(plan: _Plan) -> list[tuple[Callable, list[jax.ShapeDtypeStruct]]]:
