@@ -500,11 +500,9 @@ def precompile(plan: _Plan, workers: int | None = None) -> None:
     (XLA compiles one program on one core). Later calls find them in JAX's caches."""
     workers = workers or os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for done in pool.map(
-            lambda job: job[0].lower(*job[1]).compile(),
-            _largest_first(list(_distinct_jobs(plan).values())),
-        ):
-            del done
+        jobs = _largest_first(list(_distinct_jobs(plan).values()))
+        for _ in pool.map(lambda job: job[0].lower(*job[1]).compile(), jobs):
+            pass  # each compiled program is dropped once done; JAX's caches keep it
 
 
 def _atom_spec(atom: Any) -> jax.ShapeDtypeStruct:

@@ -227,8 +227,7 @@ def run(
 
         test: dict[str, float] = {}
 
-        def end_epoch(state: Any, epoch: int, step: int) -> dict[str, Any]:
-            epochs = task.horizon(state) or task.epochs
+        def end_epoch(state: Any, epoch: int, step: int, epochs: int) -> dict[str, Any]:
             evaluating = is_eval_epoch(epoch, epochs, task.eval_every)
             task.end_epoch(state, epoch, step, evaluating)
             if not evaluating:

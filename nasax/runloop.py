@@ -327,7 +327,7 @@ def run_epochs(
     run: RunConfig,
     start: tuple[int, int],
     pending: list[dict[str, float]],
-    end_epoch: Callable[[Any, int, int], dict[str, Any]],
+    end_epoch: Callable[[Any, int, int, int], dict[str, Any]],
     resume_hint: str,
     deadline: float | None = None,
 ) -> LoopResult:
@@ -355,7 +355,8 @@ def run_epochs(
         run: the config's `run` section.
         start: (epoch, batch) to start at; (0, 0) for a fresh run.
         pending: step metrics not logged yet when the run was checkpointed.
-        end_epoch: end_epoch(state, epoch, step) -> extra fields of the epoch record.
+        end_epoch: end_epoch(state, epoch, step, epochs) -> extra fields of the epoch
+            record; `epochs` is the run's length as it stands (its horizon).
         resume_hint: how to continue, for the message of an interrupted run.
         deadline: a `time.perf_counter()` time (the run's time limit): the loop stops at
             the first step or epoch boundary after it, checkpoints, marks the epoch
@@ -370,7 +371,8 @@ def run_epochs(
             course in the time given.
     """
     steps_per_epoch, batch_size = task.steps_per_epoch, task.batch_size
-    epochs = task.horizon(state) or task.epochs
+    horizon = task.horizon(state)  # read once: the loop keeps it from here on
+    epochs = horizon or task.epochs
     planned = None  # epochs a time-limit plan set in this process
     kind, shown, after_epoch = task.kind, task.shown, task.after_epoch
     metrics_log, progress, save, on_epoch = io
@@ -447,12 +449,12 @@ def run_epochs(
                 for r in records:
                     metrics_log.write(r)
             record = {"kind": "epoch", "epoch": epoch + 1, "step": step}
-            record.update(end_epoch(state, epoch, step))
+            record.update(end_epoch(state, epoch, step, epochs))
             now = time.perf_counter()
             if epoch > start_epoch and not stopped:
                 epoch_seconds.append(now - mark)
             mark = now
-            if deadline is not None and epoch_seconds and not stopped and task.horizon(state):
+            if deadline is not None and epoch_seconds and not stopped and horizon is not None:
                 recent = float(np.mean(epoch_seconds[-3:]))  # epochs cost more after a warm-up
                 fit = fit_epochs(epoch + 1, deadline - now, recent, task.epochs)
                 fit = max(fit if planned is None else min(fit, epochs), epoch + 1)

@@ -78,7 +78,7 @@ def _run(
         run=RunConfig(log_every=4, progress=False),
         start=start,
         pending=[],
-        end_epoch=lambda state, epoch, step: {},
+        end_epoch=lambda state, epoch, step, epochs: {},
         resume_hint="",
         deadline=deadline,
     )
