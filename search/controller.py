@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from nasax.search.single_path import derivable_ops, none_index
+from nasax.supernet.ops import flat_uniform
 from nasax.supernet.spaces import SearchSpace
 
 _MASKED = -1e9
@@ -91,7 +92,7 @@ class ControllerOutput(NamedTuple):
 
 def _uniform(scale: float) -> nnx.Initializer:
     def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -scale, scale)
+        return flat_uniform(key, tuple(shape), jnp.dtype(dtype), -scale, scale)
 
     return init
 

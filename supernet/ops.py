@@ -7,10 +7,11 @@ Convolutions have no bias and come in ReLU-conv-BN order, as in the DARTS refere
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +23,40 @@ from nasax.blocks import block
 from nasax.registry import Registry
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
-# PyTorch's default conv/linear init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
-torch_default_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def flat_uniform(
+    key: jax.Array, shape: tuple[int, ...], dtype: Any, low: float, high: float
+) -> jax.Array:
+    """`jax.random.uniform(key, shape, dtype, low, high)`, drawn as one flat vector.
+
+    Threefry numbers the elements in row-major order, so the values are the same; but on
+    CPU XLA compiles a 1-D draw about 8x faster than a 4-D one, and eager initialisation
+    compiles one draw per parameter shape (benchmarks/README.md).
+    """
+    return jax.random.uniform(key, (math.prod(shape),), dtype, low, high).reshape(shape)
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _torch_default_init(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    fan_in = shape[-2] * math.prod(shape[:-2])
+    variance = jnp.asarray((1.0 / 3.0) / fan_in, dtype)  # in `dtype`, as variance_scaling
+    bound = jnp.sqrt(3 * variance).astype(dtype)
+    return flat_uniform(key, shape, dtype, -1.0, 1.0) * bound
+
+
+def torch_default_init(
+    key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32
+) -> jax.Array:
+    """PyTorch's default conv/linear init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
+
+    Bit for bit `jax.nn.initializers.variance_scaling(1/3, "fan_in", "uniform")`, as one
+    compiled program per shape with a flat draw (`flat_uniform`).
+    """
+    return _torch_default_init(key, tuple(shape), jnp.dtype(dtype))
+
+
 # On CPU a depthwise conv runs as k*k shifted windows times per-channel weights: XLA's
 # grouped conv is 3-10x slower, and a dense conv with a diagonal kernel does C times the
 # work. The windows' kernel gradient (a reduction over batch and space per tap) runs as

@@ -239,3 +239,18 @@ def test_softmax_op_weights_sum_to_one_for_every_edge():
     net = SearchNetwork(DARTS_SPACE, channels=4, layers=3, num_classes=10, rngs=nnx.Rngs(5))
     for alphas in net.alphas().values():
         np.testing.assert_allclose(jax.nn.softmax(alphas, -1).sum(-1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 8, 8), (1, 5, 3, 7), (5, 5, 1, 48), (256, 10)])
+def test_torch_default_init_draws_the_values_of_variance_scaling(shape):
+    # Drawn flat for a faster compile; the values must stay those of the stock initializer
+    # (and so of every earlier run), down to the bound's float32 rounding.
+    stock = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+    for seed in range(3):
+        key = jax.random.PRNGKey(seed)
+        np.testing.assert_array_equal(ops_lib.torch_default_init(key, shape), stock(key, shape))
+    key = jax.random.PRNGKey(7)
+    np.testing.assert_array_equal(
+        ops_lib.flat_uniform(key, shape, jnp.dtype(jnp.float32), -0.1, 0.1),
+        jax.random.uniform(key, shape, jnp.float32, -0.1, 0.1),
+    )
