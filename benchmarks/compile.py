@@ -6,7 +6,8 @@ measures the warm cache, so no case profits from another:
 - `cli`: `nasax search darts_digits` (or `--config`) cold (empty cache), then warm:
   compile seconds, wall seconds, seconds from the process start to the first step.
 - `digits`, `paper`: one first-order DARTS search step at the digits config (C8, 5 cells,
-  batch 64, 8x8x1) and the paper config (C16, 8 cells, batch 64, 32x32x3), per execution:
+  batch 64, 8x8x1) and the paper config (C16, 8 cells, batch 64, 32x32x3, `remat: full`
+  as `darts_cifar10` sets it), per execution:
   compile seconds, step milliseconds, peak RSS.
 - `second_order`: exact second-order DARTS at both configs (block execution).
 - `retrain`: one DARTS_V2 retraining step, C36, 20 cells, batch 96 (block execution).
@@ -31,7 +32,10 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = {
     "digits": ["--channels", "8", "--layers", "5", "--batch", "64", "--image", "8",
                "--in-channels", "1"],
-    "paper": ["--channels", "16", "--layers", "8", "--batch", "64", "--image", "32"],
+    # remat full, as configs/darts_cifar10.yaml sets it: with `auto` (convs) exact second
+    # order at this size ran out of 24 GB (JAX 0.12).
+    "paper": ["--channels", "16", "--layers", "8", "--batch", "64", "--image", "32",
+              "--set", "run.remat=full"],
 }  # fmt: skip
 
 
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
                     result[f"second_order_{config}_{execution}"] = step_case(
                         config, execution, order2
                     )
+                    print(json.dumps({"case": case, **result}), file=sys.stderr, flush=True)
             elif case == "retrain":
                 result[key] = step_case("retrain", execution, [], script="train_step.py")
         print(json.dumps({"case": case, **result}), file=sys.stderr, flush=True)
