@@ -33,6 +33,29 @@ def weight_schedule(
     return epoch_cosine(cfg.lr, cfg.lr_min, epochs, steps_per_epoch)
 
 
+def weight_lr_ratio(
+    cfg: WeightOptimConfig, epochs: int, steps_per_epoch: int
+) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+    """ratio(count, span): the cosine lr at step `count` of a search of `span` epochs over
+    the lr of `weight_schedule` (a search of `epochs`), so a time limit that shortens the
+    span still anneals the lr to `lr_min` by its last epoch. SGD's update, with momentum
+    or Nesterov, is proportional to its lr, so the update times the ratio is the update at
+    the span's lr. None for a constant lr; exactly 1 at `epochs`."""
+    if cfg.schedule == "constant":
+        return None
+    configured = epoch_cosine(cfg.lr, cfg.lr_min, epochs, steps_per_epoch)
+
+    def ratio(count: jax.Array, span: jax.Array) -> jax.Array:
+        span = jnp.maximum(span, 1)
+        epoch = jnp.minimum(count // steps_per_epoch, span)
+        lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + jnp.cos(math.pi * epoch / span))
+        base = configured(count)
+        scaled = jnp.where(base > 0, lr / jnp.where(base > 0, base, 1.0), 0.0)
+        return jnp.where(span == epochs, 1.0, scaled).astype(jnp.float32)
+
+    return ratio
+
+
 def weight_optimizer(
     cfg: WeightOptimConfig, epochs: int, steps_per_epoch: int
 ) -> optax.GradientTransformation:

@@ -48,6 +48,9 @@ class SearchSetup(NamedTuple):
         arch_lr_ratio: optional ratio(span) of the architecture lr at a span of `span`
             epochs to the configured one (`nasax.optim.arch_lr_ratio`), applied by
             `arch_update`.
+        weight_lr_ratio: optional ratio(step, span) of the weights' cosine lr over a span
+            of `span` epochs to the configured one (`nasax.optim.weight_lr_ratio`),
+            applied by `weight_update`.
     """
 
     space: SearchSpace
@@ -61,6 +64,14 @@ class SearchSetup(NamedTuple):
     steps_per_epoch: int = 1
     jit: Callable[..., Callable] = jax.jit
     arch_lr_ratio: Callable[[jax.Array], jax.Array] | None = None
+    weight_lr_ratio: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+
+    def weight_lr(self, state: SupernetState) -> jax.Array:
+        """The weights' learning rate at `state`'s step, over the epochs it spans."""
+        lr = self.learning_rate(state.step)
+        if self.weight_lr_ratio is not None:
+            lr = lr * self.weight_lr_ratio(state.step, state.epochs)
+        return lr
 
 
 class Strategy(NamedTuple):
@@ -256,9 +267,20 @@ class Supernet:
 def weight_update(
     setup: SearchSetup, state: SupernetState, grads: nnx.State
 ) -> tuple[nnx.State, optax.OptState]:
-    """The weight optimizer's step: (new params, new optimizer state)."""
+    """The weight optimizer's step, at the lr of the epochs the state spans: (new params,
+    new optimizer state)."""
     updates, weight_opt = setup.weight_optimizer.update(grads, state.weight_opt, state.params)
-    return optax.apply_updates(state.params, updates), weight_opt
+    return optax.apply_updates(
+        state.params, weight_updates_to_span(setup, state, updates)
+    ), weight_opt
+
+
+def weight_updates_to_span(setup: SearchSetup, state: SupernetState, updates: Any) -> Any:
+    """The weight optimizer's `updates` rescaled to the lr of the epochs `state` spans."""
+    if setup.weight_lr_ratio is None:
+        return updates
+    ratio = setup.weight_lr_ratio(state.step, state.epochs)
+    return jax.tree.map(lambda u: u * ratio.astype(u.dtype), updates)
 
 
 def arch_update(
@@ -288,7 +310,7 @@ def step_metrics(
         "val_loss": val[0],
         "val_acc": val[1],
         "grad_norm": optax.tree.norm(grads),
-        "lr": setup.learning_rate(state.step),
+        "lr": setup.weight_lr(state),
     }
 
 

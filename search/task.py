@@ -25,7 +25,13 @@ from nasax.data import (
     search_split,
 )
 from nasax.io import atomic_write_npz
-from nasax.optim import arch_lr_ratio, arch_optimizer, weight_optimizer, weight_schedule
+from nasax.optim import (
+    arch_lr_ratio,
+    arch_optimizer,
+    weight_lr_ratio,
+    weight_optimizer,
+    weight_schedule,
+)
 from nasax.run import RunContext, Task, program_key, run
 from nasax.runloop import (
     LoopResult,
@@ -67,6 +73,7 @@ def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> Searc
         weight_optimizer=weight_optimizer(config.optim.weights, epochs, steps_per_epoch),
         arch_optimizer=arch_optimizer(config.optim.arch, epochs * steps_per_epoch),
         arch_lr_ratio=arch_lr_ratio(config.optim.arch, steps_per_epoch, epochs),
+        weight_lr_ratio=weight_lr_ratio(config.optim.weights, epochs, steps_per_epoch),
         learning_rate=weight_schedule(config.optim.weights, epochs, steps_per_epoch),
         preprocess=make_preprocess(dataset.mean, dataset.std, augment.crop_padding, augment.flip),
         max_skip_connect=config.search.discretizer.max_skip_connect,

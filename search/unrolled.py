@@ -25,7 +25,12 @@ import optax
 from flax import nnx
 
 from nasax.blocks import UNFUSED, separate_program
-from nasax.search.strategy import SearchSetup, Supernet, SupernetState
+from nasax.search.strategy import (
+    SearchSetup,
+    Supernet,
+    SupernetState,
+    weight_updates_to_span,
+)
 
 Hessian = Literal["exact", "finite_difference"]
 
@@ -42,6 +47,7 @@ def virtual_weight_step(
     """The weights one real optimizer step from `state` would give for `grads`.
 
     The weight optimizer's new state is dropped: only the real weight step commits it.
+    Without `xi` it is the real step's update, at the lr of the epochs `state` spans.
     With `xi` set, the update is rescaled from `setup.learning_rate(state.step)` to
     `xi`: exact for optimizers whose last transformation scales by the learning rate,
     as long as the optimizer's step count equals `state.step` (steps skipped under
@@ -52,6 +58,8 @@ def virtual_weight_step(
         lr = setup.learning_rate(state.step)
         scale = jnp.where(lr > 0, xi / jnp.where(lr > 0, lr, 1.0), 0.0)
         updates = jax.tree.map(lambda u: (scale * u).astype(u.dtype), updates)
+    else:
+        updates = weight_updates_to_span(setup, state, updates)
     return optax.apply_updates(state.params, updates)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from nasax import runloop
@@ -176,3 +177,45 @@ def test_a_budget_scaled_arch_lr_follows_the_span():
         moved[span] = np.asarray(new["a"])
     np.testing.assert_allclose(moved[25], 2 * moved[50], rtol=1e-6)
     assert float(np.abs(moved[50]).max()) == pytest.approx(3e-4 * 19500 / 3900, rel=1e-3)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_weights_cosine_lr_follows_the_span(nesterov):
+    """A span cut from 10 to 4 epochs anneals the weights' lr over those 4: the steps of
+    `weight_update` equal those of an SGD built for 4 epochs, momentum, weight decay and
+    clipping included; at the configured span nothing changes."""
+    from nasax.config import WeightOptimConfig
+    from nasax.optim import epoch_cosine, weight_lr_ratio, weight_optimizer, weight_schedule
+    from nasax.search.strategy import SearchSetup, SupernetState, weight_update
+
+    cfg = WeightOptimConfig(
+        lr=0.1, lr_min=0.01, weight_decay=0.01, grad_clip=1.0, nesterov=nesterov
+    )
+    epochs, spe = 10, 2
+    ratio = weight_lr_ratio(cfg, epochs, spe)
+    configured = weight_schedule(cfg, epochs, spe)
+    for count in range(0, 2 * epochs * spe):
+        assert float(ratio(jnp.asarray(count), jnp.asarray(epochs))) == 1.0
+        if count < 4 * spe:
+            want = float(epoch_cosine(0.1, 0.01, 4, spe)(count))
+            got = float(configured(count) * ratio(jnp.asarray(count), jnp.asarray(4)))
+            assert got == pytest.approx(want, rel=1e-5)
+    assert weight_lr_ratio(WeightOptimConfig(schedule="constant"), epochs, spe) is None
+
+    opt = weight_optimizer(cfg, epochs, spe)
+    setup = SearchSetup(None, None, opt, None, configured, None, epochs=epochs,
+                        steps_per_epoch=spe, weight_lr_ratio=ratio)  # fmt: skip
+    reference = weight_optimizer(cfg, 4, spe)
+    params = {"w": jnp.array([1.0, -2.0, 0.5])}
+    ref_params, ref_opt = params, reference.init(params)
+    state = SupernetState(0, None, params, {}, {}, opt.init(params), None, jnp.asarray(4))
+    for step in range(4 * spe):
+        grads = {"w": jnp.array([0.3, -1.5, 2.0]) * (step + 1)}
+        new, weight_opt = weight_update(setup, state, grads)
+        state = state._replace(step=step + 1, params=new, weight_opt=weight_opt)
+        updates, ref_opt = reference.update(grads, ref_opt, ref_params)
+        ref_params = optax.apply_updates(ref_params, updates)
+        np.testing.assert_allclose(new["w"], ref_params["w"], rtol=1e-5, atol=1e-7)
+    assert float(setup.weight_lr(state._replace(step=7))) == pytest.approx(
+        float(epoch_cosine(0.1, 0.01, 4, spe)(7)), rel=1e-5
+    )
