@@ -13,9 +13,10 @@ from nasax.config import ArchOptimConfig, WeightOptimConfig
 
 
 def epoch_cosine(
-    lr: float, lr_min: float, epochs: int, steps_per_epoch: int
+    lr: float, lr_min: float, epochs: int | jax.Array, steps_per_epoch: int
 ) -> Callable[[jnp.ndarray], jnp.ndarray]:
-    """Cosine annealing stepped once per epoch (PyTorch's CosineAnnealingLR, T_max=epochs)."""
+    """Cosine annealing stepped once per epoch (PyTorch's CosineAnnealingLR, T_max=epochs;
+    `epochs` may be a traced array: a time limit's span)."""
 
     def schedule(count: jnp.ndarray) -> jnp.ndarray:
         epoch = jnp.minimum(count // steps_per_epoch, epochs)
@@ -46,9 +47,7 @@ def weight_lr_ratio(
     configured = epoch_cosine(cfg.lr, cfg.lr_min, epochs, steps_per_epoch)
 
     def ratio(count: jax.Array, span: jax.Array) -> jax.Array:
-        span = jnp.maximum(span, 1)
-        epoch = jnp.minimum(count // steps_per_epoch, span)
-        lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + jnp.cos(math.pi * epoch / span))
+        lr = epoch_cosine(cfg.lr, cfg.lr_min, jnp.maximum(span, 1), steps_per_epoch)(count)
         base = configured(count)
         scaled = jnp.where(base > 0, lr / jnp.where(base > 0, base, 1.0), 0.0)
         return jnp.where(span == epochs, 1.0, scaled).astype(jnp.float32)
