@@ -279,7 +279,11 @@ def weight_updates_to_span(setup: SearchSetup, state: SupernetState, updates: An
     """The weight optimizer's `updates` rescaled to the lr of the epochs `state` spans."""
     if setup.weight_lr_ratio is None:
         return updates
-    ratio = setup.weight_lr_ratio(state.step, state.epochs)
+    return _scaled(updates, setup.weight_lr_ratio(state.step, state.epochs))
+
+
+def _scaled(updates: Any, ratio: jax.Array) -> Any:
+    """An optimizer's `updates` times a scalar lr ratio (its update is proportional to its lr)."""
     return jax.tree.map(lambda u: u * ratio.astype(u.dtype), updates)
 
 
@@ -290,8 +294,7 @@ def arch_update(
     that lr scales with the search's steps: (new arch, new optimizer state)."""
     updates, arch_opt = setup.arch_optimizer.update(grads, state.arch_opt, state.arch)
     if setup.arch_lr_ratio is not None:
-        ratio = setup.arch_lr_ratio(state.epochs)
-        updates = jax.tree.map(lambda u: u * ratio, updates)
+        updates = _scaled(updates, setup.arch_lr_ratio(state.epochs))
     return optax.apply_updates(state.arch, updates), arch_opt
 
 
