@@ -88,20 +88,57 @@ def _rematerialized(fn: Callable, remat: str) -> Callable:
     return traced
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+_FORWARD_MODE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "nasax_forward_mode", default=False
+)
+
+
+def forward_mode() -> bool:
+    """Whether ops are being traced for forward-mode autodiff (`forward_differentiable`):
+    then they take forms without custom VJPs, which `jax.jvp` cannot push through."""
+    return _FORWARD_MODE.get()
+
+
+def forward_differentiable(fn: Callable) -> Callable:
+    """`fn`, traced with every op in a form `jax.jvp` can differentiate, also through its
+    gradient (forward over reverse). The CPU forms with custom VJPs are left out; the
+    values and gradients are the same. A new function each time, as `_rematerialized`.
+    """
+
+    @functools.wraps(fn)
+    def traced(*args: Any) -> Any:
+        token = _FORWARD_MODE.set(True)
+        try:
+            return fn(*args)
+        finally:
+            _FORWARD_MODE.reset(token)
+
+    return traced
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
 def nasax_block(
     method: Callable,
     graphdef: nnx.GraphDef,
     treedef: Any,
     statics: tuple,
     remat: str,
+    forward: bool,
     state: Any,
     arrays: tuple,
 ) -> tuple[Any, nnx.State]:
     """One block call: the module rebuilt from `state`, `method` applied, and the
-    BatchNorm statistics it set returned (the only state a block may change)."""
+    BatchNorm statistics it set returned (the only state a block may change). `remat`
+    and `forward` are the trace settings the method's ops read, so they key the trace."""
 
     def apply(state: Any, arrays: tuple) -> tuple[Any, nnx.State]:
+        token = _FORWARD_MODE.set(forward)
+        try:
+            return applied(state, arrays)
+        finally:
+            _FORWARD_MODE.reset(token)
+
+    def applied(state: Any, arrays: tuple) -> tuple[Any, nnx.State]:
         module = nnx.merge(graphdef, state)
         leaves, it = [], iter(arrays)
         for static in statics:
@@ -146,8 +183,8 @@ def block(method: Callable) -> Callable:
         leaves, treedef = jax.tree.flatten((args, kwargs))
         statics = tuple(_ARRAY if _is_array(x) else x for x in leaves)
         arrays = tuple(x for x in leaves if _is_array(x))
-        remat = _REMAT.get()
-        out, stats = nasax_block(method, graphdef, treedef, statics, remat, state, arrays)
+        remat, forward = _REMAT.get(), _FORWARD_MODE.get()
+        out, stats = nasax_block(method, graphdef, treedef, statics, remat, forward, state, arrays)
         if stats:
             nnx.update(self, stats)
         return out

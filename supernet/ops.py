@@ -19,7 +19,7 @@ from flax import nnx
 from jax import lax
 
 from nasax import builtins
-from nasax.blocks import block
+from nasax.blocks import block, forward_mode
 from nasax.registry import Registry
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -211,7 +211,10 @@ _conv_canonical_grads.defvjp(_conv_fwd, _conv_bwd)
 def conv2d(
     x: jax.Array, kernel: jax.Array, *, stride: int, padding: int, dilation: int = 1
 ) -> jax.Array:
-    """Dense NHWC x HWIO conv, symmetric padding; on CPU with layout-stable gradients."""
+    """Dense NHWC x HWIO conv, symmetric padding; on CPU with layout-stable gradients
+    (except when traced for forward mode, where only XLA's own conv differentiates)."""
+    if forward_mode():
+        return _conv(x, kernel, stride, padding, dilation)
 
     def cpu(kernel: jax.Array) -> jax.Array:
         return _conv_canonical_grads(x, kernel, stride, padding, dilation)
@@ -305,7 +308,7 @@ def depthwise_conv(
         return _conv(x, kernel, stride, padding, dilation, groups=channels)
 
     def windows(kernel: jax.Array) -> jax.Array:
-        if channels <= CPU_DENSE_KERNEL_GRAD_MAX_CHANNELS:
+        if channels <= CPU_DENSE_KERNEL_GRAD_MAX_CHANNELS and not forward_mode():
             return _depthwise_windows_dense_kernel_grad(x, kernel, stride, padding, dilation)
         return _depthwise_windows(x, kernel, stride, padding, dilation)
 
@@ -561,13 +564,22 @@ def _max_pool_taps(x: jax.Array, stride: int) -> jax.Array:
 
 
 def _max_pool_taps_fwd(x, stride):
+    out, first = _max_pool_first_taps(x, stride)
+    return out, (first, x.shape)
+
+
+def _max_pool_first_taps(x: jax.Array, stride: int) -> tuple[jax.Array, jax.Array]:
+    """The 3x3 max pool over nine shifted windows, and the first maximal tap of each output.
+
+    Differentiated by plain autodiff, the chain of selects gives the same gradient as
+    `_max_pool_taps`' rule, and it also has a forward-mode derivative."""
     taps = _windows(x, 3, stride, 1, 1, fill=-jnp.inf)
     out, first = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
     for t, tap in enumerate(taps[1:], 1):
         better = (tap > out) | jnp.isnan(tap)  # NaN wins, as in PyTorch
         out = jnp.where(better, tap, out)
         first = jnp.where(better, jnp.int8(t), first)
-    return out, (first, x.shape)
+    return out, first
 
 
 def _max_pool_taps_bwd(stride, res, g):
@@ -593,9 +605,13 @@ _max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
 
 def max_pool(x: jax.Array, stride: int) -> jax.Array:
     """3x3 max pool with padding 1 (padding never wins); on CPU as shifted windows."""
-    return lax.platform_dependent(
-        x, cpu=lambda x: _max_pool_taps(x, stride), default=lambda x: _max_pool_window(x, stride)
-    )
+
+    def cpu(x: jax.Array) -> jax.Array:
+        if forward_mode():
+            return _max_pool_first_taps(x, stride)[0]
+        return _max_pool_taps(x, stride)
+
+    return lax.platform_dependent(x, cpu=cpu, default=lambda x: _max_pool_window(x, stride))
 
 
 def avg_pool(x: jax.Array, stride: int) -> jax.Array:

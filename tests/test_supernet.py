@@ -206,6 +206,55 @@ def test_conv2d_gradients_match_autodiff_of_the_plain_conv(size, kernel, stride,
         np.testing.assert_allclose(g_ours, g_plain, rtol=1e-4, atol=1e-4)
 
 
+FORWARD_CASES = {
+    "conv2d": (lambda x, w: ops_lib.conv2d(x, w, stride=2, padding=1, dilation=1), (3, 3, 4, 5)),
+    "dil_conv2d": (
+        lambda x, w: ops_lib.conv2d(x, w, stride=1, padding=2, dilation=2),
+        (3, 3, 4, 4),
+    ),
+    "depthwise": (
+        lambda x, w: ops_lib.depthwise_conv(x, w, stride=2, padding=2, dilation=1),
+        (5, 5, 1, 4),
+    ),
+    "max_pool": (lambda x, w: ops_lib.max_pool(x * w, 2), (4,)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORWARD_CASES))
+def test_forward_over_reverse_through_the_ops_equals_reverse_over_reverse(case):
+    """Exact second-order DARTS pushes a tangent through the arch gradient (`jax.jvp` of
+    a `jax.grad`), which the ops' CPU forms with custom VJPs refuse (depending on the JAX
+    version and the transforms around them). Under `forward_differentiable` they take
+    plain forms with the same values and gradients, and forward over reverse gives what
+    reverse over reverse gives."""
+    from nasax.blocks import forward_differentiable
+
+    op, w_shape = FORWARD_CASES[case]
+    keys = jax.random.split(jax.random.PRNGKey(len(case)), 5)
+    x = jax.random.normal(keys[0], (2, 7, 7, 4))
+    x = x.at[:, 2, 2:4, :].set(3.0)  # tied maxima for the pool
+    w = jax.random.normal(keys[1], w_shape)
+    u = jax.random.normal(keys[2], w_shape)
+    probe = jax.random.normal(keys[3], op(x, w).shape)
+    probe_x = jax.random.normal(keys[4], x.shape)
+
+    def loss(w, x):
+        return jnp.sum(jnp.tanh(op(x, w)) * probe)
+
+    def input_grad(w):
+        """A gradient that goes back through the op, as the arch gradient's does."""
+        return jax.grad(loss, argnums=1)(w, x)
+
+    traced = forward_differentiable(lambda w: (op(x, w), jax.grad(loss)(w, x)))
+    for got, want in zip(traced(w), (op(x, w), jax.grad(loss)(w, x)), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    _, forward_over_reverse = jax.jvp(forward_differentiable(input_grad), (w,), (u,))
+    reverse_over_reverse = jax.grad(lambda w: jnp.vdot(input_grad(w), probe_x))(w)
+    np.testing.assert_allclose(
+        jnp.vdot(forward_over_reverse, probe_x), jnp.vdot(reverse_over_reverse, u), rtol=1e-4
+    )
+
+
 def test_batch_norm_matches_torch_running_statistics():
     bn = ops_lib.BatchNorm(3, affine=True)
     x = jax.random.normal(jax.random.PRNGKey(2), (4, 5, 5, 3)) * 2 + 1
