@@ -224,7 +224,7 @@ def test_train_steps_agree_in_both_modes(tiny_npz):
 
 
 def test_second_order_architecture_gradient_is_the_same_under_every_remat(tiny_npz):
-    """Exact second-order DARTS' hypergradient (reverse over reverse through the blocks)
+    """Exact second-order DARTS' hypergradient (forward over reverse through the blocks)
     with blocks that keep everything, their convolutions' outputs, or only their inputs."""
     from nasax.search.strategy import Supernet
     from nasax.search.unrolled import unrolled_arch_grad
