@@ -71,21 +71,24 @@ def resolve_remat(remat: str, execution: str) -> str:
     return remat
 
 
-def _rematerialized(fn: Callable, remat: str) -> Callable:
-    """`fn`, whose blocks keep only what `remat` (a key of `REMAT_POLICIES`) saves when it
-    is traced. A new function each time: JAX caches traces by function, so a trace made
-    under one policy is never reused under another.
-    """
+def _traced_with(setting: contextvars.ContextVar, value: Any, fn: Callable) -> Callable:
+    """`fn`, traced with `setting` at `value`. A new function each time: JAX caches traces
+    by function, so a trace made under one setting is never reused under another."""
 
     @functools.wraps(fn)
     def traced(*args: Any) -> Any:
-        token = _REMAT.set(remat)
+        token = setting.set(value)
         try:
             return fn(*args)
         finally:
-            _REMAT.reset(token)
+            setting.reset(token)
 
     return traced
+
+
+def _rematerialized(fn: Callable, remat: str) -> Callable:
+    """`fn`, whose blocks keep only what `remat` (a key of `REMAT_POLICIES`) saves."""
+    return _traced_with(_REMAT, remat, fn)
 
 
 _FORWARD_MODE: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -102,18 +105,8 @@ def forward_mode() -> bool:
 def forward_differentiable(fn: Callable) -> Callable:
     """`fn`, traced with every op in a form `jax.jvp` can differentiate, also through its
     gradient (forward over reverse). The CPU forms with custom VJPs are left out; the
-    values and gradients are the same. A new function each time, as `_rematerialized`.
-    """
-
-    @functools.wraps(fn)
-    def traced(*args: Any) -> Any:
-        token = _FORWARD_MODE.set(True)
-        try:
-            return fn(*args)
-        finally:
-            _FORWARD_MODE.reset(token)
-
-    return traced
+    values and gradients are the same."""
+    return _traced_with(_FORWARD_MODE, True, fn)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
@@ -131,13 +124,6 @@ def nasax_block(
     BatchNorm statistics it set returned (the only state a block may change). `remat`
     and `forward` are the trace settings the method's ops read, so they key the trace."""
 
-    def apply(state: Any, arrays: tuple) -> tuple[Any, nnx.State]:
-        token = _FORWARD_MODE.set(forward)
-        try:
-            return applied(state, arrays)
-        finally:
-            _FORWARD_MODE.reset(token)
-
     def applied(state: Any, arrays: tuple) -> tuple[Any, nnx.State]:
         module = nnx.merge(graphdef, state)
         leaves, it = [], iter(arrays)
@@ -153,6 +139,7 @@ def nasax_block(
         changed = [(path, v) for path, v in after if v[...] is not before[path]]
         return out, nnx.from_flat_state(changed)
 
+    apply = _traced_with(_FORWARD_MODE, forward, applied)
     policy = REMAT_POLICIES[remat]
     if policy is not None:
         apply = jax.checkpoint(apply, policy=policy)
