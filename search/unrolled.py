@@ -6,7 +6,7 @@ reference's `_compute_unrolled_model` does, and its new optimizer state is dropp
 architecture gradient is d/dα L_val(w'(α), α) = ∂α L_val + (∂g/∂α)ᵀ u, with u the
 validation gradient pulled back through the optax update. The mixed second derivative
 along u is either exact, by forward over reverse mode (a `jax.jvp` of the arch gradient:
-2.3-3.1x a first-order step on CPU, where reverse over reverse through the whole
+2.2-3.1x a first-order step on CPU, where reverse over reverse through the whole
 unrolled objective cost 3.5-8.7x and 3.8x the memory), or the reference's
 finite-difference Hessian-vector product.
 
