@@ -103,10 +103,6 @@ def unrolled_arch_grad(
         raise ValueError(f"hessian must be 'exact' or 'finite_difference', got {hessian!r}")
     stats = state.batch_stats
 
-    def weight_grads(arch: nnx.State) -> nnx.State:
-        """∇w L_train(w, α): the gradient the virtual step takes."""
-        return jax.grad(net.loss, has_aux=True)(state.params, stats, arch, x_train, y_train)[0]
-
     def arch_grads(params: nnx.State) -> nnx.State:
         """∇α L_train(params, α), at the weights or near them."""
         grad_fn = jax.grad(net.loss, argnums=2, has_aux=True)
@@ -117,7 +113,8 @@ def unrolled_arch_grad(
         _, pullback = jax.vjp(lambda g: virtual_weight_step(setup, state, g, xi), grads)
         return pullback(v)[0]
 
-    grads = weight_grads(state.arch)
+    # ∇w L_train(w, α): the gradient the virtual step takes.
+    grads = jax.grad(net.loss, has_aux=True)(state.params, stats, state.arch, x_train, y_train)[0]
     unrolled = virtual_weight_step(setup, state, grads, xi)
     (val_loss, (val_acc, _)), (v, direct) = jax.value_and_grad(
         net.loss, argnums=(0, 2), has_aux=True
