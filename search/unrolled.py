@@ -5,10 +5,10 @@ w'(α) = w + U(∇w L_train(w, α)), so it carries momentum and weight decay as 
 reference's `_compute_unrolled_model` does, and its new optimizer state is dropped. The
 architecture gradient is d/dα L_val(w'(α), α) = ∂α L_val + (∂g/∂α)ᵀ u, with u the
 validation gradient pulled back through the optax update. The mixed second derivative
-along u is either exact, by forward over reverse mode (a `jax.jvp` of the arch gradient:
-2.2-3.1x a first-order step on CPU, where reverse over reverse through the whole
-unrolled objective cost 3.5-8.7x and 3.8x the memory), or the reference's
-finite-difference Hessian-vector product.
+along u is either exact, by forward over reverse mode (a `jax.jvp` of the arch gradient,
+which costs about one more gradient and forms no Hessian; reverse over reverse through
+the whole unrolled objective cost far more time and memory, see benchmarks/README.md),
+or the reference's finite-difference Hessian-vector product.
 
 Unlike the reference, the virtual step also clips the gradient when `grad_clip` is set:
 it is the step the optimizer would really take, and differentiating the optax chain
