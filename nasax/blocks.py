@@ -29,8 +29,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 from flax import nnx
-from jax.extend import core
 
+from nasax import jax_internals as jx
 from nasax import plan_cache
 
 BLOCK_NAME = "nasax_block"
@@ -183,19 +183,10 @@ def block(method: Callable) -> Callable:
 
 
 def _is_block(eqn: Any) -> bool:
-    return eqn.primitive.name in ("pjit", "jit") and BLOCK_NAME in str(eqn.params.get("name", ""))
+    return jx.is_call(eqn) and BLOCK_NAME in jx.call_name(eqn)
 
 
-def _subjaxprs(eqn: Any) -> list[Any]:
-    """The jaxprs an equation holds (call bodies, branches, loop bodies)."""
-    found = []
-    for value in eqn.params.values():
-        for v in value if isinstance(value, tuple | list) else (value,):
-            if isinstance(v, core.ClosedJaxpr):
-                found.append(v.jaxpr)
-            elif isinstance(v, core.Jaxpr):
-                found.append(v)
-    return found
+_subjaxprs = jx.subjaxprs
 
 
 @functools.cache
@@ -237,7 +228,7 @@ def _block_callable(closed: Any, name: str = "") -> Callable:
         if jax.default_backend() == "cpu":
             tags = [tag for tag in _CPU_OPTIONS if f"{BLOCK_NAME}_{tag}" in name]
             options = _CPU_OPTIONS[tags[0]] if tags else None
-        jitted = jax.jit(core.jaxpr_as_fun(closed), compiler_options=options)
+        jitted = jax.jit(jx.jaxpr_as_fun(closed), compiler_options=options)
         hit = _CALLABLES[id(closed)] = (closed, jitted)
         _SIZES[id(jitted)] = _size(closed.jaxpr)
         if options:
@@ -277,13 +268,11 @@ _SEGMENTS: dict[str, Callable] = {}
 
 def _segment_callable(eqns: Sequence[Any], invars: list[Any], outvars: list[Any]) -> Callable:
     """A run of glue equations as one jitted function of its free variables."""
-    effects = frozenset().union(*(e.effects for e in eqns))
-    info = core.DebugInfo("glue", "nasax.blocks", None, None)
-    closed = core.ClosedJaxpr(core.Jaxpr([], invars, outvars, list(eqns), effects, info), [])
+    closed = jx.segment_jaxpr(eqns, invars, outvars)
     key = str(closed)  # variables are renamed in order, so equal structure prints equal
     fn = _SEGMENTS.get(key)
     if fn is None:
-        fn = _SEGMENTS[key] = jax.jit(core.jaxpr_as_fun(closed))
+        fn = _SEGMENTS[key] = jax.jit(jx.jaxpr_as_fun(closed))
         _SIZES[id(fn)] = _size(closed.jaxpr)
     return fn
 
@@ -311,8 +300,7 @@ def _is_special(eqn: Any) -> bool:
     """A block call, or control flow / a plain call that holds blocks somewhere inside."""
     if _is_block(eqn):
         return True
-    name = eqn.primitive.name
-    return (name in _CONTROL or name in ("pjit", "jit")) and any(
+    return (jx.primitive_name(eqn) in _CONTROL or jx.is_call(eqn)) and any(
         map(_holds_blocks, _subjaxprs(eqn))
     )
 
@@ -325,7 +313,7 @@ def _schedule(eqns: Sequence[Any], special: Sequence[bool]) -> list[list[int]]:
     deps: list[list[int]] = []
     last_effect = None
     for i, eqn in enumerate(eqns):
-        d = {producer[v] for v in eqn.invars if isinstance(v, core.Var) and v in producer}
+        d = {producer[v] for v in eqn.invars if isinstance(v, jx.Var) and v in producer}
         if eqn.effects:  # effects keep their order
             if last_effect is not None:
                 d.add(last_effect)
@@ -378,17 +366,14 @@ class _Plan:
                 glue = tuple(eqns[i] for i in group)
                 defined = {v for e in glue for v in e.outvars}
                 invars = _unique(
-                    v
-                    for e in glue
-                    for v in e.invars
-                    if isinstance(v, core.Var) and v not in defined
+                    v for e in glue for v in e.invars if isinstance(v, jx.Var) and v not in defined
                 )
                 items.append(_Item("segment", None, invars, [], glue))
         self.items = self._finish(items)
 
     def _finish(self, items: list[_Item]) -> list[_Item]:
         """Adds what each item frees, and gives segments their outputs and callables."""
-        outputs = {v for v in self.outvars if isinstance(v, core.Var)}
+        outputs = {v for v in self.outvars if isinstance(v, jx.Var)}
         live: set[Any] = set(outputs)
         done: list[_Item] = []
         for item in reversed(items):
@@ -413,16 +398,15 @@ class _Plan:
         env.update(zip(self.invars, args))
 
         def read(atom: Any) -> Any:
-            return atom.val if isinstance(atom, core.Literal | _Lit) else env[atom]
+            return atom.val if isinstance(atom, jx.Literal | _Lit) else env[atom]
 
         for item in self.items:
             kind, fn = item.kind, item.run
             if kind == "segment" and fn is None:
                 if record is not None:
-                    record += [("eager", eqn.primitive.name) for eqn in item.eqns]
+                    record += [("eager", jx.primitive_name(eqn)) for eqn in item.eqns]
                 for eqn in item.eqns:
-                    outs = eqn.primitive.bind(*map(read, eqn.invars), **eqn.params)
-                    outs = outs if eqn.primitive.multiple_results else [outs]
+                    outs = jx.bind(eqn, [read(v) for v in eqn.invars])
                     env.update((v, x) for v, x in zip(eqn.outvars, outs) if not _is_drop(v))
                 # intermediates of the run that nothing later reads
                 for eqn in item.eqns:
@@ -455,35 +439,22 @@ class _Plan:
 
 
 def _special_item(eqn: Any) -> _Item:
-    invars = [v for v in eqn.invars if isinstance(v, core.Var)]
+    invars = [v for v in eqn.invars if isinstance(v, jx.Var)]
     outvars, ins = list(eqn.outvars), tuple(eqn.invars)
-    name = eqn.primitive.name
+    name = jx.primitive_name(eqn)
     if _is_block(eqn):
-        fn = _block_callable(eqn.params["jaxpr"], str(eqn.params.get("name", "")))
+        fn = _block_callable(jx.call_body(eqn), jx.call_name(eqn))
         return _Item("call", fn, invars, outvars, (), ins=ins)
     if name == "cond":
-        plans = [_Plan(b.jaxpr, b.consts) for b in eqn.params["branches"]]
+        plans = [_Plan(b.jaxpr, b.consts) for b in jx.cond_branches(eqn)]
         return _Item("cond", plans, invars, outvars, (), ins=ins)
-    body = eqn.params["jaxpr"]  # scan body, or a plain jitted call with blocks inside
+    body = jx.call_body(eqn)  # scan body, or a plain jitted call with blocks inside
     if name == "scan":
-        p = eqn.params
-        scan = (*_scan_counts(p, len(eqn.invars)), p["length"], bool(p["reverse"]))
+        scan = jx.scan_layout(eqn)
         return _Item(
             "scan", _Plan(body.jaxpr, body.consts), invars, outvars, (), ins=ins, params=scan
         )
     return _Item("inline", _Plan(body.jaxpr, body.consts), invars, outvars, (), ins=ins)
-
-
-def _scan_counts(params: dict[str, Any], n_in: int) -> tuple[int, int]:
-    """A scan's (constants, carries) among its `n_in` operands. JAX 0.10 names them
-    `num_consts` and `num_carry`; JAX 0.12 groups the operands in a flat tree `ft_in`
-    of (constants, carries, scanned inputs)."""
-    if "num_consts" in params:
-        return params["num_consts"], params["num_carry"]
-    consts, carry, xs = (list(g) for g in params["ft_in"].update(list(range(n_in))).unpack())
-    if consts + carry + xs != list(range(n_in)):
-        raise NotImplementedError(f"scan operands out of order: {params['ft_in']}")
-    return len(consts), len(carry)
 
 
 def _compile_jobs(plan: _Plan) -> list[tuple[Callable, list[jax.ShapeDtypeStruct]]]:
@@ -620,7 +591,7 @@ def portable(plan: _Plan) -> _Plan:
     ids: dict[Any, int] = {}
 
     def var(v: Any) -> Any:
-        if isinstance(v, core.Literal):  # plain NumPy: JAX's literal arrays do not pickle
+        if isinstance(v, jx.Literal):  # plain NumPy: JAX's literal arrays do not pickle
             return _Lit(np.asarray(v.val) if isinstance(v.val, jax.Array | np.ndarray) else v.val)
         return None if _is_drop(v) else ids.setdefault(v, len(ids))
 
@@ -681,7 +652,7 @@ def _stack(values: list[jax.Array]) -> jax.Array:
 
 
 def _is_drop(v: Any) -> bool:
-    return v is None or isinstance(v, core.DropVar)
+    return v is None or isinstance(v, jx.DropVar)
 
 
 def _unique(items: Any) -> list[Any]:
@@ -771,7 +742,7 @@ def block_jit(
     @functools.wraps(fn)
     def call(*args: Any) -> Any:
         leaves, tree = jax.tree.flatten(args)
-        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+        if any(map(jx.is_tracer, leaves)):
             return fn(*args)  # inside another transformation: part of its trace
         key = (tree, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves))
         program = programs.get(key)
