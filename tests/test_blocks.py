@@ -283,3 +283,31 @@ def test_a_separate_program_runs_as_one_call_compiled_as_its_tag_says():
     assert not fused_ops(program.as_text())  # on CPU the tag turns fusion off
     with pytest.raises(ValueError, match="tag must be one of"):
         separate_program(glue, "fast")
+
+
+UNTESTED_JAX = """
+import importlib.metadata, sys
+real = importlib.metadata.version
+importlib.metadata.version = lambda name: "0.14.0" if name in ("jax", "jaxlib") else real(name)
+from nasax.app.cli import _one_line_warnings
+_one_line_warnings()
+import nasax.jax_internals
+"""
+
+
+def test_an_untested_jax_gets_one_line_naming_the_tested_range():
+    """jax_internals checks the installed JAX against the tested range at import; the
+    `nasax` command prints that as one line (a plain warning elsewhere)."""
+    import subprocess
+    import sys
+
+    from nasax import jax_internals
+
+    done = subprocess.run(
+        [sys.executable, "-c", UNTESTED_JAX], capture_output=True, text=True, check=True
+    )
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("nasax: warning: nasax is tested with jax>=")
+    assert jax_internals.tested_range() in lines[0] and "jax 0.14.0" in lines[0]
+    assert jax_internals.untested_versions() == []  # the installed JAX is a tested one

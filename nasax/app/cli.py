@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -256,9 +257,27 @@ def storage_line(e: StorageError, argv: Sequence[str], args: argparse.Namespace)
     return f"nasax: {e}, {elsewhere}; then {then} with: {command}"
 
 
+def _one_line_warnings() -> None:
+    """nasax's own warnings (an untested JAX version) print as one `nasax: warning:`
+    line; every other warning keeps Python's format."""
+    previous = warnings.showwarning
+    if getattr(previous, "nasax_one_line", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if getattr(category, "__module__", "").startswith("nasax"):
+            print(f"nasax: warning: {message}", file=file or sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    show.nasax_one_line = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; nasax's own errors print as one line and exit with their status (2 for
     bad input, 74 for a storage error, 75 for a busy run directory, 128 + N for signal N)."""
+    _one_line_warnings()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     enable_compilation_cache()
