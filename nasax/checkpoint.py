@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from nasax.errors import StorageError
-from nasax.storage import errno_in_message, storage_errors
+from nasax.storage import errno_in_message, storage_errno, storage_errors
 
 
 def _key(path: tuple[Any, ...]) -> str:
@@ -84,12 +85,15 @@ _MANIFEST = "_arrays"
 
 class _OrbaxEcho(logging.Filter):
     """Drops the log records of a failed orbax save, which nasax reports in one line:
-    orbax's own, and asyncio's about the futures of tensorstore writes nobody awaits
-    any more. Records without a disk error in them pass."""
+    orbax's own (its writer threads log the exception they caught before the save
+    raises it), and asyncio's about the futures of tensorstore writes nobody awaits any
+    more. A record is recognised by the disk failure it carries, in its exception or its
+    text, and by coming from orbax's code; every other record passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         failure = record.exc_info[1] if record.exc_info else None
-        if not (errno_in_message(record.getMessage()) or errno_in_message(str(failure))):
+        disk = storage_errno(failure) or errno_in_message(record.getMessage())
+        if disk is None:
             return True
         return not ("orbax" in record.pathname or record.name == "asyncio")
 
@@ -108,8 +112,19 @@ def _without_closed_loop(previous: Any) -> Any:
     return hook
 
 
+_ECHO = _OrbaxEcho()
 for _logger in ("absl", "asyncio"):
-    logging.getLogger(_logger).addFilter(_OrbaxEcho())
+    logging.getLogger(_logger).addFilter(_ECHO)
+
+
+def _quiet_handlers() -> list[logging.Handler]:
+    """Adds the echo filter to every handler a record may reach (the root logger's and
+    Python's last resort), so a failed save stays quiet whichever logger reports it."""
+    handlers = [*logging.getLogger().handlers, logging.lastResort]
+    added = [h for h in handlers if h is not None and _ECHO not in h.filters]
+    for handler in added:
+        handler.addFilter(_ECHO)
+    return added
 
 
 @contextmanager
@@ -119,6 +134,7 @@ def orbax_writes(path: str | os.PathLike, operation: str) -> Iterator[None]:
     (writes in flight report until the process ends)."""
     previous = sys.unraisablehook
     sys.unraisablehook = quiet = _without_closed_loop(previous)
+    handlers = _quiet_handlers()
     failed = False
     try:
         with storage_errors(path, operation):
@@ -127,8 +143,11 @@ def orbax_writes(path: str | os.PathLike, operation: str) -> Iterator[None]:
         failed = True
         raise
     finally:
-        if not failed and sys.unraisablehook is quiet:
-            sys.unraisablehook = previous
+        if not failed:
+            if sys.unraisablehook is quiet:
+                sys.unraisablehook = previous
+            for handler in handlers:
+                handler.removeFilter(_ECHO)
 
 
 def complete_steps(directory: str | os.PathLike) -> list[int]:
@@ -140,11 +159,30 @@ def complete_steps(directory: str | os.PathLike) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
+REPLACED = ".replaced"
+"""The suffix of a checkpoint set aside while a save of the same step replaces it."""
+
+
+def recover_replaced(directory: Path) -> None:
+    """Finishes a replacement a process died in: the old checkpoint comes back where the
+    new one never completed, and is dropped where it did."""
+    if not directory.is_dir():
+        return
+    for aside in directory.glob(f"*{REPLACED}"):
+        step = aside.with_name(aside.name[: -len(REPLACED)])
+        if step.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.rename(step)
+
+
 class Checkpoints:
     """Keeps the last `keep` checkpoints under `directory`; writes are atomic (orbax)."""
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2) -> None:
         self.directory = Path(directory).absolute()
+        with orbax_writes(self.directory, "recover checkpoints in"):
+            recover_replaced(self.directory)
         # A save killed midway leaves only a temporary folder; it is never listed as a
         # step, and the next run removes it.
         options = ocp.CheckpointManagerOptions(
@@ -157,9 +195,20 @@ class Checkpoints:
             self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Saves `state` and `meta` as checkpoint `step` and waits until it is on disk."""
+        """Saves `state` and `meta` as checkpoint `step` and waits until it is on disk.
+
+        A checkpoint of the same step is replaced: a run stopped at an epoch's last step
+        saves that step mid-epoch, and its resume saves it again once the epoch has ended.
+        The old one is set aside until the new one is complete, so a kill in between
+        leaves one of the two (`recover_replaced`).
+        """
         packed, manifest = pack_arrays(flatten_state(jax.device_get(state)))
         with orbax_writes(self.directory, f"save checkpoint {step} to"):
+            aside = None
+            if step in self.manager.all_steps():
+                aside = self.directory / f"{step}{REPLACED}"
+                (self.directory / str(step)).rename(aside)
+                self.manager.reload()
             self.manager.save(
                 step,
                 args=ocp.args.Composite(
@@ -169,6 +218,8 @@ class Checkpoints:
                 force=True,
             )
             self.manager.wait_until_finished()
+            if aside is not None:
+                shutil.rmtree(aside)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -22,7 +22,7 @@ from nasax.checkpoint import Checkpoints
 from nasax.config import load_config, validate_config
 from nasax.errors import ConfigError, GenotypeError
 from nasax.train import task as train_task
-from tests.conftest import TINY_TRAIN, train_args
+from tests.conftest import TINY_TRAIN, search_args, train_args
 
 
 def last_checkpoint_arrays(run: Path) -> tuple[int, dict[str, np.ndarray]]:
@@ -119,6 +119,117 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(
     monkeypatch.setattr(train_task, "prefetch", real_prefetch)
     assert main(train_args(tiny_npz, out, "--resume")) == 0
     assert_same_run(reference, out)
+
+
+def signal_before_step(monkeypatch, task_module, step: int, signum: int, streams: int = 1):
+    """Sends `signum` to this process as the batch of step `step` (from 1) is handed to
+    the loop, so the loop stops right after that step. A step takes one batch from each
+    of `streams` prefetched streams (a search: the weights' and the architecture's)."""
+    real_prefetch, count = task_module.prefetch, [0]
+
+    def prefetch_then_signal(it, size=2, **kw):
+        for batch in real_prefetch(it, size, **kw):
+            count[0] += 1
+            if count[0] == (step - 1) * streams + 1:
+                os.kill(os.getpid(), signum)
+            yield batch
+
+    monkeypatch.setattr(task_module, "prefetch", prefetch_then_signal)
+
+
+# The tiny retraining runs 3 epochs of 4 steps: every step, hence the first, middle and
+# last step of an epoch and the run's last step.
+@pytest.mark.parametrize("step", range(1, 13))
+def test_sigint_at_any_step_resumes_to_the_uninterrupted_run(
+    reference, tiny_npz, tmp_path, monkeypatch, capsys, step
+):
+    out = tmp_path / "interrupted"
+    signal_before_step(monkeypatch, train_task, step, signal.SIGINT)
+    assert main(train_args(tiny_npz, out)) == 130
+    err = capsys.readouterr().err.strip()
+    assert f"stopped by SIGINT at epoch {(step - 1) // 4 + 1} step {step};" in err
+    assert len(err.splitlines()) == 1
+    assert Checkpoints(out / "checkpoints").latest_step() == step
+    monkeypatch.undo()
+    assert main(train_args(tiny_npz, out, "--resume")) == 0
+    assert_same_run(reference, out)
+    assert not list((out / "checkpoints").glob("*.replaced"))
+
+
+def test_sigint_at_an_epochs_last_search_step_resumes_to_the_uninterrupted_run(
+    finished_run, tiny_npz, tmp_path, monkeypatch, capsys
+):
+    """The search of the report: stopped on the last step of its first epoch (4 steps),
+    where the resume saves that step again once the epoch's phase has run."""
+    from nasax.search import task as search_task
+
+    out = tmp_path / "interrupted"
+    signal_before_step(monkeypatch, search_task, 4, signal.SIGINT, streams=2)
+    assert main(search_args(tiny_npz, out)) == 130
+    assert "stopped by SIGINT at epoch 1 step 4;" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(search_args(tiny_npz, out, "--resume")) == 0
+    assert_same_run(finished_run, out)
+    assert json.loads((out / "genotype.json").read_text()) == json.loads(
+        (finished_run / "genotype.json").read_text()
+    )
+
+
+KILL_AT_STEP = """
+import os, signal, sys
+from nasax.app.cli import main
+from nasax.train import task
+
+step, real_prefetch, count = int(sys.argv[1]), task.prefetch, [0]
+
+def prefetch_then_kill(it, size=2, **kw):
+    for batch in real_prefetch(it, size, **kw):
+        count[0] += 1
+        if count[0] == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield batch
+
+task.prefetch = prefetch_then_kill
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("step", [1, 6, 8, 12])
+def test_kill_9_at_a_step_resumes_to_the_uninterrupted_run(reference, tiny_npz, tmp_path, step):
+    """SIGKILL as step `step` starts (the first step; the middle and the last step of the
+    second epoch; the run's last step), checkpointing after every step: the resume ends
+    where an uninterrupted run ends."""
+    out = tmp_path / "killed"
+    script = tmp_path / "kill_at_step.py"
+    script.write_text(KILL_AT_STEP)
+    every_step = ["--set", "run.checkpoint_minutes=1e-9", "--quiet"]
+    cmd = [sys.executable, str(script), str(step), *train_args(tiny_npz, out, *every_step)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert (Checkpoints(out / "checkpoints").latest_step() or 0) == step - 1
+    resume = "--resume" if step > 1 else "--overwrite"
+    assert main(train_args(tiny_npz, out, *every_step, resume)) == 0
+    assert_same_run(reference, out)
+
+
+def test_a_replaced_checkpoint_comes_back_if_its_replacement_never_completed(tmp_path):
+    """A save of a step that exists sets the old one aside; a kill before the new one is
+    complete leaves the aside, which the next opening puts back (or drops, if complete)."""
+    from nasax.checkpoint import REPLACED
+
+    folder = tmp_path / "checkpoints"
+    checkpoints = Checkpoints(folder)
+    checkpoints.save(3, {"w": np.zeros(2, np.float32)}, {"epoch": 1})
+    checkpoints.save(3, {"w": np.ones(2, np.float32)}, {"epoch": 2})
+    assert checkpoints.restore_flat(3)[1]["epoch"] == 2
+    checkpoints.close()
+    (folder / "3").rename(folder / f"3{REPLACED}")  # killed after setting it aside
+    (folder / "3.orbax-checkpoint-tmp-1").mkdir()  # with the new one half written
+    checkpoints = Checkpoints(folder)
+    flat, meta = checkpoints.restore_flat()
+    assert meta["epoch"] == 2 and flat["w"].tolist() == [1.0, 1.0]
+    checkpoints.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["3"]
 
 
 def test_same_seed_gives_the_same_run_and_another_seed_does_not(reference, tiny_npz, tmp_path):
