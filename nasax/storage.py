@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from nasax.errors import STORAGE_ERRNOS, StorageError
 
 _TENSORSTORE_CODE = re.compile(r"os_error_code='?(\d+)")
+_PYTHON_CODE = re.compile(r"\[Errno (\d+)\]")
 _SQLITE_MESSAGES = {
     "database or disk is full": errno.ENOSPC,
     "attempt to write a readonly database": errno.EACCES,
@@ -24,10 +25,12 @@ _SQLITE_MESSAGES = {
 
 
 def errno_in_message(message: str) -> int | None:
-    """The disk failure a library's message reports (tensorstore, SQLite), else None."""
-    match = _TENSORSTORE_CODE.search(message)
-    if match and int(match.group(1)) in STORAGE_ERRNOS:
-        return int(match.group(1))
+    """The disk failure a library's message reports (tensorstore, an `OSError` quoted in
+    a log line, SQLite), else None."""
+    for pattern in (_TENSORSTORE_CODE, _PYTHON_CODE):
+        match = pattern.search(message)
+        if match and int(match.group(1)) in STORAGE_ERRNOS:
+            return int(match.group(1))
     lowered = message.lower()
     return next((code for text, code in _SQLITE_MESSAGES.items() if text in lowered), None)
 

@@ -303,3 +303,52 @@ def test_appends_are_whole_or_absent(tmp_path, monkeypatch):
     with pytest.raises(StorageError, match=r"cannot append to .*No space left on device"):
         append_text(path, '{"step": 2}\n')
     assert path.read_text() == '{"step": 1}\n'
+
+
+FULL_DISK_SAVE = """
+import logging, sys
+import numpy as np
+from nasax.checkpoint import Checkpoints
+from nasax.errors import StorageError
+
+logging.basicConfig()  # a handler on the root logger, as libraries' root-level calls add
+checkpoints = Checkpoints(sys.argv[1])
+state = {"w": np.zeros(4, np.float32)}  # fits; the metadata below does not
+meta = {"metrics": [{"epoch": i, "loss": 0.5} for i in range(100_000)]}
+try:
+    checkpoints.save(1, state, meta)
+except StorageError as e:
+    print(f"StorageError {e.errno}")
+"""
+
+
+def test_a_full_disk_under_the_metadata_save_prints_nothing_but_the_error(tmp_path):
+    """On a real full filesystem (a 300 KB tmpfs) orbax's JSON writer thread catches the
+    ENOSPC and logs it with a traceback before the save raises it; nasax's one line
+    (the StorageError) must be all that reaches the terminal."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux's unshare to mount a small tmpfs")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    script = tmp_path / "save.py"
+    script.write_text(FULL_DISK_SAVE)
+    shell = (
+        f"mount -t tmpfs -o size=300k tmpfs {shlex.quote(str(mount))} && "
+        f"exec {shlex.quote(sys.executable)} {shlex.quote(str(script))} {shlex.quote(str(mount))}"
+    )
+    unprivileged = [] if os.geteuid() == 0 else ["-r"]
+    done = subprocess.run(
+        ["unshare", *unprivileged, "-m", "sh", "-c", shell],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    if "mount" in done.stderr and done.returncode != 0 and "StorageError" not in done.stdout:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    assert done.stdout.strip() == f"StorageError {errno.ENOSPC}", done.stderr
+    assert done.stderr.strip() == "", done.stderr
