@@ -240,7 +240,40 @@ class _Pickler(pickle.Pickler):
         return None
 
 
+_PLAN_MODULES = ("nasax", "flax", "optax", "jax", "jaxlib")
+"""Packages whose classes a stored plan may hold: the plan's own types (`_Plan`,
+`_Item`, `StoredProgram`) and the node types of the step's output tree (states,
+optimizer states, NNX variables)."""
+
+_PLAN_CALLABLES = {
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "scalar"),
+    ("jax._src.tree_util", "default_registry"),
+}
+"""The functions and objects other than classes that a plan's pickle names: NumPy's
+array and scalar rebuilders, and JAX's registry of tree node types."""
+
+
 class _Unpickler(pickle.Unpickler):
+    """Loads a plan, refusing every global that is not a class of `_PLAN_MODULES` or one
+    of `_PLAN_CALLABLES`: a plan file comes from a cache folder that others may write, so
+    it must not be able to name code to run (`os.system`, `builtins.eval`, ...)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PLAN_CALLABLES:
+            return super().find_class(module, name)
+        if module.split(".")[0] in _PLAN_MODULES and "." not in name:
+            found = super().find_class(module, name)
+            if isinstance(found, type):
+                return found
+        raise pickle.UnpicklingError(f"a stored plan may not name {module}.{name}")
+
     def persistent_load(self, pid: Any) -> Any:
         kind, value = pid
         if kind == "array":

@@ -72,6 +72,37 @@ def test_a_damaged_plan_is_traced_again_and_rewritten(store: Path) -> None:
     assert BlockProgram(fn, *args, cache_key="toy").loaded
 
 
+class _Payload:
+    """What a hostile writer of a shared cache folder would store: unpickling it runs a
+    shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_plan_that_names_code_is_refused_as_a_miss(store: Path, tmp_path: Path) -> None:
+    import pickle
+
+    graphdef, args = _toy_args(1)
+
+    def fn(*a):
+        return _toy_step(graphdef, *a)
+
+    expected = BlockProgram(fn, *args, cache_key="toy")(*args)
+    marker = tmp_path / "payload-ran"
+    for path in store.glob("*.plan"):
+        path.write_bytes(pickle.dumps((plan_cache.FORMAT, _Payload(marker), None)))
+    again = BlockProgram(fn, *args, cache_key="toy")
+    assert not again.loaded and not marker.exists()
+    # The run goes on with the traced step, which computes the same (bit for bit: both
+    # run the stored programs) and stores a clean plan again.
+    jax.tree.map(np.testing.assert_array_equal, expected, again(*args))
+    assert BlockProgram(fn, *args, cache_key="toy").loaded
+
+
 def test_no_key_no_store(store: Path) -> None:
     graphdef, args = _toy_args(1)
     BlockProgram(lambda *a: _toy_step(graphdef, *a), *args)
