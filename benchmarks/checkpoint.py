@@ -18,9 +18,9 @@ from pathlib import Path
 import jax
 from common import random_dataset
 
-from nasax.checkpoint import Checkpoints
-from nasax.config import validate_config
-from nasax.runloop import count_leaves, peak_rss_mb
+from nasax.core.checkpoint import Checkpoints
+from nasax.core.config import validate_config
+from nasax.loop.runloop import count_leaves, peak_rss_mb
 from nasax.search.strategy import STRATEGIES
 from nasax.search.task import build_setup
 

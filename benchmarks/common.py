@@ -11,9 +11,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from nasax.blocks import compile_program, resolve_execution, resolve_remat
-from nasax.data import Dataset
-from nasax.runloop import peak_rss_mb
+from nasax.engine.blocks import compile_program, resolve_execution, resolve_remat
+from nasax.loop.data import Dataset
+from nasax.loop.runloop import peak_rss_mb
 
 
 def random_dataset(n: int, image: int, channels: int, classes: int, seed: int) -> Dataset:

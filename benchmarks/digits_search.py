@@ -7,8 +7,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from nasax.compilation_cache import enable_compilation_cache
-from nasax.config import load_config
+from nasax.core.config import load_config
+from nasax.engine.compilation_cache import enable_compilation_cache
 from nasax.search.task import run_search
 
 

@@ -104,8 +104,8 @@ def alpha_scores(alpha: np.ndarray, arch_strings: list[str]) -> np.ndarray:
 
 def one_shot_scores(config, run_dir: Path, arch_strings: list[str], batches: int) -> np.ndarray:
     """Validation accuracy of each cell run alone on the search's final shared weights."""
-    from nasax.data import batches as batch_iter
-    from nasax.data import load_dataset, search_split
+    from nasax.loop.data import batches as batch_iter
+    from nasax.loop.data import load_dataset, search_split
     from nasax.search.single_path import genotype_paths, load_supernet_weights, path_scorer
     from nasax.search.strategy import Supernet
     from nasax.search.task import build_setup
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = ap.parse_args(argv)
 
-    from nasax.config import load_config
+    from nasax.core.config import load_config
     from nasax.search.task import run_search
     from nasax.supernet.genotypes import Genotype
 

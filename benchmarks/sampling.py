@@ -17,8 +17,8 @@ import time
 import jax
 from common import batch_pool, environment, random_dataset
 
-from nasax.config import apply_overrides, validate_config
-from nasax.runloop import peak_rss_mb
+from nasax.core.config import apply_overrides, validate_config
+from nasax.loop.runloop import peak_rss_mb
 from nasax.search.strategy import STRATEGIES
 from nasax.search.task import build_setup
 

@@ -17,8 +17,8 @@ import json
 import jax
 from common import batch_pool, environment, random_dataset, time_step
 
-from nasax.config import apply_overrides, validate_config
-from nasax.runloop import count_leaves
+from nasax.core.config import apply_overrides, validate_config
+from nasax.loop.runloop import count_leaves
 from nasax.search.strategy import STRATEGIES
 from nasax.search.task import build_setup
 

@@ -14,7 +14,7 @@ import json
 import jax
 from common import batch_pool, environment, random_dataset, time_step
 
-from nasax.config import load_config
+from nasax.core.config import load_config
 from nasax.supernet.discrete import param_counts
 from nasax.supernet.genotypes import load_genotype
 from nasax.train.task import build_trainer

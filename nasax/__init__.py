@@ -1,7 +1,7 @@
 """nasax: differentiable neural architecture search in JAX, Flax and Optax.
 
 The names below load on first use, so `import nasax` is cheap and imports neither JAX
-nor any strategy; registries load the built-ins they are asked for (`nasax.builtins`).
+nor any strategy; registries load the built-ins they are asked for (`nasax.core.builtins`).
 """
 
 from __future__ import annotations
@@ -12,32 +12,31 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS: dict[str, str] = {
     "DARTS_V1": "nasax.supernet",
     "DARTS_V2": "nasax.supernet",
-    "Config": "nasax.config",
-    "ConfigError": "nasax.errors",
-    "DataError": "nasax.errors",
-    "Dataset": "nasax.data",
+    "Config": "nasax.core.config",
+    "ConfigError": "nasax.core.errors",
+    "DataError": "nasax.core.errors",
+    "Dataset": "nasax.loop.data",
     "DiscreteCell": "nasax.supernet.discrete",
     "DiscreteNetwork": "nasax.supernet.discrete",
     "Genotype": "nasax.supernet",
-    "GenotypeError": "nasax.errors",
+    "GenotypeError": "nasax.core.errors",
     "ImageClassifier": "nasax.app.classifier",
-    "NasaxError": "nasax.errors",
+    "NasaxError": "nasax.core.errors",
     "SearchNetwork": "nasax.supernet",
     "SearchSpace": "nasax.supernet",
-    "load_config": "nasax.config",
-    "load_dataset": "nasax.data",
+    "load_config": "nasax.core.config",
+    "load_dataset": "nasax.loop.data",
     "load_genotype": "nasax.supernet.genotypes",
     "load_model": "nasax.train.export",
 }
 """Public name -> the module that defines it."""
 
 if TYPE_CHECKING:
-    from nasax import genotypes
     from nasax.app.classifier import ImageClassifier
-    from nasax.config import Config, load_config
-    from nasax.data import Dataset, load_dataset
-    from nasax.errors import ConfigError, DataError, GenotypeError, NasaxError
-    from nasax.supernet import DARTS_V1, DARTS_V2, Genotype, SearchNetwork, SearchSpace
+    from nasax.core.config import Config, load_config
+    from nasax.core.errors import ConfigError, DataError, GenotypeError, NasaxError
+    from nasax.loop.data import Dataset, load_dataset
+    from nasax.supernet import DARTS_V1, DARTS_V2, Genotype, SearchNetwork, SearchSpace, genotypes
     from nasax.supernet.discrete import DiscreteCell, DiscreteNetwork
     from nasax.supernet.genotypes import load_genotype
     from nasax.train.export import load_model
@@ -45,7 +44,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name == "genotypes":
-        return importlib.import_module("nasax.genotypes")
+        return importlib.import_module("nasax.supernet.genotypes")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'nasax' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,6 +1,6 @@
 """Search strategies, the discretizer and the search task (`nasax.search`).
 
-The built-in strategies load when their names are first asked for (`nasax.builtins`).
+The built-in strategies load when their names are first asked for (`nasax.core.builtins`).
 """
 
 from nasax.search.discretize import derive_cell, derive_genotype

@@ -15,13 +15,13 @@ import jax
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nasax.data import Batch
+from nasax.loop.data import Batch
 from nasax.search.discretize import derive_genotype
 from nasax.search.strategy import (
+    FunctionalSupernet,
     Metrics,
     SearchSetup,
     Strategy,
-    Supernet,
     SupernetState,
     alphas_of,
     arch_update,
@@ -75,7 +75,7 @@ def make_darts(setup: SearchSetup, options: DartsOptions) -> Strategy:
     (what its alpha step minimises), and commits only the BN statistics of the real
     weight step: the virtual and unrolled forwards only exist to take the gradient.
     """
-    net = Supernet.create(setup)
+    net = FunctionalSupernet.create(setup)
 
     def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
         rng = jax.random.fold_in(state.rng, state.step)

@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 from pydantic import BaseModel, ConfigDict, Field
 
-from nasax.data import Batch
+from nasax.loop.data import Batch
 from nasax.search.controller import Controller, ControllerOutput, Tokens, tokens_to_paths
 from nasax.search.single_path import (
     best_candidate,
@@ -31,10 +31,10 @@ from nasax.search.single_path import (
     train_path_step,
 )
 from nasax.search.strategy import (
+    FunctionalSupernet,
     Metrics,
     SearchSetup,
     Strategy,
-    Supernet,
     SupernetState,
     register_strategy,
 )
@@ -119,7 +119,7 @@ def moving_baseline(
 @register_strategy("enas", EnasOptions)
 def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
     """Builds ENAS over the supernet of `setup`."""
-    net = Supernet.create(setup)
+    net = FunctionalSupernet.create(setup)
     space = setup.space
     controller_optimizer = optax.adam(options.lr, b1=options.adam_b1, eps=options.adam_eps)
 

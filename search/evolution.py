@@ -19,8 +19,8 @@ import jax
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from nasax.data import Batch
-from nasax.errors import RunDirError
+from nasax.core.errors import RunDirError
+from nasax.loop.data import Batch
 from nasax.search.single_path import (
     derivable_ops,
     images_and_labels,
@@ -32,10 +32,10 @@ from nasax.search.single_path import (
     uniform_path_step,
 )
 from nasax.search.strategy import (
+    FunctionalSupernet,
     Metrics,
     SearchSetup,
     Strategy,
-    Supernet,
     SupernetState,
     register_strategy,
 )
@@ -126,7 +126,7 @@ def mutate_arch(arch: Arch, rng: np.random.Generator, space: SearchSpace) -> Arc
 @register_strategy("evolution", EvolutionOptions)
 def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
     """Builds regularized evolution over the supernet of `setup`."""
-    net = Supernet.create(setup)
+    net = FunctionalSupernet.create(setup)
     space = setup.space
     kinds = list(space.cell_kinds)
     score = path_scorer(net, setup)

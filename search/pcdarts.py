@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nasax.errors import ConfigError
+from nasax.core.errors import ConfigError
 from nasax.search.relaxed import Relaxation, relaxed_strategy, softmax_weights
 from nasax.search.strategy import SearchSetup, Strategy, register_strategy
 

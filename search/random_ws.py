@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from nasax.data import Batch
+from nasax.loop.data import Batch
 from nasax.search.single_path import (
     best_candidate,
     path_scorer,
@@ -22,10 +22,10 @@ from nasax.search.single_path import (
     uniform_path_step,
 )
 from nasax.search.strategy import (
+    FunctionalSupernet,
     Metrics,
     SearchSetup,
     Strategy,
-    Supernet,
     SupernetState,
     register_strategy,
 )
@@ -47,7 +47,7 @@ class RandomWsOptions(BaseModel):
 @register_strategy("random_ws", RandomWsOptions)
 def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
     """Builds random search with weight sharing over the supernet of `setup`."""
-    net = Supernet.create(setup)
+    net = FunctionalSupernet.create(setup)
     space = setup.space
 
     def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:

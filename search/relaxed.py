@@ -20,14 +20,14 @@ from flax import nnx
 from jax import lax
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nasax.data import Batch
+from nasax.loop.data import Batch
 from nasax.search.discretize import derive_genotype
 from nasax.search.strategy import (
     Clock,
+    FunctionalSupernet,
     Metrics,
     SearchSetup,
     Strategy,
-    Supernet,
     SupernetState,
     alphas_of,
     arch_update,
@@ -168,7 +168,7 @@ def relaxed_strategy(
         joint: update weights and alphas together on the training batch (SNAS'
             single-level objective) instead of alternating with the validation batch.
     """
-    net = Supernet.create(setup, **(network_options or {}))
+    net = FunctionalSupernet.create(setup, **(network_options or {}))
 
     def warmup_steps(clock: Clock) -> jax.Array:
         """The warm-up's steps: its share of the configured epochs, of the epochs the

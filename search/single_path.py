@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nasax.checkpoint import Checkpoints, flatten_state, unflatten_state
-from nasax.data import Batch
-from nasax.errors import RunDirError
+from nasax.core.checkpoint import Checkpoints, flatten_state, unflatten_state
+from nasax.core.errors import RunDirError
+from nasax.loop.data import Batch
 from nasax.search.discretize import derive_genotype
 from nasax.search.strategy import (
+    FunctionalSupernet,
     SearchSetup,
-    Supernet,
     SupernetState,
     cross_entropy,
     step_metrics,
@@ -92,7 +92,7 @@ def genotype_paths(genotype: Genotype, space: SearchSpace) -> dict[str, np.ndarr
 
 
 def path_scorer(
-    net: Supernet, setup: SearchSetup
+    net: FunctionalSupernet, setup: SearchSetup
 ) -> Callable[[SupernetState, Paths, Batch], jax.Array]:
     """score(state, stacked paths, batch) -> correct predictions of each path on the batch.
 
@@ -122,7 +122,7 @@ def images_and_labels(batch: Batch) -> Batch:
 
 
 def train_path_step(
-    net: Supernet,
+    net: FunctionalSupernet,
     state: SupernetState,
     train: Batch,
     val: Batch,
@@ -181,7 +181,7 @@ def load_supernet_weights(directory: Path, state: SupernetState) -> SupernetStat
 
 
 def uniform_path_step(
-    net: Supernet, state: SupernetState, train: Batch, val: Batch
+    net: FunctionalSupernet, state: SupernetState, train: Batch, val: Batch
 ) -> tuple[SupernetState, dict[str, jax.Array]]:
     """`train_path_step` on a uniformly random cell, with another one for the validation
     log (random search with weight sharing, and evolution's supernet training)."""

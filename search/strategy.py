@@ -17,11 +17,11 @@ import optax
 from flax import nnx
 from pydantic import BaseModel
 
-from nasax import builtins
-from nasax.config import STRATEGY_OPTIONS
-from nasax.data import Batch
-from nasax.registry import Registry
-from nasax.runloop import masked_sums
+from nasax.core import builtins
+from nasax.core.config import STRATEGY_OPTIONS
+from nasax.core.registry import Registry
+from nasax.loop.data import Batch
+from nasax.loop.runloop import masked_sums
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.network import ArchParam, SearchNetwork
 from nasax.supernet.spaces import SearchSpace
@@ -43,13 +43,13 @@ class SearchSetup(NamedTuple):
         max_skip_connect: discretizer cap on skip connections in the normal cell.
         epochs: search epochs (for schedules such as temperature annealing).
         steps_per_epoch: search steps per epoch.
-        jit: compiles a strategy's own programs (`jax.jit`, or `nasax.blocks.block_jit`
+        jit: compiles a strategy's own programs (`jax.jit`, or `nasax.engine.blocks.block_jit`
             to run them block by block as the search step runs).
         arch_lr_ratio: optional ratio(span) of the architecture lr at a span of `span`
-            epochs to the configured one (`nasax.optim.arch_lr_ratio`), applied by
+            epochs to the configured one (`nasax.loop.optim.arch_lr_ratio`), applied by
             `arch_update`.
         weight_lr_ratio: optional ratio(step, span) of the weights' cosine lr over a span
-            of `span` epochs to the configured one (`nasax.optim.weight_lr_ratio`),
+            of `span` epochs to the configured one (`nasax.loop.optim.weight_lr_ratio`),
             applied by `weight_update`.
     """
 
@@ -171,7 +171,7 @@ class SupernetState(NamedTuple):
         return Clock(self.step, self.epochs)
 
 
-class Supernet:
+class FunctionalSupernet:
     """Functional access to a supernet: its graph and a forward over explicit state.
 
     Attributes:
@@ -187,7 +187,7 @@ class Supernet:
         self._graphdef: nnx.GraphDef | None = None
 
     @classmethod
-    def create(cls, setup: SearchSetup, **network_options: Any) -> Supernet:
+    def create(cls, setup: SearchSetup, **network_options: Any) -> FunctionalSupernet:
         """A supernet of `setup`, built with `network_options` (e.g. `partial_channels`)."""
 
         def build(rngs: nnx.Rngs) -> SearchNetwork:

@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nasax.blocks import compile_program, jit_for
-from nasax.config import Config
-from nasax.data import (
+from nasax.core.config import Config
+from nasax.core.io import atomic_write_npz
+from nasax.engine.blocks import compile_program, jit_for
+from nasax.loop.data import (
     Batch,
     Dataset,
     batches,
@@ -24,16 +25,15 @@ from nasax.data import (
     make_preprocess,
     search_split,
 )
-from nasax.io import atomic_write_npz
-from nasax.optim import (
+from nasax.loop.optim import (
     arch_lr_ratio,
     arch_optimizer,
     weight_lr_ratio,
     weight_optimizer,
     weight_schedule,
 )
-from nasax.run import RunContext, Task, program_key, run
-from nasax.runloop import (
+from nasax.loop.run import RunContext, Task, program_key, run
+from nasax.loop.runloop import (
     LoopResult,
     check_finite,
     count_leaves,
@@ -314,7 +314,7 @@ def run_search(
     """Runs a search as `config` says and writes its run directory; returns the summary.
 
     The run directory holds config.yaml, metrics.jsonl, genotype.json, alphas.npz,
-    checkpoints/ and summary.json. See `nasax.run.run` for the arguments.
+    checkpoints/ and summary.json. See `nasax.loop.run.run` for the arguments.
     """
     return run(
         SearchTask(config), config, run_dir, resume=resume, overwrite=overwrite, on_epoch=on_epoch

@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from nasax.blocks import UNFUSED, forward_differentiable, separate_program
+from nasax.engine.marking import UNFUSED, forward_differentiable, separate_program
 from nasax.search.strategy import (
+    FunctionalSupernet,
     SearchSetup,
-    Supernet,
     SupernetState,
     weight_updates_to_span,
 )
@@ -66,7 +66,7 @@ def virtual_weight_step(
 
 
 def unrolled_arch_grad(
-    net: Supernet,
+    net: FunctionalSupernet,
     setup: SearchSetup,
     state: SupernetState,
     x_train: jax.Array,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from nasax.blocks import block
+from nasax.engine.marking import block
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.ops import (
     OPS,

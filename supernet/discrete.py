@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nasax.blocks import block
+from nasax.engine.marking import block
 from nasax.supernet.cells import DiscreteCell, drop_path, reduction_indices
 from nasax.supernet.network import DartsStack, GenotypeNetwork, linear
 from nasax.supernet.ops import BatchNorm, Conv, ParamKeys, param_keys

@@ -9,9 +9,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from nasax.errors import NasaxError
-from nasax.io import atomic_write_bytes, atomic_write_text
-from nasax.registry import Registry
+from nasax.core.errors import NasaxError
+from nasax.core.io import atomic_write_bytes, atomic_write_text
+from nasax.core.registry import Registry
 from nasax.supernet.genotypes import Genotype
 
 GRAPHVIZ_HINT = (

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nasax.errors import GenotypeError
-from nasax.io import atomic_write_json
+from nasax.core.errors import GenotypeError
+from nasax.core.io import atomic_write_json
 from nasax.supernet.spaces import SPACES, SearchSpace, get_space
 
 Node = tuple[tuple[str, int], ...]

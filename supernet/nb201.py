@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from nasax.blocks import block
+from nasax.engine.marking import block
 from nasax.supernet.cells import PlainCell, fixed_edges
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.network import (

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nasax.blocks import block
+from nasax.engine.marking import block
 from nasax.supernet.cells import (
     Cell,
     CellPlan,

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from nasax import builtins
-from nasax.blocks import block, forward_mode
-from nasax.registry import Registry
+from nasax.core import builtins
+from nasax.core.registry import Registry
+from nasax.engine.marking import block, forward_mode
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 

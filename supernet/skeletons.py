@@ -12,9 +12,9 @@ from typing import NamedTuple
 
 from flax import nnx
 
-from nasax import builtins
-from nasax.config import MODEL_CHECKS, ModelConfig
-from nasax.registry import Registry
+from nasax.core import builtins
+from nasax.core.config import MODEL_CHECKS, ModelConfig
+from nasax.core.registry import Registry
 from nasax.supernet.discrete import DiscreteNetwork
 from nasax.supernet.nb201 import NB201Network, NB201SearchNetwork
 from nasax.supernet.network import GenotypeNetwork, SearchNetwork, Supernet

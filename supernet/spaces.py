@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
-from nasax import builtins
-from nasax.config import SpaceDefinition
-from nasax.registry import Registry
+from nasax.core import builtins
+from nasax.core.config import SpaceDefinition
+from nasax.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ NB201_SPACE = SPACES.register(
 
 def get_space(name: str) -> SearchSpace:
     """The search space `name`: a registered one, or one a config defined from a
-    registered one (`darts:nodes=3:ops=...`, see `nasax.config.SpaceDefinition`).
+    registered one (`darts:nodes=3:ops=...`, see `nasax.core.config.SpaceDefinition`).
 
     Raises:
         KeyError: `name` is not registered, nor a definition from a registered space.

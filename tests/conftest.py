@@ -62,7 +62,7 @@ def _release_compiled_programs():
     passed the limit of 65,530 (vm.max_map_count), and crashed loading the next one.
     Later modules load what they need from the disk cache."""
     yield
-    from nasax.compilation_cache import release_if_crowded
+    from nasax.engine.compilation_cache import release_if_crowded
 
     release_if_crowded()
 

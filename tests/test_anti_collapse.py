@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nasax.config import validate_config
+from nasax.core.config import validate_config
 from nasax.search.beta_darts import beta_decay
 from nasax.search.darts_minus import with_aux_skip
 from nasax.search.sdarts import perturb
@@ -21,7 +21,7 @@ SETUP = SearchSetup(*[None] * 6, epochs=5, steps_per_epoch=10)
 
 def _strategy(name: str, options: dict, tiny_npz: str, epochs: int = 5):
     """A strategy over the tiny NB201 supernet (C4, one cell per stage), 2 steps per epoch."""
-    from nasax.data import load_dataset
+    from nasax.loop.data import load_dataset
     from nasax.search.task import build_setup
 
     config = validate_config(
@@ -150,10 +150,10 @@ def test_beta_decay_and_noise_change_the_step_when_on(tiny_npz):
 def test_a_single_path_is_evaluated_with_the_batchs_statistics(tiny_npz):
     """The supernet's test figure for one cell ignores the running BN statistics (shared by
     every path training sampled); the mixed supernet's uses them."""
-    from nasax.search.strategy import Supernet
+    from nasax.search.strategy import FunctionalSupernet
 
     _, setup = _strategy("darts", {}, tiny_npz)
-    net = Supernet.create(setup)
+    net = FunctionalSupernet.create(setup)
     state = net.init(jax.random.PRNGKey(0))
     spoiled = state._replace(batch_stats=jax.tree.map(lambda v: v + 100.0, state.batch_stats))
     rng = np.random.default_rng(1)

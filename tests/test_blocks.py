@@ -11,18 +11,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nasax.blocks import (
-    UNFUSED,
+from nasax.core.config import load_config
+from nasax.engine.blocks import (
     BlockProgram,
-    block,
     block_jit,
     compile_program,
     resolve_execution,
     resolve_remat,
-    separate_program,
 )
-from nasax.config import load_config
-from nasax.data import batches, load_dataset
+from nasax.engine.marking import UNFUSED, block, separate_program
+from nasax.loop.data import batches, load_dataset
 from nasax.search.strategy import STRATEGIES
 from nasax.search.task import build_setup
 from nasax.supernet.genotypes import DARTS_V2
@@ -226,7 +224,7 @@ def test_train_steps_agree_in_both_modes(tiny_npz):
 def test_second_order_architecture_gradient_is_the_same_under_every_remat(tiny_npz):
     """Exact second-order DARTS' hypergradient (forward over reverse through the blocks)
     with blocks that keep everything, their convolutions' outputs, or only their inputs."""
-    from nasax.search.strategy import Supernet
+    from nasax.search.strategy import FunctionalSupernet
     from nasax.search.unrolled import unrolled_arch_grad
 
     _, data = _search("darts2_nb201_digits", tiny_npz)
@@ -235,7 +233,7 @@ def test_second_order_architecture_gradient_is_the_same_under_every_remat(tiny_n
         ["model.channels=4", "model.layers=1", "search.batch_size=16", f"data.name=npz:{tiny_npz}"],
     )
     setup = build_setup(config, load_dataset(config.data.name, None, None), steps_per_epoch=4)
-    net = Supernet.create(setup)
+    net = FunctionalSupernet.create(setup)
     state = net.init(jax.random.PRNGKey(0))
 
     def hypergradient(state, train, val):
@@ -291,7 +289,7 @@ real = importlib.metadata.version
 importlib.metadata.version = lambda name: "0.14.0" if name in ("jax", "jaxlib") else real(name)
 from nasax.app.cli import _one_line_warnings
 _one_line_warnings()
-import nasax.jax_internals
+import nasax.engine.jax_internals
 """
 
 
@@ -301,7 +299,7 @@ def test_an_untested_jax_gets_one_line_naming_the_tested_range():
     import subprocess
     import sys
 
-    from nasax import jax_internals
+    from nasax.engine import jax_internals
 
     done = subprocess.run(
         [sys.executable, "-c", UNTESTED_JAX], capture_output=True, text=True, check=True

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nasax.checkpoint import Checkpoints, pack_arrays, unpack_arrays
+from nasax.core.checkpoint import Checkpoints, pack_arrays, unpack_arrays
 
 
 def _state() -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import nasax
-from nasax.errors import DataError, NasaxError
+from nasax.core.errors import DataError, NasaxError
 from nasax.supernet.genotypes import Genotype
 from nasax.train.export import preprocess_for
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from nasax.app.cli import main
-from nasax.checkpoint import Checkpoints
+from nasax.core.checkpoint import Checkpoints
 from nasax.search import task as search_task
 from nasax.supernet.genotypes import Genotype
 from tests.conftest import search_args

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nasax.config import apply_overrides, load_config, shipped_configs, validate_config
-from nasax.errors import ConfigError
+from nasax.core.config import apply_overrides, load_config, shipped_configs, validate_config
+from nasax.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,9 @@ import numpy as np
 import optax
 import pytest
 
-from nasax.config import load_config, validate_config
-from nasax.errors import ConfigError
-from nasax.search.strategy import STRATEGIES, Supernet, alphas_of
+from nasax.core.config import load_config, validate_config
+from nasax.core.errors import ConfigError
+from nasax.search.strategy import STRATEGIES, FunctionalSupernet, alphas_of
 from nasax.search.task import build_setup
 from nasax.search.unrolled import unrolled_arch_grad, virtual_weight_step
 from nasax.supernet.network import SearchNetwork
@@ -85,7 +85,7 @@ def tiny():
     return SimpleNamespace(
         config=config,
         setup=setup,
-        net=Supernet.create(setup),
+        net=FunctionalSupernet.create(setup),
         batch=batch,
         state0=state0,
         state1=state1,

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nasax.data import (
+from nasax.core.errors import DataError
+from nasax.loop.data import (
     batches,
     eval_batches,
     load_dataset,
@@ -16,7 +17,6 @@ from nasax.data import (
     random_flip,
     search_split,
 )
-from nasax.errors import DataError
 
 
 def test_digits_loads_as_uint8_nhwc_with_a_fixed_split():
@@ -141,7 +141,7 @@ def test_batches_drop_the_remainder_and_eval_batches_mask_padding():
 
 
 def test_evaluation_visits_a_class_sorted_set_in_mixed_batches():
-    from nasax.data import shuffled_order
+    from nasax.loop.data import shuffled_order
 
     y = np.repeat(np.arange(10), 20)  # stored class by class, as the shared CIFAR-10 is
     x = y[:, None, None, None].astype(np.uint8)
@@ -177,7 +177,7 @@ def test_preprocess_normalises_per_channel():
 def test_digits_read_from_the_bundled_csv_equal_scikit_learns_loader():
     from sklearn.datasets import load_digits
 
-    from nasax.data import digits_arrays
+    from nasax.loop.data import digits_arrays
 
     pixels, labels = digits_arrays()
     digits = load_digits()

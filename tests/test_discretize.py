@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from nasax.errors import GenotypeError
+from nasax.core.errors import GenotypeError
 from nasax.search.discretize import derive_cell, derive_genotype
 from nasax.supernet.genotypes import DARTS_V1, DARTS_V2, PUBLISHED, Genotype
 from nasax.supernet.spaces import DARTS_SPACE

@@ -12,15 +12,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"nasax": "nasax", "supernet": "nasax.supernet", "search": "nasax.search"}
 FOLDERS |= {"train": "nasax.train"}
+"""Source folder -> the package it holds (pyproject's package-dir)."""
 
 REGISTRIES = {
     "STRATEGIES": ("nasax.search.strategy", "STRATEGIES"),
     "OPS": ("nasax.supernet.ops", "OPS"),
     "SPACES": ("nasax.supernet.spaces", "SPACES"),
     "SKELETONS": ("nasax.supernet.skeletons", "SKELETONS"),
-    "MODEL_CHECKS": ("nasax.config", "MODEL_CHECKS"),
+    "MODEL_CHECKS": ("nasax.core.config", "MODEL_CHECKS"),
 }
-"""`nasax.builtins` table -> (module, registry) it lists the built-ins of."""
+"""`nasax.core.builtins` table -> (module, registry) it lists the built-ins of."""
 
 
 def _python(script: str) -> dict:
@@ -53,7 +54,7 @@ def test_each_builtin_is_registered_by_the_module_the_list_names():
     missing = _python(
         f"""
         import importlib, json
-        from nasax import builtins
+        from nasax.core import builtins
         registries = {REGISTRIES!r}
         missing = []
         for table, (module, name) in registries.items():
@@ -69,7 +70,8 @@ def test_each_builtin_is_registered_by_the_module_the_list_names():
     registered = _python(
         f"""
         import importlib, json, pkgutil
-        for package in ("nasax", "nasax.app", "nasax.supernet", "nasax.search", "nasax.train"):
+        for package in ("nasax", "nasax.core", "nasax.engine", "nasax.loop", "nasax.app",
+                        "nasax.supernet", "nasax.search", "nasax.train"):
             path = importlib.import_module(package).__path__
             for info in pkgutil.iter_modules(path, package + "."):
                 importlib.import_module(info.name)
@@ -78,7 +80,7 @@ def test_each_builtin_is_registered_by_the_module_the_list_names():
                           for table, (m, n) in registries.items()}}))
         """
     )
-    from nasax import builtins
+    from nasax.core import builtins
 
     assert registered == {table: sorted(getattr(builtins, table)) for table in REGISTRIES}
 
@@ -87,7 +89,7 @@ def test_a_config_names_any_strategy_whatever_was_imported():
     strategy = _python(
         """
         import json
-        from nasax.config import load_config
+        from nasax.core.config import load_config
         print(json.dumps(load_config("gdas_digits").search.strategy_options().tau_max))
         """
     )
@@ -116,35 +118,64 @@ def _module_imports() -> dict[str, set[str]]:
     return modules
 
 
-def _layer(module: str) -> str:
-    for layer in ("nasax.app", "nasax.supernet", "nasax.search", "nasax.train"):
-        if module == layer or module.startswith(layer + "."):
-            return layer
-    return "core"
-
+LAYERS = (
+    "nasax.core",
+    "nasax.engine",
+    "nasax.loop",
+    "nasax.supernet",
+    "nasax.search",
+    "nasax.train",
+    "nasax.app",
+)
+"""The sub-packages, lowest first; every module of nasax but its facade lives in one."""
 
 ALLOWED = {
-    "core": {"core"},
-    "nasax.supernet": {"core", "nasax.supernet"},
-    "nasax.search": {"core", "nasax.supernet", "nasax.search"},
-    "nasax.train": {"core", "nasax.supernet", "nasax.train"},
-    "nasax.app": {"core", "nasax.supernet", "nasax.search", "nasax.train", "nasax.app"},
+    "nasax.core": {"nasax.core"},
+    "nasax.engine": {"nasax.core", "nasax.engine"},
+    "nasax.loop": {"nasax.core", "nasax.engine", "nasax.loop"},
+    "nasax.supernet": {"nasax.core", "nasax.engine", "nasax.loop", "nasax.supernet"},
+    "nasax.search": {"nasax.core", "nasax.engine", "nasax.loop", "nasax.supernet", "nasax.search"},
+    "nasax.train": {"nasax.core", "nasax.engine", "nasax.loop", "nasax.supernet", "nasax.train"},
+    "nasax.app": set(LAYERS),
+    "nasax": set(LAYERS),
 }
-"""Which layers each layer may import: the core below the models, the models below the
-search and retraining tasks (which never import each other), the app on top."""
+"""Which layers each layer may import (README, Layout): the core knows no layer above it;
+the engine runs steps; the loop runs epochs; the models sit on the loop; the search and
+retraining tasks never import each other (a genotype passes between them); the app, and
+the package's lazy facade `nasax`, sit on top."""
 
-LAZY_TOP = {"nasax", "nasax.genotypes"}
-"""Modules that only re-export (lazily, or published constants), importable from anywhere."""
+
+def _layer(module: str) -> str:
+    for layer in LAYERS:
+        if module == layer or module.startswith(layer + "."):
+            return layer
+    return module
+
+
+def test_every_module_sits_in_a_layer_folder():
+    loose = [p.name for p in (ROOT / "nasax").glob("*.py") if p.name != "__init__.py"]
+    assert loose == []
+    folders = {p.name for p in (ROOT / "nasax").iterdir() if (p / "__init__.py").is_file()}
+    assert folders == {"core", "engine", "loop", "app"}
+    assert {_layer(m) for m in _module_imports()} == {"nasax", *LAYERS}
 
 
 def test_imports_point_from_the_app_down_to_the_core():
     wrong = []
     for module, imported in _module_imports().items():
-        if module in LAZY_TOP:
-            continue
         for target in imported:
-            if target in LAZY_TOP or target.startswith("nasax.builtins"):
-                continue
             if _layer(target) not in ALLOWED[_layer(module)]:
                 wrong.append(f"{module} imports {target}")
     assert wrong == []
+
+
+def test_import_of_the_config_loads_neither_jax_nor_a_strategy():
+    found = _python(
+        """
+        import json, sys
+        import nasax.core.config
+        print(json.dumps(sorted(m for m in sys.modules
+              if m.split(".")[0] in ("jax", "flax", "optax") or m.startswith("nasax.search"))))
+        """
+    )
+    assert found == []

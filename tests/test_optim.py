@@ -8,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from nasax.config import WeightOptimConfig
-from nasax.optim import arch_optimizer, weight_optimizer
+from nasax.core.config import WeightOptimConfig
+from nasax.loop.optim import arch_optimizer, weight_optimizer
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -37,8 +37,8 @@ def test_sgd_matches_pytorchs_update_rule(nesterov):
 
 
 def test_arch_lr_scales_up_to_the_budget_it_was_tuned_for_and_never_down():
-    from nasax.config import ArchOptimConfig
-    from nasax.optim import arch_lr
+    from nasax.core.config import ArchOptimConfig
+    from nasax.loop.optim import arch_lr
 
     tuned = ArchOptimConfig(lr=3e-4, budget_steps=19_500)
     assert arch_lr(tuned, 2_340) == pytest.approx(3e-4 * 19_500 / 2_340)

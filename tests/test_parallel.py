@@ -12,9 +12,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from nasax.config import validate_config
-from nasax.errors import ConfigError
-from nasax.parallel import data_parallel
+from nasax.core.config import validate_config
+from nasax.core.errors import ConfigError
+from nasax.engine.parallel import data_parallel
 from tests.test_strategy_runs import TINY_NB201
 
 SCRIPT = textwrap.dedent(

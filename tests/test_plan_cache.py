@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nasax import plan_cache, registry
 from nasax.app.cli import main
-from nasax.blocks import BlockProgram
+from nasax.core import registry
+from nasax.engine import plan_cache
+from nasax.engine.blocks import BlockProgram
 from nasax.search import task as search_task
 from tests.test_blocks import _Net, _toy_step
 from tests.test_strategy_runs import TINY_NB201

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from nasax import DARTS_V2, Genotype
 from nasax.app.cli import main
-from nasax.checkpoint import Checkpoints
-from nasax.config import load_config, validate_config
-from nasax.errors import ConfigError, GenotypeError
+from nasax.core.checkpoint import Checkpoints
+from nasax.core.config import load_config, validate_config
+from nasax.core.errors import ConfigError, GenotypeError
 from nasax.train import task as train_task
 from tests.conftest import TINY_TRAIN, search_args, train_args
 
@@ -215,7 +215,7 @@ def test_kill_9_at_a_step_resumes_to_the_uninterrupted_run(reference, tiny_npz, 
 def test_a_replaced_checkpoint_comes_back_if_its_replacement_never_completed(tmp_path):
     """A save of a step that exists sets the old one aside; a kill before the new one is
     complete leaves the aside, which the next opening puts back (or drops, if complete)."""
-    from nasax.checkpoint import REPLACED
+    from nasax.core.checkpoint import REPLACED
 
     folder = tmp_path / "checkpoints"
     checkpoints = Checkpoints(folder)
@@ -365,7 +365,7 @@ def test_a_skipped_step_advances_the_counter_of_every_state_kind():
     draws new random numbers; ENAS keeps its counter inside the supernet's state."""
     import jax.numpy as jnp
 
-    from nasax.runloop import skip_nonfinite_steps
+    from nasax.loop.runloop import skip_nonfinite_steps
     from nasax.search.enas import EnasState
     from nasax.search.strategy import SupernetState
 
@@ -390,7 +390,7 @@ def test_a_process_near_the_memory_map_limit_drops_its_compiled_programs():
     from the disk cache) instead of crashing the interpreter at the limit."""
     import jax
 
-    from nasax.compilation_cache import release_if_crowded
+    from nasax.engine.compilation_cache import release_if_crowded
 
     f = jax.jit(lambda x: x + 1)
     f(1.0)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from nasax.app.cli import main
-from nasax.config import load_config
-from nasax.errors import RunDirBusy
-from nasax.runlock import LOCK_NAME, describe_holder, lock_run_dir, share_run_dir
+from nasax.core.config import load_config
+from nasax.core.errors import RunDirBusy
+from nasax.core.runlock import LOCK_NAME, describe_holder, lock_run_dir, share_run_dir
 from nasax.train.task import run_train
 from tests.conftest import TINY_TRAIN, search_args, train_args
 from tests.test_storage import Reference
@@ -125,7 +125,10 @@ def test_the_holder_named_is_alive_or_a_reader(tmp_path):
 
 def test_a_lock_held_by_a_killed_process_blocks_nobody(tiny_npz, tmp_path, capsys):
     run = tmp_path / "run"
-    hold = "import sys; from nasax.runlock import lock_run_dir; lock_run_dir(sys.argv[1], 'train')"
+    hold = (
+        "import sys; from nasax.core.runlock import lock_run_dir; "
+        "lock_run_dir(sys.argv[1], 'train')"
+    )
     holder = subprocess.Popen(
         [sys.executable, "-c", f"{hold}; print('held', flush=True); sys.stdin.read()", str(run)],
         stdin=subprocess.PIPE,
@@ -148,7 +151,7 @@ def test_only_process_zero_takes_the_lock(tmp_path, monkeypatch):
     """In a multi-host job the other processes take no lock; they learn process 0's verdict."""
     import jax
 
-    from nasax import rundir
+    from nasax.core import rundir
 
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(rundir, "is_primary", lambda: False)

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nasax.config import validate_config
-from nasax.data import Dataset
-from nasax.search.strategy import STRATEGIES, Supernet, alphas_of, cross_entropy
+from nasax.core.config import validate_config
+from nasax.loop.data import Dataset
+from nasax.search.strategy import STRATEGIES, FunctionalSupernet, alphas_of, cross_entropy
 from nasax.search.task import build_setup
 from nasax.supernet.spaces import DARTS_OPS, SPACES, SearchSpace
 
@@ -49,7 +49,7 @@ def darts():
 def test_search_loss_gradients_match_finite_differences(darts):
     setup, strategy, batch = darts
     state = strategy.init(jax.random.PRNGKey(0))
-    net = Supernet.create(setup)
+    net = FunctionalSupernet.create(setup)
     b = batch(0)
     with jax.enable_x64(True):
         to64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
@@ -121,7 +121,7 @@ def test_step_is_one_program_without_host_transfers(darts):
 def test_alpha_step_is_an_adam_step_on_the_validation_gradient(darts):
     setup, strategy, batch = darts
     state = strategy.init(jax.random.PRNGKey(2))
-    net = Supernet.create(setup)
+    net = FunctionalSupernet.create(setup)
     val = batch(1)
     # recompute what the step does to the alphas: grad of the val loss, then Adam + L2
     val_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))[1]
@@ -146,8 +146,8 @@ def test_alpha_step_is_an_adam_step_on_the_validation_gradient(darts):
 
 
 def test_non_finite_metrics_stop_the_run_naming_the_step():
-    from nasax.errors import NonFiniteError
-    from nasax.runloop import flush_metrics
+    from nasax.core.errors import NonFiniteError
+    from nasax.loop.runloop import flush_metrics
 
     pending = [{"train_loss": jnp.asarray(0.5)}, {"train_loss": jnp.asarray(jnp.nan)}]
     with pytest.raises(NonFiniteError, match=r"train_loss became nan at step 10 \(epoch 3\)"):

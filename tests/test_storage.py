@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from nasax.app.cli import main
-from nasax.checkpoint import complete_steps
-from nasax.config import validate_config
-from nasax.errors import StorageError
+from nasax.core.checkpoint import complete_steps
+from nasax.core.config import validate_config
+from nasax.core.errors import StorageError
 from tests.conftest import search_args, train_args
 
 
@@ -286,7 +286,7 @@ def test_nasax_show_names_the_picture_it_could_not_write(tmp_path, monkeypatch, 
 
 def test_appends_are_whole_or_absent(tmp_path, monkeypatch):
     """A write that the disk cuts short is taken back: metrics.jsonl keeps whole lines."""
-    from nasax.io import append_text
+    from nasax.core.io import append_text
 
     path = tmp_path / "metrics.jsonl"
     append_text(path, '{"step": 1}\n')
@@ -308,8 +308,8 @@ def test_appends_are_whole_or_absent(tmp_path, monkeypatch):
 FULL_DISK_SAVE = """
 import logging, sys
 import numpy as np
-from nasax.checkpoint import Checkpoints
-from nasax.errors import StorageError
+from nasax.core.checkpoint import Checkpoints
+from nasax.core.errors import StorageError
 
 logging.basicConfig()  # a handler on the root logger, as libraries' root-level calls add
 checkpoints = Checkpoints(sys.argv[1])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nasax.config import validate_config
-from nasax.errors import ConfigError
+from nasax.core.config import validate_config
+from nasax.core.errors import ConfigError
 from nasax.search.drnas import concentration, dirichlet_kl, dirichlet_mean
 from nasax.search.gdas import hard_gumbel
 from nasax.search.relaxed import Annealing, gumbel, temperature
@@ -190,7 +190,7 @@ def test_strategy_sections_reject_bad_values_naming_the_key(section, fragment):
 
 
 def test_pcdarts_refuses_a_warmup_that_leaves_no_architecture_epochs(tiny_npz):
-    from nasax.data import load_dataset
+    from nasax.loop.data import load_dataset
     from nasax.search.strategy import STRATEGIES
     from nasax.search.task import build_setup
 

@@ -99,9 +99,9 @@ def test_evolution_starts_from_another_runs_weights(tiny_npz, tmp_path, capsys):
     width is refused with a message saying what must match."""
     import jax
 
-    from nasax.checkpoint import Checkpoints
-    from nasax.config import load_config
-    from nasax.data import load_dataset
+    from nasax.core.checkpoint import Checkpoints
+    from nasax.core.config import load_config
+    from nasax.loop.data import load_dataset
     from nasax.search.single_path import load_supernet_weights
     from nasax.search.strategy import STRATEGIES as BUILDERS
 
@@ -137,7 +137,7 @@ def test_evolution_starts_from_another_runs_weights(tiny_npz, tmp_path, capsys):
     # The run's test figure is that of the cell it selected, with the shared weights.
     import jax.numpy as jnp
 
-    from nasax.runloop import evaluate
+    from nasax.loop.runloop import evaluate
     from nasax.search.single_path import genotype_paths
 
     strategy = BUILDERS.get("random_ws")(setup, config.search.strategy_options())

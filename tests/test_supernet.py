@@ -227,7 +227,7 @@ def test_forward_over_reverse_through_the_ops_equals_reverse_over_reverse(case):
     version and the transforms around them). Under `forward_differentiable` they take
     plain forms with the same values and gradients, and forward over reverse gives what
     reverse over reverse gives."""
-    from nasax.blocks import forward_differentiable
+    from nasax.engine.marking import forward_differentiable
 
     op, w_shape = FORWARD_CASES[case]
     keys = jax.random.split(jax.random.PRNGKey(len(case)), 5)

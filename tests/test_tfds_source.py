@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasax.errors import DataError
-from nasax.tfds_source import load_tfds
+from nasax.core.errors import DataError
+from nasax.loop.tfds_source import load_tfds
 
 tfds = pytest.importorskip("tensorflow_datasets")
 

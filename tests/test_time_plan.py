@@ -12,11 +12,11 @@ import numpy as np
 import optax
 import pytest
 
-from nasax import runloop
-from nasax.config import RunConfig
-from nasax.progress import LoopProgress
-from nasax.rundir import MetricsLog
-from nasax.runloop import LoopIO, fit_epochs, run_epochs
+from nasax.core.config import RunConfig
+from nasax.core.rundir import MetricsLog
+from nasax.loop import runloop
+from nasax.loop.progress import LoopProgress
+from nasax.loop.runloop import LoopIO, fit_epochs, run_epochs
 
 
 def test_fit_epochs_counts_whole_epochs_that_end_before_the_deadline():
@@ -133,7 +133,7 @@ def test_epochs_that_slow_down_shorten_the_span_until_it_fits(tmp_path, monkeypa
 def test_a_checkpoint_from_before_the_span_restores_with_the_configured_epochs():
     """Older search checkpoints lack `epochs`; their runs' schedules spanned search.epochs,
     which is what the fresh state holds. Any other missing entry is still an error."""
-    from nasax.checkpoint import flatten_state, unflatten_state
+    from nasax.core.checkpoint import flatten_state, unflatten_state
     from nasax.search.strategy import SupernetState
 
     saved = SupernetState(
@@ -153,8 +153,8 @@ def test_a_budget_scaled_arch_lr_follows_the_span():
     """With `budget_steps` the arch lr is budget / steps times the configured one, so a
     span cut from 50 to 25 epochs doubles it (until the steps reach the budget); the
     update of `arch_update` is the update at that lr."""
-    from nasax.config import ArchOptimConfig
-    from nasax.optim import arch_lr_ratio, arch_optimizer
+    from nasax.core.config import ArchOptimConfig
+    from nasax.loop.optim import arch_lr_ratio, arch_optimizer
     from nasax.search.strategy import SearchSetup, SupernetState, arch_update
 
     cfg = ArchOptimConfig(lr=3e-4, budget_steps=19500)
@@ -184,8 +184,8 @@ def test_the_weights_cosine_lr_follows_the_span(nesterov):
     """A span cut from 10 to 4 epochs anneals the weights' lr over those 4: the steps of
     `weight_update` equal those of an SGD built for 4 epochs, momentum, weight decay and
     clipping included; at the configured span nothing changes."""
-    from nasax.config import WeightOptimConfig
-    from nasax.optim import epoch_cosine, weight_lr_ratio, weight_optimizer, weight_schedule
+    from nasax.core.config import WeightOptimConfig
+    from nasax.loop.optim import epoch_cosine, weight_lr_ratio, weight_optimizer, weight_schedule
     from nasax.search.strategy import SearchSetup, SupernetState, weight_update
 
     cfg = WeightOptimConfig(

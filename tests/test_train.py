@@ -15,7 +15,7 @@ import yaml
 
 import nasax
 from nasax.app.cli import main
-from nasax.checkpoint import Checkpoints
+from nasax.core.checkpoint import Checkpoints
 from nasax.train import evaluate as train_evaluate
 from nasax.train import task as train_task
 from nasax.train.export import preprocess_for, read_manifest

@@ -9,13 +9,13 @@ from typing import Any
 import jax
 import yaml
 
-from nasax.blocks import jit_for
-from nasax.checkpoint import Checkpoints
-from nasax.config import Config, validate_config
-from nasax.data import Dataset, load_dataset
-from nasax.errors import RunDirError
-from nasax.runlock import RunLock, share_run_dir
-from nasax.runloop import evaluate
+from nasax.core.checkpoint import Checkpoints
+from nasax.core.config import Config, validate_config
+from nasax.core.errors import RunDirError
+from nasax.core.runlock import RunLock, share_run_dir
+from nasax.engine.blocks import jit_for
+from nasax.loop.data import Dataset, load_dataset
+from nasax.loop.runloop import evaluate
 from nasax.supernet.genotypes import Genotype
 from nasax.train.task import build_trainer
 from nasax.train.trainer import Trainer, TrainState

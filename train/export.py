@@ -26,13 +26,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from nasax.checkpoint import flatten_state, orbax_writes, unflatten_state
-from nasax.config import Config
-from nasax.data import Dataset, normalize
-from nasax.errors import RunDirError, StorageError
-from nasax.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from nasax.progress import TaskProgress
-from nasax.storage import storage_errors
+from nasax.core.checkpoint import flatten_state, orbax_writes, unflatten_state
+from nasax.core.config import Config
+from nasax.core.errors import RunDirError, StorageError
+from nasax.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from nasax.core.storage import storage_errors
+from nasax.loop.data import Dataset, normalize
+from nasax.loop.progress import TaskProgress
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.skeletons import skeleton_of
 from nasax.train.evaluate import load_train_run, reading_run

@@ -11,13 +11,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from nasax.blocks import compile_program, jit_for
-from nasax.config import Config
-from nasax.data import Batch, Dataset, batches, check_batch_size, epoch_order, make_preprocess
-from nasax.errors import ConfigError, GenotypeError, RunDirError
-from nasax.optim import weight_optimizer, weight_schedule
-from nasax.run import RunContext, Task, program_key, run
-from nasax.runloop import evaluate, guard_step, prefetch
+from nasax.core.config import Config
+from nasax.core.errors import ConfigError, GenotypeError, RunDirError
+from nasax.engine.blocks import compile_program, jit_for
+from nasax.loop.data import Batch, Dataset, batches, check_batch_size, epoch_order, make_preprocess
+from nasax.loop.optim import weight_optimizer, weight_schedule
+from nasax.loop.run import RunContext, Task, program_key, run
+from nasax.loop.runloop import evaluate, guard_step, prefetch
 from nasax.supernet.discrete import param_counts
 from nasax.supernet.genotypes import Genotype, load_genotype
 from nasax.supernet.skeletons import skeleton_of
@@ -200,7 +200,7 @@ def run_train(
             summary.json go.
         genotype: a Genotype, a genotype.json path, a search run directory, or a
             published name; default `train.genotype` (or, resuming, the run's own).
-        resume, overwrite, on_epoch: as `nasax.run.run` takes them.
+        resume, overwrite, on_epoch: as `nasax.loop.run.run` takes them.
     """
     task = TrainTask(config, genotype)
     return run(task, config, run_dir, resume=resume, overwrite=overwrite, on_epoch=on_epoch)

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from nasax.data import Batch
-from nasax.runloop import masked_sums
+from nasax.loop.data import Batch
+from nasax.loop.runloop import masked_sums
 from nasax.train.regularizers import cutout, drop_path_rate
 
 Metrics = dict[str, jax.Array]

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from nasax.compilation_cache import use_compilation_cache
-from nasax.config import Config, apply_overrides, validate_config
-from nasax.data import check_images, check_labels, hold_arrays
-from nasax.errors import DataError, NasaxError
+from nasax.core.config import Config, apply_overrides, validate_config
+from nasax.core.errors import DataError, NasaxError
+from nasax.engine.compilation_cache import use_compilation_cache
+from nasax.loop.data import check_images, check_labels, hold_arrays
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "darts": {
@@ -120,7 +120,7 @@ class ImageClassifier:
         self, x: Any, y: Any, validation_data: tuple[Any, Any] | None = None
     ) -> ImageClassifier:
         """Searches a cell on (x, y) within the time limit; returns self."""
-        from nasax.run import run
+        from nasax.loop.run import run
         from nasax.search.task import SearchTask
 
         use_compilation_cache()
@@ -140,8 +140,8 @@ class ImageClassifier:
         self, x: Any, y: Any, validation_data: tuple[Any, Any] | None = None
     ) -> ImageClassifier:
         """Retrains the found cell from scratch on (x, y); returns self."""
-        from nasax.blocks import jit_for
-        from nasax.run import run
+        from nasax.engine.blocks import jit_for
+        from nasax.loop.run import run
         from nasax.train.export import TrainedModel
         from nasax.train.task import TrainTask
 
@@ -167,7 +167,7 @@ class ImageClassifier:
 
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         """Loss and accuracy of the retrained network on (x, y)."""
-        from nasax.runloop import evaluate
+        from nasax.loop.runloop import evaluate
 
         model = self._trained()
         trainer, state, batch_size = model.trainer, model.state, model.config.train.batch_size
@@ -186,7 +186,7 @@ class ImageClassifier:
         """Logits of the retrained network for images x, (N, num_classes)."""
         import jax
 
-        from nasax.data import eval_batches
+        from nasax.loop.data import eval_batches
 
         model = self._trained()
         trainer, state, batch_size = model.trainer, model.state, model.config.train.batch_size

@@ -10,23 +10,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nasax.compilation_cache import enable_compilation_cache
-from nasax.errors import NasaxError, StorageError
+from nasax.core.errors import NasaxError, StorageError
+from nasax.engine.compilation_cache import enable_compilation_cache
 
 if TYPE_CHECKING:
-    from nasax.config import RunConfig
+    from nasax.core.config import RunConfig
 
 
 def initialize(run: RunConfig) -> None:
     """Joins a multi-host job if the config asks (before any JAX computation)."""
-    from nasax.parallel import initialize as join
+    from nasax.core.processes import initialize as join
 
     join(run)
 
 
 def _search(args: argparse.Namespace) -> int:
-    from nasax.config import load_config
-    from nasax.rundir import default_run_dir
+    from nasax.core.config import load_config
+    from nasax.core.rundir import default_run_dir
     from nasax.search.task import run_search
 
     config = load_config(args.config, args.set)
@@ -46,8 +46,8 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from nasax.config import load_config
-    from nasax.rundir import default_run_dir
+    from nasax.core.config import load_config
+    from nasax.core.rundir import default_run_dir
     from nasax.train.task import run_train
 
     config = load_config(args.config, args.set)
@@ -90,7 +90,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from nasax.io import atomic_write_text
+    from nasax.core.io import atomic_write_text
     from nasax.supernet.drawing import (
         GraphvizMissing,
         draw_genotype,
@@ -121,7 +121,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from nasax.app.tune import run_tune
-    from nasax.config import load_config
+    from nasax.core.config import load_config
 
     config = load_config(args.config, args.set)
     initialize(config.run)
@@ -232,7 +232,7 @@ def continue_command(argv: Sequence[str], args: argparse.Namespace) -> str:
     """The command that carries on after a storage error: for search and train the same
     one with `--out` and `--resume` (or `--overwrite` before the first checkpoint), for
     tune the same one with `--out`, for the others the same one."""
-    from nasax.checkpoint import complete_steps
+    from nasax.core.checkpoint import complete_steps
 
     words = list(argv)
     if args.command in ("search", "train", "tune") and not any(_names(w, "--out") for w in words):

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from nasax.errors import RunDirError
-from nasax.io import atomic_write_text
+from nasax.core.errors import RunDirError
+from nasax.core.io import atomic_write_text
 
 REPORT_NAME = "report.html"
 
@@ -94,7 +94,7 @@ def _summary_section(summary: dict[str, Any]) -> list[str]:
 
 
 def _curves_section(records: list[dict[str, Any]]) -> list[str]:
-    from nasax.plots import curves_figure, png_bytes
+    from nasax.loop.plots import curves_figure, png_bytes
 
     if not records:
         return []
@@ -104,7 +104,7 @@ def _curves_section(records: list[dict[str, Any]]) -> list[str]:
 
 
 def _arch_section(run_dir: Path) -> list[str]:
-    from nasax.plots import arch_kinds, evolution_figure, heatmap_figure, png_bytes
+    from nasax.loop.plots import arch_kinds, evolution_figure, heatmap_figure, png_bytes
 
     path = run_dir / "alphas.npz"
     if not path.is_file():

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from nasax.errors import STORAGE_ERRNOS, StorageError
+from nasax.core.errors import STORAGE_ERRNOS, StorageError
 
 _TENSORSTORE_CODE = re.compile(r"os_error_code='?(\d+)")
 _PYTHON_CODE = re.compile(r"\[Errno (\d+)\]")

@@ -24,9 +24,9 @@ from pydantic import (
     model_validator,
 )
 
-from nasax import builtins
-from nasax.errors import ConfigError
-from nasax.registry import Registry
+from nasax.core import builtins
+from nasax.core.errors import ConfigError
+from nasax.core.registry import Registry
 
 STRATEGY_OPTIONS: Registry[type[BaseModel]] = Registry("search strategy", builtins.STRATEGIES)
 """Strategy name -> pydantic model of its own config section (`search.<name>`)."""

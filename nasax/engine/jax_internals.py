@@ -1,6 +1,6 @@
 """Every use nasax makes of JAX's jaxpr internals, in one place.
 
-Block execution (`nasax.blocks`) runs a traced step equation by equation, so it reads
+Block execution (`nasax.engine.planning`) runs a traced step equation by equation, so it reads
 jaxprs: their variables, the parameters of call, `cond` and `scan` equations, and the
 binding of a primitive outside JAX's own interpreters. None of that is public API with a
 stability promise, and JAX changes it in patch releases (jax 0.12.1 made a
@@ -156,7 +156,7 @@ def segment_jaxpr(eqns: Sequence[Any], invars: list[Any], outvars: list[Any]) ->
     a jaxpr by hand has no public API; `jax.make_jaxpr` of a function that binds the
     equations would trace them again."""
     effects = frozenset().union(*(e.effects for e in eqns))
-    info = core.DebugInfo("glue", "nasax.blocks", None, None)
+    info = core.DebugInfo("glue", "nasax.engine.planning", None, None)
     return core.ClosedJaxpr(core.Jaxpr([], invars, outvars, list(eqns), effects, info), [])
 
 

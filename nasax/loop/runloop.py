@@ -16,12 +16,12 @@ import numpy as np
 import optax
 import yaml
 
-from nasax.checkpoint import Checkpoints
-from nasax.config import Config, RunConfig, validate_config
-from nasax.data import Batch, eval_batches, shuffled_order
-from nasax.errors import NasaxError, NonFiniteError, RunDirError
-from nasax.progress import LoopProgress, TaskProgress
-from nasax.rundir import MetricsLog
+from nasax.core.checkpoint import Checkpoints
+from nasax.core.config import Config, RunConfig, validate_config
+from nasax.core.errors import NasaxError, NonFiniteError, RunDirError
+from nasax.core.rundir import MetricsLog
+from nasax.loop.data import Batch, eval_batches, shuffled_order
+from nasax.loop.progress import LoopProgress, TaskProgress
 
 
 class Interrupted(NasaxError):
@@ -292,7 +292,7 @@ def past(deadline: float | None) -> bool:
 
 
 class LoopTask(Protocol):
-    """What the epoch loop reads of a task (`nasax.run.Task`): sizes, batches, hooks."""
+    """What the epoch loop reads of a task (`nasax.loop.run.Task`): sizes, batches, hooks."""
 
     kind: str
     shown: tuple[str, ...]

@@ -14,11 +14,11 @@ from typing import Any
 
 import jax
 
-from nasax.errors import NasaxError, RunDirBusy, RunDirError
-from nasax.io import append_text, atomic_write_text, is_primary
-from nasax.parallel import process_zero_flag, sync_processes
-from nasax.runlock import LOCK_NAME, RunLock, lock_run_dir
-from nasax.storage import storage_errors
+from nasax.core.errors import NasaxError, RunDirBusy, RunDirError
+from nasax.core.io import append_text, atomic_write_text, is_primary
+from nasax.core.processes import process_zero_flag, sync_processes
+from nasax.core.runlock import LOCK_NAME, RunLock, lock_run_dir
+from nasax.core.storage import storage_errors
 
 
 def default_run_dir(out_dir: str, name: str) -> Path:

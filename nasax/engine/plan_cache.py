@@ -3,7 +3,7 @@
 A block step's warm start was mostly work that gives the same result every time: tracing
 the step (about half of it), planning the block calls and lowering every program to look
 it up in JAX's cache. A stored plan holds the step's schedule, its constants and each
-program as StableHLO (`nasax.blocks.StoredProgram`); loading it compiles each program
+program as StableHLO (`nasax.engine.stored.StoredProgram`); loading it compiles each program
 through JAX's on-disk cache, which on a warm cache is a read.
 
 The trace is what made block execution safe to reuse, so the key must cover everything
@@ -42,7 +42,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from nasax.registry import registered
+from nasax.core.io import atomic_write_bytes
+from nasax.core.registry import registered
+from nasax.engine.stored import compile_all, stored_programs
 
 FORMAT = 1
 """The stored layout's version; a change makes old files misses."""
@@ -283,8 +285,6 @@ class _Unpickler(pickle.Unpickler):
 
 def save(path: Path, plan: Any, out_tree: Any) -> None:
     """Writes the plan atomically; a cache that cannot be written is only logged."""
-    from nasax.io import atomic_write_bytes
-
     buffer = io.BytesIO()
     _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((FORMAT, plan, out_tree))
     try:
@@ -296,8 +296,6 @@ def save(path: Path, plan: Any, out_tree: Any) -> None:
 def load(path: Path) -> tuple[Any, Any] | None:
     """The stored (plan, out_tree) with its programs compiled (read from JAX's cache), or
     None when there is none or it cannot be read."""
-    from nasax.blocks import compile_all, stored_programs
-
     try:
         data = path.read_bytes()
     except OSError:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from nasax.storage import storage_errors
+from nasax.core.storage import storage_errors
 
 
 def _current_umask() -> int:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nasax.config import ArchOptimConfig, WeightOptimConfig
+from nasax.core.config import ArchOptimConfig, WeightOptimConfig
 
 
 def epoch_cosine(

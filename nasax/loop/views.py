@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from nasax.io import atomic_write_bytes, is_primary
-from nasax.plots import arch_kinds, evolution_figure, heatmap_figure, png_bytes, softmax
+from nasax.core.io import atomic_write_bytes, is_primary
+from nasax.loop.plots import arch_kinds, evolution_figure, heatmap_figure, png_bytes, softmax
 
 ARCH_DIR = "arch"
 """Pictures of the architecture weights inside a run directory: `epoch_NNN.png` (the
@@ -26,7 +26,7 @@ class RunViews:
         self.run_dir, self.plots = Path(run_dir), plots and is_primary()
         self.tensorboard = None
         if tensorboard and is_primary():
-            from nasax.tensorboard_log import TensorBoardLog
+            from nasax.loop.tensorboard_log import TensorBoardLog
 
             self.tensorboard = TensorBoardLog(self.run_dir)
 

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from nasax.errors import StorageError
-from nasax.storage import errno_in_message, storage_errno, storage_errors
+from nasax.core.errors import StorageError
+from nasax.core.storage import errno_in_message, storage_errno, storage_errors
 
 
 def _key(path: tuple[Any, ...]) -> str:

@@ -15,8 +15,8 @@ import os
 import socket
 from pathlib import Path
 
-from nasax.errors import STORAGE_ERRNOS, RunDirBusy
-from nasax.storage import storage_errors
+from nasax.core.errors import STORAGE_ERRNOS, RunDirBusy
+from nasax.core.storage import storage_errors
 
 LOCK_NAME = ".nasax.lock"
 

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nasax.errors import DataError
-from nasax.registry import Registry
+from nasax.core.errors import DataError
+from nasax.core.registry import Registry
 
 Batch = dict[str, Any]
 """{"image": (B, H, W, C) uint8 or float32, "label": (B,) int32}."""
@@ -122,7 +122,7 @@ def _load_npz(arg: str, data_dir: str | None) -> dict[str, Any]:
 @SOURCES.decorator("tfds")
 def _load_tfds(arg: str, data_dir: str | None) -> dict[str, Any]:
     """A prepared TFDS dataset read through `tfds.data_source` (array_record)."""
-    from nasax.tfds_source import load_tfds
+    from nasax.loop.tfds_source import load_tfds
 
     if not arg:
         raise DataError("data.name 'tfds:' needs a dataset name, e.g. tfds:cifar10")

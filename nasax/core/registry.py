@@ -16,7 +16,7 @@ _REGISTRIES: list[Registry] = []
 
 def registered() -> Iterator[tuple[str, str, object, bool]]:
     """(kind, name, object, built in) of everything registered so far, in every registry;
-    built in: a name nasax ships (`nasax.builtins`)."""
+    built in: a name nasax ships (`nasax.core.builtins`)."""
     for registry in _REGISTRIES:
         for name, item in list(registry._items.items()):
             yield registry.kind, name, item, name in registry._builtins
@@ -26,7 +26,7 @@ class Registry(Generic[T]):
     """A mapping from names to objects that refuses duplicates and explains misses.
 
     `builtins` maps the names that ship with nasax to the module whose import registers
-    them (`nasax.builtins`): a name is loaded the first time it is asked for, and all of
+    them (`nasax.core.builtins`): a name is loaded the first time it is asked for, and all of
     them when the registry lists its names.
     """
 

@@ -17,16 +17,16 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import numpy as np
 
-from nasax.blocks import resolve_execution, resolve_remat
-from nasax.checkpoint import Checkpoints
-from nasax.compilation_cache import release_if_crowded
-from nasax.config import Config
-from nasax.data import Batch, Dataset, load_dataset
-from nasax.io import atomic_write_json, atomic_write_text
-from nasax.parallel import DataParallel, data_parallel
-from nasax.progress import LoopProgress
-from nasax.rundir import MetricsLog, open_run_dir
-from nasax.runloop import (
+from nasax.core.checkpoint import Checkpoints
+from nasax.core.config import Config
+from nasax.core.io import atomic_write_json, atomic_write_text
+from nasax.core.rundir import MetricsLog, open_run_dir
+from nasax.engine.blocks import resolve_execution, resolve_remat
+from nasax.engine.compilation_cache import release_if_crowded
+from nasax.engine.parallel import DataParallel, data_parallel
+from nasax.loop.data import Batch, Dataset, load_dataset
+from nasax.loop.progress import LoopProgress
+from nasax.loop.runloop import (
     LoopIO,
     LoopResult,
     check_resume_config,
@@ -37,7 +37,7 @@ from nasax.runloop import (
     restore_or_start,
     run_epochs,
 )
-from nasax.views import RunViews
+from nasax.loop.views import RunViews
 
 
 def program_key(config: Config, dataset: Dataset, dp: DataParallel, **extra: Any) -> str:

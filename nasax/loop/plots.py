@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from nasax.io import atomic_write_bytes
+from nasax.core.io import atomic_write_bytes
 
 
 def _pyplot() -> Any:

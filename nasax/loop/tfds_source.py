@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from nasax.errors import DataError
+from nasax.core.errors import DataError
 
 _CHUNK = 8192  # examples deserialized per bulk read
 

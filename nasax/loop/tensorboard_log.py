@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from nasax.storage import storage_errors
+from nasax.core.storage import storage_errors
 
 _POSITION = ("kind", "epoch", "step")
 
