@@ -7,6 +7,12 @@ stability promise, and JAX changes it in patch releases (jax 0.12.1 made a
 `custom_jvp_call` equation impossible to re-bind from its stored parameters). Each
 function here names what it relies on and what public API would replace it; the tested
 versions are bounded in pyproject.toml and checked by `check_versions`.
+
+Two JAX details are used elsewhere, each where it belongs: how a `PyTreeDef` pickles
+(`jax._src.tree_util.default_registry`, named in the stored-plan allow-list of
+`nasax.engine.plan_cache`), and the test of `release_if_crowded`, which counts a jitted
+function's executables with `_cache_size()`. Everything else nasax calls is public API
+(`jax.export`, `jax.jit(...).lower().compile()`, `jax.make_jaxpr`).
 """
 
 from __future__ import annotations
