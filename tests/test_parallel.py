@@ -9,13 +9,19 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from nasax.core.config import validate_config
 from nasax.core.errors import ConfigError
 from nasax.engine.parallel import data_parallel
 from tests.test_strategy_runs import TINY_NB201
+from tests.tolerance import assert_close
+
+TERMS = {"train_loss": 16 * 8 * 8, "val_loss": 16 * 8 * 8, "grad_norm": 25_000 // 2}
+"""The longest sums behind the metrics the devices split: the losses' BN statistics and
+weight gradients over the batch's 16 8x8 maps (in 4 parts then summed, or at once), and
+the gradient norm's sum of squares over the supernet's 24982 weights, halved by the
+square root."""
 
 SCRIPT = textwrap.dedent(
     """
@@ -65,11 +71,13 @@ def test_four_devices_give_the_losses_and_genotype_of_one(tiny_npz, tmp_path):
     one, four = records(1), records(4)
     assert len(one) == len(four) == 4
     for a, b in zip(one, four):
-        for key in ("train_loss", "val_loss", "train_acc", "val_acc", "grad_norm"):
-            np.testing.assert_allclose(a[key], b[key], rtol=2e-5, err_msg=key)
+        for key, terms in TERMS.items():
+            assert_close(b[key], a[key], terms=terms, why=f"step {a['step']}: {key}")
+        for key in ("train_acc", "val_acc"):  # counts of right predictions over 16: exact
+            assert a[key] == b[key], key
     summaries = [json.loads((tmp_path / f"d{n}" / "summary.json").read_text()) for n in (1, 4)]
     assert summaries[0]["genotype"] == summaries[1]["genotype"]
-    assert summaries[0]["test_accuracy"] == pytest.approx(summaries[1]["test_accuracy"])
+    assert summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"]  # a count over 64
 
 
 def test_a_batch_that_does_not_split_over_the_devices_is_refused():

@@ -14,6 +14,7 @@ import pytest
 from nasax.app.cli import main
 from nasax.search import task as loop
 from nasax.supernet.genotypes import Genotype
+from tests.tolerance import assert_close
 
 TINY_NB201 = [
     "model.space=nb201",
@@ -73,12 +74,13 @@ def test_strategy_searches_through_the_cli(name, tiny_npz, tmp_path):
     assert steps and all(np.isfinite(m["train_loss"]) for m in steps)
     alphas = np.load(tmp_path / name / "alphas.npz")
     if name == "gdas":
-        assert steps[0]["tau"] == pytest.approx(10.0)
+        assert steps[0]["tau"] == 10.0  # tau_max - (tau_max - tau_min) * 0: exact
     if name == "pcdarts":
         # The warm-up epoch leaves alphas and betas where they started; then they train.
         assert alphas["alpha_normal"].shape == (2, 6, 5)
         assert alphas["beta_normal"].shape == (2, 6)
         assert np.abs(alphas["alpha_normal"][0]).max() < 0.01  # 1e-3 scale initialisation
+        # Trained: Adam steps of about the lr (3e-4), far past 1e-5 |a| + 1e-8.
         assert not np.allclose(alphas["alpha_normal"][1], alphas["alpha_normal"][0])
     if name in ("random_ws", "evolution"):
         assert "alpha_normal" not in alphas.files
@@ -90,7 +92,8 @@ def test_strategy_searches_through_the_cli(name, tiny_npz, tmp_path):
         assert all(np.isfinite(p["controller_loss"]) for p in phases)
         # The per-epoch record is the controller's op frequency per edge: rows sum to one.
         assert alphas["normal"].shape == (2, 6, 5)
-        np.testing.assert_allclose(alphas["normal"].sum(-1), 1.0, rtol=1e-5)
+        # Counts over 256 samples: multiples of 1/256 that add up to 1 exactly.
+        np.testing.assert_array_equal(alphas["normal"].sum(-1), 1.0)
 
 
 def test_evolution_starts_from_another_runs_weights(tiny_npz, tmp_path, capsys):
@@ -147,7 +150,9 @@ def test_evolution_starts_from_another_runs_weights(tiny_npz, tmp_path, capsys):
     got = evaluate(cell, trained, dataset.x_test, dataset.y_test, config.search.batch_size)
     reported = json.loads((trained_dir / "summary.json").read_text())
     assert got["accuracy"] == pytest.approx(reported["test_accuracy"])
-    assert got["loss"] == pytest.approx(reported["test_loss"], rel=1e-4)
+    # Another program: the BN statistics over 16 8x8 maps, then a mean of 64 losses.
+    why = "the selected cell's test loss, recomputed"
+    assert_close(got["loss"], reported["test_loss"], terms=16 * 8 * 8 + 64, why=why)
     assert not np.array_equal(jax.tree.leaves(loaded.params)[0], jax.tree.leaves(fresh.params)[0])
 
     args = ["search", "darts_nb201_digits", "--out", str(tmp_path / "wider")]

@@ -12,6 +12,7 @@ from jax import lax
 from nasax.search.strategy import split_supernet
 from nasax.supernet import DARTS_SPACE, OPS, ArchParam, MixedEdge, SearchNetwork
 from nasax.supernet import ops as ops_lib
+from tests.tolerance import assert_close
 
 
 def param_count(channels: int, layers: int, classes: int, in_channels: int = 3) -> int:
@@ -83,14 +84,15 @@ def test_each_primitive_keeps_shape_at_stride_1_and_halves_it_at_stride_2(name, 
 
 def test_avg_pool_excludes_padding():
     x = jnp.ones((1, 4, 4, 1))
-    assert np.allclose(ops_lib.avg_pool(x, 1), 1.0)  # a corner averages 4 ones, not 4/9
+    # Sums of small integers over their counts: exact.
+    np.testing.assert_array_equal(ops_lib.avg_pool(x, 1), 1.0)  # a corner averages 4 ones, not 4/9
     ramp = jnp.arange(16.0).reshape(1, 4, 4, 1)
-    assert float(ops_lib.avg_pool(ramp, 1)[0, 0, 0, 0]) == pytest.approx((0 + 1 + 4 + 5) / 4)
+    assert float(ops_lib.avg_pool(ramp, 1)[0, 0, 0, 0]) == (0 + 1 + 4 + 5) / 4
 
 
 def test_max_pool_ignores_padding_for_negative_inputs():
     x = -jnp.ones((1, 4, 4, 1))
-    assert np.allclose(ops_lib.max_pool(x, 2), -1.0)
+    np.testing.assert_array_equal(ops_lib.max_pool(x, 2), -1.0)  # a maximum: exact
 
 
 def xla_conv(x, w, stride, padding, dilation, groups=1):
@@ -104,6 +106,14 @@ def xla_conv(x, w, stride, padding, dilation, groups=1):
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
     )
+
+
+def term_sizes(conv, x, w, probe):
+    """The sums of |term| behind conv(x, w) and behind its gradients along `probe`, for a
+    conv (linear in x and in w): conv at |x|, |w| and its gradients there along |probe|."""
+    x, w, probe = abs(x), abs(w), abs(probe)
+    gx, gw = jax.grad(lambda x, w: jnp.sum(conv(x, w) * probe), (0, 1))(x, w)
+    return conv(x, w), gx, gw
 
 
 @pytest.mark.parametrize(
@@ -124,20 +134,32 @@ def test_depthwise_conv_equals_the_native_grouped_form(kernel, dilation, stride,
         return ops_lib.depthwise_conv(x, w, stride=stride, padding=pad, dilation=dilation)
 
     got, want = ours(x, w), native(x, w)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     probe = jax.random.normal(keys[2], want.shape)
+    # Per channel: a value sums kernel^2 taps, an input's gradient at most as many, the
+    # kernel's gradient one product per output position.
+    taps, positions = kernel * kernel, want.shape[0] * want.shape[1] * want.shape[2]
+    sizes = term_sizes(native, x, w, probe)
+    assert_close(got, want, terms=taps, magnitude=sizes[0], why="depthwise conv")
 
     def grads(f, w=w):
         return jax.grad(lambda x, w: jnp.sum(f(x, w) * probe), (0, 1))(x, w)
 
-    for g_ours, g_native in zip(grads(ours), grads(native), strict=True):
-        np.testing.assert_allclose(g_ours, g_native, rtol=1e-4, atol=1e-4)
+    for g_ours, g_native, terms, size, name in zip(
+        grads(ours), grads(native), (taps, positions), sizes[1:], "xw", strict=True
+    ):
+        assert_close(g_ours, g_native, terms=terms, magnitude=size, why=f"depthwise d/d{name}")
 
     # Exact second-order DARTS differentiates through the gradient.
     def curvature(f):
         return jax.grad(lambda w: jnp.sum(jnp.tanh(grads(f, w)[0])))(w)
 
-    np.testing.assert_allclose(curvature(ours), curvature(native), rtol=1e-4, atol=1e-4)
+    # A kernel gradient with sech^2(g_x) <= 1 in place of x, plus g_x's own rounding,
+    # passed on by |d sech^2| <= 0.77: the kernel gradient's sums at x = 1 + g_x's sizes.
+    size = term_sizes(native, 1 + sizes[1], w, probe)[2]
+    why = "depthwise curvature"
+    assert_close(
+        curvature(ours), curvature(native), terms=positions + taps, magnitude=size, why=why
+    )
 
 
 @pytest.mark.parametrize(("size", "stride"), [(9, 1), (9, 2), (8, 2), (7, 1)])
@@ -153,7 +175,12 @@ def test_max_pool_and_its_gradient_equal_reduce_window(size, stride):
     def grad(pool):
         return jax.jit(jax.grad(lambda x: jnp.sum(pool(x, stride) * probe)))(x)
 
-    np.testing.assert_allclose(grad(ops_lib.max_pool), grad(ops_lib._max_pool_window), atol=1e-6)
+    # An input's gradient sums the probe of each window it is the maximum of (9 at most).
+    sizes = jax.grad(lambda x: jnp.sum(ops_lib._max_pool_window(x, stride) * abs(probe)))(x)
+    why = "max-pool gradient"
+    assert_close(
+        grad(ops_lib.max_pool), grad(ops_lib._max_pool_window), terms=9, magnitude=sizes, why=why
+    )
     y = ops_lib.max_pool(x.at[0, 1, 1, 0].set(jnp.nan), stride)
     assert bool(jnp.isnan(y[0, 0, 0, 0]))
 
@@ -181,29 +208,43 @@ def test_conv2d_gradients_match_autodiff_of_the_plain_conv(size, kernel, stride,
         return ops_lib.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
 
     want = plain(x, w)
-    np.testing.assert_allclose(ours(x, w), want, rtol=1e-5, atol=1e-5)
     probe = jax.random.normal(keys[2], want.shape)
+    # A value sums kernel^2 x 3 taps, an input's gradient at most kernel^2 x 5, the
+    # kernel's gradient one product per output position.
+    taps, positions = kernel * kernel, want.shape[0] * want.shape[1] * want.shape[2]
+    sizes = term_sizes(plain, x, w, probe)
+    assert_close(ours(x, w), want, terms=taps * 3, magnitude=sizes[0], why="conv")
 
     def grads(f, w=w):
         return jax.grad(lambda x, w: jnp.sum(f(x, w) * probe), (0, 1))(x, w)
 
-    for g_ours, g_plain in zip(grads(ours), grads(plain), strict=True):
-        np.testing.assert_allclose(g_ours, g_plain, rtol=1e-4, atol=1e-4)
+    def assert_grads_close(got, how):
+        for g_ours, g_plain, terms, size, name in zip(
+            got, grads(plain), (taps * 5, positions), sizes[1:], "xw", strict=True
+        ):
+            assert_close(g_ours, g_plain, terms=terms, magnitude=size, why=f"{how} d/d{name}")
+
+    assert_grads_close(grads(ours), "conv")
 
     # Exact second-order DARTS differentiates through the gradient, and GDAS runs the
     # conv inside a `lax.switch` branch: both must give the same numbers.
     def curvature(f):
         return jax.grad(lambda w: jnp.sum(jnp.tanh(grads(f, w)[0])))(w)
 
-    np.testing.assert_allclose(curvature(ours), curvature(plain), rtol=1e-4, atol=1e-4)
+    # A kernel gradient with sech^2(g_x) <= 1 in place of x, plus g_x's own rounding,
+    # passed on by |d sech^2| <= 0.77: the kernel gradient's sums at x = 1 + g_x's sizes.
+    size = term_sizes(plain, 1 + sizes[1], w, probe)[2]
+    why = "conv curvature"
+    assert_close(
+        curvature(ours), curvature(plain), terms=positions + taps * 5, magnitude=size, why=why
+    )
 
     def switched(f):
         branches = [lambda x, w: f(x, w), lambda x, w: jnp.zeros_like(want)]
         loss = lambda x, w: jnp.sum(lax.switch(jnp.int32(0), branches, x, w) * probe)
         return jax.grad(loss, (0, 1))(x, w)
 
-    for g_ours, g_plain in zip(switched(ours), grads(plain), strict=True):
-        np.testing.assert_allclose(g_ours, g_plain, rtol=1e-4, atol=1e-4)
+    assert_grads_close(switched(ours), "switched conv")
 
 
 FORWARD_CASES = {
@@ -246,10 +287,22 @@ def test_forward_over_reverse_through_the_ops_equals_reverse_over_reverse(case):
         return jax.grad(loss, argnums=1)(w, x)
 
     traced = forward_differentiable(lambda w: (op(x, w), jax.grad(loss)(w, x)))
-    for got, want in zip(traced(w), (op(x, w), jax.grad(loss)(w, x)), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # A value sums a product per kernel tap (1 for the pool); the kernel's gradient one
+    # per output position, each through sech^2 of a value whose rounding |d sech^2| <= 0.77
+    # passes on. (A max-pool's sums are bounded by those of |x| |w| too.)
+    out = op(x, w)
+    taps, positions = int(np.prod(w_shape[:-1])), out.shape[0] * out.shape[1] * out.shape[2]
+    out_sizes, _, w_sizes = term_sizes(op, x, w, probe)
+    got_out, got_grad = traced(w)
+    assert_close(got_out, out, terms=taps, magnitude=out_sizes, why=f"{case} traced")
+    why = f"{case} traced gradient"
+    w_sizes = w_sizes * (1 + float(out_sizes.max()))
+    assert_close(got_grad, jax.grad(loss)(w, x), terms=positions + taps, magnitude=w_sizes, why=why)
     _, forward_over_reverse = jax.jvp(forward_differentiable(input_grad), (w,), (u,))
     reverse_over_reverse = jax.grad(lambda w: jnp.vdot(input_grad(w), probe_x))(w)
+    # A second derivative contracted with two random directions, the same products in
+    # other orders over the taps and positions above; its terms' sizes are not worked
+    # out: 1e-4 (840 eps32) of the result, which the first derivatives' bounds reach.
     np.testing.assert_allclose(
         jnp.vdot(forward_over_reverse, probe_x), jnp.vdot(reverse_over_reverse, u), rtol=1e-4
     )
@@ -259,11 +312,20 @@ def test_batch_norm_matches_torch_running_statistics():
     bn = ops_lib.BatchNorm(3, affine=True)
     x = jax.random.normal(jax.random.PRNGKey(2), (4, 5, 5, 3)) * 2 + 1
     y = bn(x, True)
-    np.testing.assert_allclose(y.mean((0, 1, 2)), 0.0, atol=1e-5)
     n = 4 * 5 * 5
-    unbiased = np.var(np.asarray(x).reshape(-1, 3), axis=0) * n / (n - 1)
-    np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * unbiased, rtol=1e-5)
-    np.testing.assert_allclose(bn.mean[...], 0.1 * np.asarray(x).reshape(-1, 3).mean(0), rtol=1e-4)
+    flat = np.asarray(x, np.float64).reshape(-1, 3)
+    # Per channel: a mean of n values, then the mean of n normalised ones that cancel; the
+    # first mean's rounding shifts every y by up to mean|x| / std.
+    sizes = np.abs(flat).mean(0) / flat.std(0) + np.abs(np.asarray(y)).reshape(-1, 3).mean(0)
+    assert_close(y.mean((0, 1, 2)), 0.0, terms=2 * n, magnitude=sizes, why="normalised means")
+    unbiased = np.var(flat, axis=0) * n / (n - 1)
+    # Sums of n squares (of x around its mean), then 0.9 + 0.1 of them.
+    sizes = 0.9 + 0.1 * (flat**2).mean(0) * n / (n - 1)
+    why = "running variance"
+    assert_close(bn.var[...], 0.9 + 0.1 * unbiased, terms=n + 2, magnitude=sizes, why=why)
+    why = "running mean: 0.1 of a mean of n values"
+    sizes = 0.1 * np.abs(flat).mean(0)
+    assert_close(bn.mean[...], 0.1 * flat.mean(0), terms=n + 1, magnitude=sizes, why=why)
 
 
 def test_mixed_edge_is_the_weighted_sum_of_its_ops():
@@ -271,23 +333,28 @@ def test_mixed_edge_is_the_weighted_sum_of_its_ops():
     x = jax.random.normal(jax.random.PRNGKey(3), (2, 6, 6, 4))
     alphas = jax.random.normal(jax.random.PRNGKey(4), (DARTS_SPACE.n_ops,))
     w = jax.nn.softmax(alphas)
-    assert float(w.sum()) == pytest.approx(1.0, abs=1e-6)
+    why = "a softmax over 8 (an exp, a sum, a division), summed again"
+    assert_close(w.sum(), 1.0, terms=1 + 8 + 1 + 8, why=why)
     got = edge(x, w, False)
-    want = 0.0
+    want, sizes = 0.0, 0.0
     for k, op, bn in zip(edge.positions, edge.ops, edge.norms):
         y = op(x, False)
-        want = want + w[k] * (y if bn is None else bn(y, False))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        y = y if bn is None else bn(y, False)
+        want, sizes = want + w[k] * y, sizes + w[k] * abs(y)
+    # The same op outputs (the same code), weighted and summed in another order.
+    why = "mixed edge against its ops' weighted sum"
+    assert_close(got, want, terms=DARTS_SPACE.n_ops, magnitude=sizes, why=why)
     # only `none` carries weight: the edge outputs zeros
     none_only = jnp.zeros(DARTS_SPACE.n_ops).at[DARTS_SPACE.ops.index("none")].set(1.0)
-    assert np.allclose(edge(x, none_only, False), 0.0)
+    np.testing.assert_array_equal(edge(x, none_only, False), 0.0)  # 0 times finite values
     assert OPS.get("none").zero and len(edge.ops) == DARTS_SPACE.n_ops - 1
 
 
 def test_softmax_op_weights_sum_to_one_for_every_edge():
     net = SearchNetwork(DARTS_SPACE, channels=4, layers=3, num_classes=10, rngs=nnx.Rngs(5))
     for alphas in net.alphas().values():
-        np.testing.assert_allclose(jax.nn.softmax(alphas, -1).sum(-1), 1.0, rtol=1e-6)
+        why = "a softmax over 8 (an exp, a sum, a division), summed again"
+        assert_close(jax.nn.softmax(alphas, -1).sum(-1), 1.0, terms=1 + 8 + 1 + 8, why=why)
 
 
 @pytest.mark.parametrize("shape", [(3, 3, 8, 8), (1, 5, 3, 7), (5, 5, 1, 48), (256, 10)])

@@ -20,6 +20,7 @@ from nasax.train import evaluate as train_evaluate
 from nasax.train import task as train_task
 from nasax.train.export import preprocess_for, read_manifest
 from tests.conftest import train_args
+from tests.tolerance import assert_close
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,8 @@ def test_train_writes_a_complete_run_directory(trained):
     steps = [r for r in records if r["kind"] == "train"]
     # Drop path ramps over epochs: 0 in the first, 0.3 * 2/3 in the last.
     assert steps[0]["drop_path_rate"] == 0.0
-    assert steps[-1]["drop_path_rate"] == pytest.approx(0.2)
+    why = "float32 0.3 * 2 / 3"
+    assert_close(steps[-1]["drop_path_rate"], 0.2, terms=3, why=why)
     assert all(r["total_loss"] > r["train_loss"] for r in steps)  # the auxiliary loss counts
 
 
@@ -152,7 +154,11 @@ def test_exported_artifact_runs_with_plain_jax(exported, reference, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "nasax imported: False" in proc.stdout
-    np.testing.assert_allclose(np.load(got), expected, rtol=1e-5, atol=1e-5)
+    # Another compilation of the same network: the longest path runs the stem's 9 taps, 3
+    # cells of a 1x1 conv (up to 32 channels) and two separable convs (9 taps, then up to
+    # 16 channels), and the classifier's 64 inputs.
+    why = "the exported artifact's logits"
+    assert_close(np.load(got), expected, terms=9 + 3 * (32 + 2 * (9 + 16)) + 64, why=why)
 
 
 def test_export_refuses_to_overwrite_and_train_needs_a_valid_genotype(
