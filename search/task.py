@@ -316,9 +316,9 @@ def run_search(
     The run directory holds config.yaml, metrics.jsonl, genotype.json, alphas.npz,
     checkpoints/ and summary.json. See `nasax.loop.run.run` for the arguments.
     """
-    return run(
-        SearchTask(config), config, run_dir, resume=resume, overwrite=overwrite, on_epoch=on_epoch
-    )
+    task = SearchTask(config)
+    result = run(task, config, run_dir, resume=resume, overwrite=overwrite, on_epoch=on_epoch)
+    return result.summary
 
 
 def _with_paths(cell_eval_fn: Callable, paths: dict[str, jax.Array], state: Any, batch: Batch):

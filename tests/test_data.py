@@ -184,3 +184,27 @@ def test_digits_read_from_the_bundled_csv_equal_scikit_learns_loader():
     np.testing.assert_array_equal(pixels, digits.images)
     np.testing.assert_array_equal(labels, digits.target)
     assert labels.dtype.kind == "i" and pixels.shape == (1797, 8, 8)
+
+
+def test_arrays_in_memory_are_checked_and_their_name_cannot_be_loaded():
+    """`dataset_from_arrays` checks arrays like any source; the `arrays:NAME` a config
+    records for them names nothing a process can load, and says what to do instead."""
+    from nasax.loop.data import dataset_from_arrays, load_dataset
+
+    images = np.zeros((4, 3, 3), np.uint8)
+    data = dataset_from_arrays(
+        "mine", x_train=images, y_train=[0, 1, 0, 1], x_test=images, y_test=[1, 0, 1, 0]
+    )
+    assert data.name == "arrays:mine" and data.num_classes == 2
+    assert data.x_train.shape == (4, 3, 3, 1)
+    with pytest.raises(DataError, match=r"labels out of range"):
+        dataset_from_arrays(
+            "bad",
+            x_train=images,
+            y_train=[0, 1, 0, 3],
+            x_test=images,
+            y_test=[0] * 4,
+            num_classes=2,
+        )
+    with pytest.raises(DataError, match=r"numpy.savez and use npz:PATH"):
+        load_dataset("arrays:mine")

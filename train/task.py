@@ -203,7 +203,8 @@ def run_train(
         resume, overwrite, on_epoch: as `nasax.loop.run.run` takes them.
     """
     task = TrainTask(config, genotype)
-    return run(task, config, run_dir, resume=resume, overwrite=overwrite, on_epoch=on_epoch)
+    result = run(task, config, run_dir, resume=resume, overwrite=overwrite, on_epoch=on_epoch)
+    return result.summary
 
 
 __all__ = ["TrainTask", "build_trainer", "check_train_config", "run_train"]

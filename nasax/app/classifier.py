@@ -1,7 +1,7 @@
 """`ImageClassifier`: search, retrain, evaluate and export on numpy arrays in a few calls.
 
 It builds a config from the arrays' shapes, hands the arrays to the config-driven loops
-through the `arrays:` data source, and writes the same run directories as the CLI
+as in-memory datasets (`run(..., data=...)`), and writes the same run directories as the CLI
 (`<directory>/<project_name>/search` and `.../final`), so `nasax report` works on them.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from nasax.core.config import Config, apply_overrides, validate_config
 from nasax.core.errors import DataError, NasaxError
 from nasax.engine.compilation_cache import use_compilation_cache
-from nasax.loop.data import check_images, check_labels, hold_arrays
+from nasax.loop.data import Dataset, check_images, check_labels, dataset_from_arrays
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "darts": {
@@ -124,10 +124,11 @@ class ImageClassifier:
         from nasax.search.task import SearchTask
 
         use_compilation_cache()
-        source = self._hold("search", x, y, validation_data)
-        config = self._config("search", source)
+        data = self._dataset("search", x, y, validation_data)
+        config = self._config("search", data.name)
         task = SearchTask(config)
-        self.search_summary = run(task, config, self.search_dir, overwrite=self.overwrite)
+        result = run(task, config, self.search_dir, data=data, overwrite=self.overwrite)
+        self.search_summary = result.summary
         self.genotype = task.genotype
         if self.search_summary["stopped_early"] and not self.quiet:
             print(
@@ -147,17 +148,17 @@ class ImageClassifier:
 
         if self.genotype is None:
             raise NasaxError("final_fit needs a searched cell: call fit(x, y) first")
-        source = self._hold("final", x, y, validation_data)
-        config = self._config("final", source)
+        data = self._dataset("final", x, y, validation_data)
+        config = self._config("final", data.name)
         task = TrainTask(config, self.genotype)
-        self.final_summary = run(task, config, self.final_dir, overwrite=self.overwrite)
-        summary = self.final_summary
+        result = run(task, config, self.final_dir, data=data, overwrite=self.overwrite)
+        summary = self.final_summary = result.summary
         self._model = TrainedModel(
             config,
             task.genotype,
             task.data,
             task.trainer,
-            task.state,
+            result.state,
             summary["steps"] // task.steps_per_epoch,
             summary["steps"],
             summary["test_accuracy"],
@@ -222,8 +223,10 @@ class ImageClassifier:
             )
         return images
 
-    def _hold(self, run: str, x: Any, y: Any, validation_data: tuple[Any, Any] | None) -> str:
-        """Checks the arrays and holds them for the `arrays:` data source."""
+    def _dataset(
+        self, run: str, x: Any, y: Any, validation_data: tuple[Any, Any] | None
+    ) -> Dataset:
+        """The checked arrays as the dataset of the run `run` (`search` or `final`)."""
         x_train = self._images(x, "x")
         y_train = check_labels("train", y, len(x_train), "ImageClassifier y")
         if validation_data is None:
@@ -239,7 +242,7 @@ class ImageClassifier:
         if self.image_shape is None:
             self.image_shape = x_train.shape[1:]
             self.num_classes = int(max(y_train.max(), y_test.max())) + 1
-        return hold_arrays(
+        return dataset_from_arrays(
             f"{self._key}-{run}",
             x_train=x_train,
             y_train=y_train,

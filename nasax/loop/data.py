@@ -129,33 +129,24 @@ def _load_tfds(arg: str, data_dir: str | None) -> dict[str, Any]:
     return load_tfds(arg, data_dir)
 
 
-_HELD_ARRAYS: dict[str, dict[str, Any]] = {}
-"""In-memory datasets by name, for `arrays:NAME` (see `hold_arrays`)."""
-
-
-def hold_arrays(name: str, **arrays: Any) -> str:
-    """Keeps x_train, y_train, x_test, y_test (and optionally num_classes) in this process
-    under `name`; returns the `data.name` that loads them (`arrays:NAME`).
-
-    This is how numpy arrays reach the config-driven loops (`nasax.ImageClassifier.fit`).
-    """
+def dataset_from_arrays(name: str, **arrays: Any) -> Dataset:
+    """A dataset of numpy arrays x_train, y_train, x_test, y_test (and optionally
+    num_classes), checked like any other, for `run(..., data=...)`; its name is the
+    `data.name` a config records for it (`arrays:NAME`)."""
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     if missing or not name:
-        raise DataError(f"hold_arrays needs a name and x_train, y_train, x_test, y_test: {missing}")
-    _HELD_ARRAYS[name] = dict(arrays)
-    return f"arrays:{name}"
+        raise DataError(f"dataset_from_arrays needs a name and {', '.join(missing)}")
+    return _checked(f"arrays:{name}", arrays, None)
 
 
 @SOURCES.decorator("arrays")
 def _load_arrays(arg: str, data_dir: str | None) -> dict[str, Any]:
-    """Arrays handed over in this process with `hold_arrays` (not readable from a new one)."""
-    if arg not in _HELD_ARRAYS:
-        raise DataError(
-            f"data.name 'arrays:{arg}' names numpy arrays held by the Python process that "
-            "ran it (nasax.ImageClassifier); from a new process save them with numpy.savez "
-            "and use npz:PATH"
-        )
-    return dict(_HELD_ARRAYS[arg])
+    """`arrays:NAME` records arrays a caller passed to a run in memory; no process can load
+    them by that name."""
+    raise DataError(
+        f"data.name 'arrays:{arg}' names numpy arrays that a Python process passed to its "
+        "run in memory (nasax.ImageClassifier); save them with numpy.savez and use npz:PATH"
+    )
 
 
 def parse_source(name: str) -> tuple[str, str]:

@@ -82,6 +82,14 @@ class RunContext(NamedTuple):
     views: RunViews
 
 
+class RunResult(NamedTuple):
+    """What a run made: its summary (as written to summary.json) and the state it ended
+    with, for callers that go on in memory (`ImageClassifier`)."""
+
+    summary: dict[str, Any]
+    state: Any
+
+
 class Task:
     """A kind of run. `run` calls the methods in the order they are listed here.
 
@@ -175,27 +183,30 @@ def run(
     config: Config,
     workdir: str | Path,
     *,
+    data: Dataset | None = None,
     resume: bool = False,
     overwrite: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Runs `task` as `config` says into the run directory `workdir`; returns the summary.
-
-    The state the run ended with is left in `task.state` for callers that go on in
-    memory (`ImageClassifier`).
+) -> RunResult:
+    """Runs `task` as `config` says into the run directory `workdir`.
 
     Args:
         task: the kind of run.
         config: the validated config.
         workdir: where config.yaml, metrics.jsonl, checkpoints/, summary.json and the
             task's own files go.
+        data: the dataset, when it is in memory (`dataset_from_arrays`); default: the
+            one `data.name` names.
         resume: continue from the last checkpoint in `workdir`.
         overwrite: delete an existing `workdir` first.
         on_epoch: called with each finished epoch's figures (`runloop.epoch_summary`).
+
+    Returns:
+        The summary (also written to summary.json) and the state the run ended with.
     """
     wall_start = time.perf_counter()
     rc = config.run
-    dataset = load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
+    dataset = data or load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
     task.prepare(dataset, Path(workdir), resume)
     with open_run_dir(workdir, resume=resume, overwrite=overwrite, command=task.kind) as run_dir:
         task.open(run_dir, resume)
@@ -278,8 +289,7 @@ def run(
             "time_limit": rc.time_limit,
         }
         atomic_write_json(run_dir / "summary.json", summary)
-        task.state = result.state
-        return summary
+        return RunResult(summary, result.state)
 
 
-__all__ = ["RunContext", "Task", "program_key", "run"]
+__all__ = ["RunContext", "RunResult", "Task", "program_key", "run"]
