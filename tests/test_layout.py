@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"nasax": "nasax", "supernet": "nasax.supernet", "search": "nasax.search"}
 FOLDERS |= {"train": "nasax.train"}
@@ -36,11 +38,12 @@ def _python(script: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_import_nasax_loads_neither_jax_nor_a_strategy():
+@pytest.mark.parametrize("module", ["nasax", "nasax.core.config"])
+def test_import_loads_neither_jax_nor_a_strategy(module):
     found = _python(
-        """
+        f"""
         import json, sys
-        import nasax
+        import {module}
         print(json.dumps(sorted(m for m in sys.modules
               if m.split(".")[0] in ("jax", "flax", "optax") or m.startswith("nasax.search"))))
         """
@@ -167,15 +170,3 @@ def test_imports_point_from_the_app_down_to_the_core():
             if _layer(target) not in ALLOWED[_layer(module)]:
                 wrong.append(f"{module} imports {target}")
     assert wrong == []
-
-
-def test_import_of_the_config_loads_neither_jax_nor_a_strategy():
-    found = _python(
-        """
-        import json, sys
-        import nasax.core.config
-        print(json.dumps(sorted(m for m in sys.modules
-              if m.split(".")[0] in ("jax", "flax", "optax") or m.startswith("nasax.search"))))
-        """
-    )
-    assert found == []

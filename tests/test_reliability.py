@@ -101,22 +101,12 @@ def test_kill_9_at_any_moment_loses_nothing(reference, tiny_npz, tmp_path):
 def test_sigterm_saves_a_checkpoint_and_exits_143(
     reference, tiny_npz, tmp_path, monkeypatch, capsys
 ):
-    real_prefetch = train_task.prefetch
-    count = {"batches": 0}
-
-    def prefetch_then_terminate(it, size=2, **kw):
-        for batch in real_prefetch(it, size, **kw):
-            count["batches"] += 1
-            if count["batches"] == 3:
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield batch
-
-    monkeypatch.setattr(train_task, "prefetch", prefetch_then_terminate)
+    signal_before_step(monkeypatch, train_task, 3, signal.SIGTERM)
     out = tmp_path / "terminated"
     assert main(train_args(tiny_npz, out)) == 143
     err = capsys.readouterr().err.strip()
     assert "SIGTERM" in err and "--resume" in err and len(err.splitlines()) == 1
-    monkeypatch.setattr(train_task, "prefetch", real_prefetch)
+    monkeypatch.undo()
     assert main(train_args(tiny_npz, out, "--resume")) == 0
     assert_same_run(reference, out)
 
