@@ -181,8 +181,6 @@ class Checkpoints:
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2) -> None:
         self.directory = Path(directory).absolute()
-        with orbax_writes(self.directory, "recover checkpoints in"):
-            recover_replaced(self.directory)
         # A save killed midway leaves only a temporary folder; it is never listed as a
         # step, and the next run removes it.
         options = ocp.CheckpointManagerOptions(
@@ -192,6 +190,7 @@ class Checkpoints:
             cleanup_tmp_directories=True,
         )
         with orbax_writes(self.directory, "create checkpoints in"):
+            recover_replaced(self.directory)
             self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:

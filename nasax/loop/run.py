@@ -206,7 +206,9 @@ def run(
     """
     wall_start = time.perf_counter()
     rc = config.run
-    dataset = data or load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
+    dataset = data
+    if dataset is None:
+        dataset = load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
     task.prepare(dataset, Path(workdir), resume)
     with open_run_dir(workdir, resume=resume, overwrite=overwrite, command=task.kind) as run_dir:
         task.open(run_dir, resume)
