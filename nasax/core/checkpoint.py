@@ -6,8 +6,10 @@ import logging
 import os
 import shutil
 import sys
+import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,25 @@ def _quiet_handlers() -> list[logging.Handler]:
     return added
 
 
+_WRITERS_GRACE_S = 60.0
+"""How long a failed save waits for orbax's writer threads still in flight."""
+
+
+def _join_orbax_writers(timeout: float = _WRITERS_GRACE_S) -> None:
+    """Waits for orbax's background writer threads (those a failed save left running):
+    one that is still running when the interpreter shuts down fails to schedule its
+    next write and prints a traceback about it, after nasax's one line."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread is threading.current_thread():
+            continue
+        if type(thread).__module__.startswith("orbax."):
+            # orbax's threads re-raise their failure from join(); it is the one the
+            # save already reported.
+            with suppress(Exception):
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+
 @contextmanager
 def orbax_writes(path: str | os.PathLike, operation: str) -> Iterator[None]:
     """`storage_errors` for orbax saves, which also keeps the echo of orbax's background
@@ -141,6 +162,7 @@ def orbax_writes(path: str | os.PathLike, operation: str) -> Iterator[None]:
             yield
     except StorageError:
         failed = True
+        _join_orbax_writers()
         raise
     finally:
         if not failed:
