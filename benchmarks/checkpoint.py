@@ -21,6 +21,7 @@ from common import random_dataset
 from nasax.core.checkpoint import Checkpoints
 from nasax.core.config import validate_config
 from nasax.loop.runloop import count_leaves, peak_rss_mb
+from nasax.search.options import strategy_options
 from nasax.search.strategy import STRATEGIES
 from nasax.search.task import build_setup
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = validate_config({"model": {"channels": args.channels, "layers": args.layers}})
     data = random_dataset(64, 32, 3, 10, 0)
     setup = build_setup(config, data, steps_per_epoch=100)
-    strategy = STRATEGIES.get("darts")(setup, config.search.strategy_options())
+    strategy = STRATEGIES.get("darts")(setup, strategy_options(config.search))
     state = strategy.init(jax.random.PRNGKey(0))
     meta = {"epoch": 1, "batch": 0, "step": 1, "metrics": [], "pending": [], "elapsed": 0.0}
 

@@ -106,8 +106,9 @@ def one_shot_scores(config, run_dir: Path, arch_strings: list[str], batches: int
     """Validation accuracy of each cell run alone on the search's final shared weights."""
     from nasax.loop.data import batches as batch_iter
     from nasax.loop.data import load_dataset, search_split
+    from nasax.search.options import strategy_options
     from nasax.search.single_path import genotype_paths, load_supernet_weights, path_scorer
-    from nasax.search.strategy import Supernet
+    from nasax.search.strategy import FunctionalSupernet
     from nasax.search.task import build_setup
     from nasax.supernet.genotypes import Genotype
 
@@ -116,8 +117,8 @@ def one_shot_scores(config, run_dir: Path, arch_strings: list[str], batches: int
     train_idx, val_idx = search_split(len(dataset.x_train), s.train_portion, config.seed)
     steps = min(len(train_idx), len(val_idx)) // s.batch_size
     setup = build_setup(config, dataset, steps)
-    options = NETWORK_OPTIONS.get(s.strategy, lambda o: {})(s.strategy_options())
-    net = Supernet.create(setup, **options)
+    options = NETWORK_OPTIONS.get(s.strategy, lambda o: {})(strategy_options(s))
+    net = FunctionalSupernet.create(setup, **options)
     state = load_supernet_weights(run_dir / "checkpoints", net.init(jax.random.PRNGKey(0)))
     score = path_scorer(net, setup)
     paths = [genotype_paths(Genotype.from_arch_string(a), setup.space) for a in arch_strings]

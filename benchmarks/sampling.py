@@ -19,6 +19,7 @@ from common import batch_pool, environment, random_dataset
 
 from nasax.core.config import apply_overrides, validate_config
 from nasax.loop.runloop import peak_rss_mb
+from nasax.search.options import strategy_options
 from nasax.search.strategy import STRATEGIES
 from nasax.search.task import build_setup
 
@@ -32,7 +33,7 @@ def _strategy(args: argparse.Namespace, name: str, options: dict, data) -> tuple
         base["model"]["stem_multiplier"] = 1
     config = validate_config(apply_overrides(base, args.set))
     setup = build_setup(config, data, steps_per_epoch=100)
-    strategy = STRATEGIES.get(name)(setup, config.search.strategy_options())
+    strategy = STRATEGIES.get(name)(setup, strategy_options(config.search))
     return strategy, strategy.init(jax.random.PRNGKey(args.seed))
 
 

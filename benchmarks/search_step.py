@@ -19,6 +19,7 @@ from common import batch_pool, environment, random_dataset, time_step
 
 from nasax.core.config import apply_overrides, validate_config
 from nasax.loop.runloop import count_leaves
+from nasax.search.options import strategy_options
 from nasax.search.strategy import STRATEGIES
 from nasax.search.task import build_setup
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = validate_config(apply_overrides(base, args.set))
     data = random_dataset(4 * args.batch, args.image, args.in_channels, args.classes, args.seed)
     setup = build_setup(config, data, steps_per_epoch=100)
-    strategy = STRATEGIES.get(args.strategy)(setup, config.search.strategy_options())
+    strategy = STRATEGIES.get(args.strategy)(setup, strategy_options(config.search))
     state = strategy.init(jax.random.PRNGKey(args.seed))
     pool = batch_pool(data, args.batch)
     state, figures = time_step(

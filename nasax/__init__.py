@@ -1,7 +1,7 @@
 """nasax: differentiable neural architecture search in JAX, Flax and Optax.
 
 The names below load on first use, so `import nasax` is cheap and imports neither JAX
-nor any strategy; registries load the built-ins they are asked for (`nasax.core.builtins`).
+nor any strategy; each registry loads the built-ins it is asked for (the table beside it).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _EXPORTS: dict[str, str] = {
     "NasaxError": "nasax.core.errors",
     "SearchNetwork": "nasax.supernet",
     "SearchSpace": "nasax.supernet",
-    "load_config": "nasax.core.config",
+    "load_config": "nasax.search.options",
     "load_dataset": "nasax.loop.data",
     "load_genotype": "nasax.supernet.genotypes",
     "load_model": "nasax.train.export",
@@ -33,9 +33,10 @@ _EXPORTS: dict[str, str] = {
 
 if TYPE_CHECKING:
     from nasax.app.classifier import ImageClassifier
-    from nasax.core.config import Config, load_config
+    from nasax.core.config import Config
     from nasax.core.errors import ConfigError, DataError, GenotypeError, NasaxError
     from nasax.loop.data import Dataset, load_dataset
+    from nasax.search.options import load_config
     from nasax.supernet import DARTS_V1, DARTS_V2, Genotype, SearchNetwork, SearchSpace, genotypes
     from nasax.supernet.discrete import DiscreteCell, DiscreteNetwork
     from nasax.supernet.genotypes import load_genotype

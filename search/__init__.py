@@ -1,6 +1,7 @@
 """Search strategies, the discretizer and the search task (`nasax.search`).
 
-The built-in strategies load when their names are first asked for (`nasax.core.builtins`).
+The built-in strategies load when their names are first asked for
+(`nasax.search.strategy.BUILTIN_STRATEGIES`).
 """
 
 from nasax.search.discretize import derive_cell, derive_genotype

@@ -17,8 +17,6 @@ import optax
 from flax import nnx
 from pydantic import BaseModel
 
-from nasax.core import builtins
-from nasax.core.config import STRATEGY_OPTIONS
 from nasax.core.registry import Registry
 from nasax.loop.data import Batch
 from nasax.loop.runloop import masked_sums
@@ -105,17 +103,46 @@ class Strategy(NamedTuple):
 
 
 StrategyBuilder = Callable[[SearchSetup, BaseModel], Strategy]
-STRATEGIES: Registry[StrategyBuilder] = Registry("search strategy", builtins.STRATEGIES)
+
+
+class RegisteredStrategy(NamedTuple):
+    """A strategy as registered: its builder and the schema of its `search.<name>`
+    section. Calling it builds the strategy."""
+
+    build: StrategyBuilder
+    options: type[BaseModel]
+
+    def __call__(self, setup: SearchSetup, options: BaseModel) -> Strategy:
+        return self.build(setup, options)
+
+
+BUILTIN_STRATEGIES = {
+    "darts": "nasax.search.darts",
+    "gdas": "nasax.search.gdas",
+    "snas": "nasax.search.snas",
+    "drnas": "nasax.search.drnas",
+    "pcdarts": "nasax.search.pcdarts",
+    "beta_darts": "nasax.search.beta_darts",
+    "darts_minus": "nasax.search.darts_minus",
+    "sdarts_rs": "nasax.search.sdarts",
+    "random_ws": "nasax.search.random_ws",
+    "enas": "nasax.search.enas",
+    "evolution": "nasax.search.evolution",
+}
+"""The strategies nasax ships, by the module whose import registers each; a registry
+imports one the first time its name is asked for, so `import nasax` loads none."""
+
+STRATEGIES: Registry[RegisteredStrategy] = Registry("search strategy", BUILTIN_STRATEGIES)
 
 
 def register_strategy(
     name: str, options: type[BaseModel]
 ) -> Callable[[StrategyBuilder], StrategyBuilder]:
-    """Registers a strategy builder and the schema of its `search.<name>` config section."""
+    """Registers a strategy builder with the schema of its `search.<name>` config section."""
 
     def wrap(builder: StrategyBuilder) -> StrategyBuilder:
-        STRATEGY_OPTIONS.register(name, options)
-        return STRATEGIES.register(name, builder)
+        STRATEGIES.register(name, RegisteredStrategy(builder, options))
+        return builder
 
     return wrap
 

@@ -42,6 +42,7 @@ from nasax.loop.runloop import (
     pending_to_host,
     prefetch,
 )
+from nasax.search.options import resolve_config, strategy_options
 from nasax.search.single_path import genotype_paths
 from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy, SupernetState
 from nasax.supernet.genotypes import Genotype
@@ -114,11 +115,15 @@ class SearchTask(Task):
     plots = True
 
     def __init__(self, config: Config) -> None:
+        config = self.resolve(config)
         s = config.search
         self.config, self.label = config, f"search {s.strategy}"
         self.epochs, self.batch_size, self.eval_every = s.epochs, s.batch_size, s.eval_every
         self.genotype: Genotype | None = None  # the latest derived or selected cell
         self.selection = {"seconds": 0.0, "calls": 0}
+
+    def resolve(self, config: Config) -> Config:
+        return resolve_config(config)
 
     def prepare(self, dataset: Dataset, workdir: Path, resume: bool) -> None:
         s, n = self.config.search, len(dataset.x_train)
@@ -131,7 +136,7 @@ class SearchTask(Task):
         s = self.config.search
         self.ctx, self.data = ctx, ctx.dataset
         self.setup = build_setup(self.config, ctx.dataset, self.steps_per_epoch)
-        self.strategy: Strategy = STRATEGIES.get(s.strategy)(self.setup, s.strategy_options())
+        self.strategy: Strategy = STRATEGIES.get(s.strategy)(self.setup, strategy_options(s))
         if self.strategy.after_epoch is not None:
             self.after_epoch = self._after_epoch
         return self.strategy.init(key)

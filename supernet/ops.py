@@ -18,7 +18,6 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from nasax.core import builtins
 from nasax.core.registry import Registry
 from nasax.engine.marking import block, forward_mode
 
@@ -87,7 +86,23 @@ class OpSpec:
     identity_at_stride_1: bool = False
 
 
-OPS: Registry[OpSpec] = Registry("op", builtins.OPS)
+BUILTIN_OPS = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "dil_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_5x5",
+    "sep_conv_7x7",
+    "conv_7x1_1x7",
+    "nor_conv_1x1",
+    "nor_conv_3x3",
+)
+"""The ops this module registers (nasax's own, as opposed to a user's)."""
+
+OPS: Registry[OpSpec] = Registry("op", dict.fromkeys(BUILTIN_OPS, __name__))
 
 
 def register_op(name: str, **flags: bool) -> Callable:

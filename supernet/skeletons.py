@@ -12,13 +12,13 @@ from typing import NamedTuple
 
 from flax import nnx
 
-from nasax.core import builtins
-from nasax.core.config import MODEL_CHECKS, ModelConfig
+from nasax.core.config import Config, ModelConfig
+from nasax.core.errors import ConfigError
 from nasax.core.registry import Registry
 from nasax.supernet.discrete import DiscreteNetwork
 from nasax.supernet.nb201 import NB201Network, NB201SearchNetwork
 from nasax.supernet.network import GenotypeNetwork, SearchNetwork, Supernet
-from nasax.supernet.spaces import SearchSpace, get_space
+from nasax.supernet.spaces import SearchSpace, get_space, space_name
 
 
 class Skeleton(NamedTuple):
@@ -54,7 +54,9 @@ class Skeleton(NamedTuple):
         )
 
 
-SKELETONS: Registry[Skeleton] = Registry("macro skeleton", builtins.SKELETONS)
+SKELETONS: Registry[Skeleton] = Registry(
+    "macro skeleton", {"darts": "nasax.supernet.skeletons", "nb201": "nasax.supernet.skeletons"}
+)
 SKELETONS.register("darts", Skeleton.of(SearchNetwork, DiscreteNetwork))
 SKELETONS.register("nb201", Skeleton.of(NB201SearchNetwork, NB201Network))
 
@@ -65,10 +67,12 @@ def skeleton_of(space: SearchSpace | str) -> Skeleton:
     return SKELETONS.get(space.skeleton)
 
 
-def check_model(model: ModelConfig) -> None:
-    """Config check: `model.space` is registered and its skeleton accepts the model section."""
+def resolve_model(model: ModelConfig) -> ModelConfig:
+    """The `model` section with its space as a name (a mapping defines one), once the
+    space is known and its skeleton accepts the section; ValueError naming the key."""
+    name = space_name(model.space)
     try:
-        space = get_space(model.space)
+        space = get_space(name)
     except KeyError as e:  # an unknown space (a definition that does not fit its base
         raise ValueError(f"model.space: {e.args[0]}") from None  # raises ValueError itself)
     fixed = skeleton_of(space).stem_multiplier
@@ -78,8 +82,16 @@ def check_model(model: ModelConfig) -> None:
             f"skeleton of space {space.name!r} builds only {fixed}; set "
             f"model.stem_multiplier={fixed}"
         )
+    return model.model_copy(update={"space": name})
 
 
-MODEL_CHECKS.register("search space", check_model)
+def resolve_model_config(config: Config, source: str = "config") -> Config:
+    """`config` with its `model` section resolved (`resolve_model`); a one-line
+    ConfigError if the section does not fit its space."""
+    try:
+        return config.model_copy(update={"model": resolve_model(config.model)})
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
-__all__ = ["SKELETONS", "Skeleton", "check_model", "skeleton_of"]
+
+__all__ = ["SKELETONS", "Skeleton", "resolve_model", "resolve_model_config", "skeleton_of"]

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
-from nasax.core import builtins
-from nasax.core.config import SpaceDefinition
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nasax.core.config import first_error
 from nasax.core.registry import Registry
 
 
@@ -76,7 +77,9 @@ class SearchSpace:
         return range(start, start + self.n_inputs + node)
 
 
-SPACES: Registry[SearchSpace] = Registry("search space", builtins.SPACES)
+SPACES: Registry[SearchSpace] = Registry(
+    "search space", {"darts": "nasax.supernet.spaces", "nb201": "nasax.supernet.spaces"}
+)
 
 DARTS_OPS = (
     "none",
@@ -111,14 +114,72 @@ NB201_SPACE = SPACES.register(
 )
 
 
-def get_space(name: str) -> SearchSpace:
+class SpaceDefinition(BaseModel):
+    """A search space defined in the config from a registered one (`model.space` as a
+    mapping). Its name records the definition, `darts:nodes=3:inputs_per_node=1:ops=a,b`,
+    so a genotype of it names the space it fits; `get_space` builds the space from that
+    name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = Field(description="the registered space it starts from (darts, nb201)")
+    ops: list[str] | None = Field(None, min_length=1, description="a subset of base's ops")
+    nodes: int | None = Field(None, ge=1, description="intermediate nodes per cell")
+    inputs_per_node: int | None = Field(
+        None, ge=1, description="edges a derived cell keeps per node (spaces that keep some)"
+    )
+
+    def name(self) -> str:
+        """The space's name: the base, then each option given, in a fixed order."""
+        parts = [self.base]
+        if self.nodes is not None:
+            parts.append(f"nodes={self.nodes}")
+        if self.inputs_per_node is not None:
+            parts.append(f"inputs_per_node={self.inputs_per_node}")
+        if self.ops is not None:
+            parts.append("ops=" + ",".join(self.ops))
+        return ":".join(parts)
+
+    @classmethod
+    def parse(cls, name: str) -> SpaceDefinition:
+        """The definition a name written by `name()` records; ValueError if it is none."""
+        base, *parts = name.split(":")
+        data: dict[str, Any] = {"base": base}
+        for part in parts:
+            key, sep, value = part.partition("=")
+            if not sep or key not in ("nodes", "inputs_per_node", "ops"):
+                raise ValueError(
+                    f"space name {name!r}: {part!r} is not nodes=N, inputs_per_node=N or "
+                    "ops=a,b,..."
+                )
+            data[key] = value.split(",") if key == "ops" else value
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ValueError(f"space name {name!r}: {first_error(e, model=cls)}") from None
+
+
+def space_name(space: str | dict[str, Any]) -> str:
+    """The name of `model.space`: a name as given, a mapping as the name that records
+    the definition; ValueError naming the key if the mapping is not a definition."""
+    if not isinstance(space, dict):
+        return space
+    try:
+        return SpaceDefinition.model_validate(space).name()
+    except ValidationError as e:
+        raise ValueError(first_error(e, "model.space", SpaceDefinition)) from None
+
+
+def get_space(name: str | dict[str, Any]) -> SearchSpace:
     """The search space `name`: a registered one, or one a config defined from a
-    registered one (`darts:nodes=3:ops=...`, see `nasax.core.config.SpaceDefinition`).
+    registered one (`darts:nodes=3:ops=...` or that definition as a mapping, see
+    `SpaceDefinition`).
 
     Raises:
         KeyError: `name` is not registered, nor a definition from a registered space.
         ValueError: the definition does not fit its base space.
     """
+    name = space_name(name)
     if ":" not in name:
         return SPACES.get(name)
     return _derived(SpaceDefinition.parse(name).name())

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nasax.core.config import validate_config
 from nasax.search.beta_darts import beta_decay
 from nasax.search.darts_minus import with_aux_skip
+from nasax.search.options import strategy_options, validate_config
 from nasax.search.sdarts import perturb
 from nasax.search.strategy import STRATEGIES, Clock, SearchSetup
 from nasax.supernet.cells import MixedEdge
@@ -37,7 +37,7 @@ def _strategy(name: str, options: dict, tiny_npz: str, epochs: int = 5):
         }
     )
     setup = build_setup(config, load_dataset(config.data.name), steps_per_epoch=2)
-    return STRATEGIES.get(name)(setup, config.search.strategy_options()), setup
+    return STRATEGIES.get(name)(setup, strategy_options(config.search)), setup
 
 
 def test_beta_decay_is_the_mean_logsumexp_and_its_gradient_the_softmax():

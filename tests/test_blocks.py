@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nasax.core.config import load_config
 from nasax.engine.blocks import (
     BlockProgram,
     block_jit,
@@ -21,6 +20,7 @@ from nasax.engine.blocks import (
 )
 from nasax.engine.marking import UNFUSED, block, separate_program
 from nasax.loop.data import batches, load_dataset
+from nasax.search.options import load_config, strategy_options
 from nasax.search.strategy import STRATEGIES
 from nasax.search.task import build_setup
 from nasax.supernet.genotypes import DARTS_V2
@@ -150,7 +150,7 @@ def _search(name: str, tiny_npz: str, extra: tuple[str, ...] = ()):
     )
     dataset = load_dataset(config.data.name, None, None)
     setup = build_setup(config, dataset, steps_per_epoch=4)
-    strategy = STRATEGIES.get(config.search.strategy)(setup, config.search.strategy_options())
+    strategy = STRATEGIES.get(config.search.strategy)(setup, strategy_options(config.search))
     order = np.arange(len(dataset.x_train))
     stream = batches(dataset.x_train, dataset.y_train, order, config.search.batch_size)
     data = [jax.device_put(next(stream)) for _ in range(4)]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nasax.core.config import apply_overrides, load_config, shipped_configs, validate_config
+from nasax.core.config import apply_overrides, shipped_configs
 from nasax.core.errors import ConfigError
+from nasax.search.options import load_config, validate_config
 
 
 @pytest.mark.parametrize(
@@ -21,6 +22,9 @@ from nasax.core.errors import ConfigError
         ({"model": {"channels": 5}}, ["model.channels", "even"]),
         ({"search": {"darts": {"order": 3}}}, ["search.darts.order", "1 or 2", "got 3"]),
         ({"search": {"gdas": {"tau": 1}}}, ["search.gdas"]),
+        ({"search": {"discretiser": {}}}, ["'search.discretiser'", "'discretizer'"]),
+        ({"model": {"space": "dart"}}, ["model.space", "'dart'", "darts"]),
+        ({"model": {"space": {"base": "darts", "node": 3}}}, ["model.space.node", "'nodes'"]),
         ({"data": {"augment": {"flipp": True}}}, ["data.augment.flipp", "'flip'"]),
         ({"run": {"log_every": -1}}, ["run.log_every"]),
         ({"colour": "red"}, ["'colour'", "allowed here"]),

@@ -17,8 +17,8 @@ import numpy as np
 import optax
 import pytest
 
-from nasax.core.config import load_config, validate_config
 from nasax.core.errors import ConfigError
+from nasax.search.options import load_config, strategy_options, validate_config
 from nasax.search.strategy import STRATEGIES, FunctionalSupernet, alphas_of
 from nasax.search.task import build_setup
 from nasax.search.unrolled import unrolled_arch_grad, virtual_weight_step
@@ -76,7 +76,7 @@ def tiny():
     setup = build_setup(config, data, steps_per_epoch=4)._replace(
         space=SPACE, network=lambda rngs: network(rngs=rngs)
     )
-    strategy = STRATEGIES.get("darts")(setup, config.search.strategy_options())
+    strategy = STRATEGIES.get("darts")(setup, strategy_options(config.search))
 
     def batch(i: int) -> dict:
         return {"image": data.x_train[8 * i : 8 * i + 8], "label": data.y_train[8 * i : 8 * i + 8]}
@@ -269,7 +269,7 @@ def test_virtual_step_is_the_reference_sgd_step(tiny):
 
 
 def test_second_order_knobs_are_validated_and_shipped():
-    options = load_config("darts2_digits").search.strategy_options()
+    options = strategy_options(load_config("darts2_digits").search)
     assert (options.order, options.hessian, options.unrolled_lr) == (2, "exact", None)
     for section, key in (
         ({"hessian": "finite_difference"}, "search.darts.hessian"),
@@ -280,4 +280,4 @@ def test_second_order_knobs_are_validated_and_shipped():
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate_config({"search": {"darts": section}})
     fd = validate_config({"search": {"darts": {"order": 2, "hessian": "finite_difference"}}})
-    assert fd.search.strategy_options().hessian == "finite_difference"
+    assert strategy_options(fd.search).hessian == "finite_difference"

@@ -17,13 +17,12 @@ FOLDERS |= {"train": "nasax.train"}
 """Source folder -> the package it holds (pyproject's package-dir)."""
 
 REGISTRIES = {
-    "STRATEGIES": ("nasax.search.strategy", "STRATEGIES"),
-    "OPS": ("nasax.supernet.ops", "OPS"),
-    "SPACES": ("nasax.supernet.spaces", "SPACES"),
-    "SKELETONS": ("nasax.supernet.skeletons", "SKELETONS"),
-    "MODEL_CHECKS": ("nasax.core.config", "MODEL_CHECKS"),
+    "strategies": ("nasax.search.strategy", "STRATEGIES"),
+    "ops": ("nasax.supernet.ops", "OPS"),
+    "spaces": ("nasax.supernet.spaces", "SPACES"),
+    "skeletons": ("nasax.supernet.skeletons", "SKELETONS"),
 }
-"""`nasax.core.builtins` table -> (module, registry) it lists the built-ins of."""
+"""The registries of what ships -> (module, registry); each lists its built-ins beside it."""
 
 
 def _python(script: str) -> dict:
@@ -53,16 +52,15 @@ def test_import_loads_neither_jax_nor_a_strategy(module):
 
 def test_each_builtin_is_registered_by_the_module_the_list_names():
     """Importing only the module a built-in is listed under registers it, and importing
-    the whole package registers nothing the list leaves out."""
+    the whole package registers nothing the lists leave out."""
     missing = _python(
         f"""
         import importlib, json
-        from nasax.core import builtins
         registries = {REGISTRIES!r}
         missing = []
         for table, (module, name) in registries.items():
             registry = getattr(importlib.import_module(module), name)
-            for item, source in getattr(builtins, table).items():
+            for item, source in registry.builtins.items():
                 importlib.import_module(source)
                 if item not in registry._items:  # not loaded lazily: registered by `source`
                     missing.append([table, item])
@@ -79,21 +77,22 @@ def test_each_builtin_is_registered_by_the_module_the_list_names():
             for info in pkgutil.iter_modules(path, package + "."):
                 importlib.import_module(info.name)
         registries = {REGISTRIES!r}
-        print(json.dumps({{table: sorted(getattr(importlib.import_module(m), n)._items)
-                          for table, (m, n) in registries.items()}}))
+        found = {{}}
+        for table, (module, name) in registries.items():
+            registry = getattr(importlib.import_module(module), name)
+            found[table] = [sorted(registry._items), sorted(registry.builtins)]
+        print(json.dumps(found))
         """
     )
-    from nasax.core import builtins
-
-    assert registered == {table: sorted(getattr(builtins, table)) for table in REGISTRIES}
+    assert all(items == listed for items, listed in registered.values()), registered
 
 
 def test_a_config_names_any_strategy_whatever_was_imported():
     strategy = _python(
         """
         import json
-        from nasax.core.config import load_config
-        print(json.dumps(load_config("gdas_digits").search.strategy_options().tau_max))
+        from nasax.search.options import load_config, strategy_options
+        print(json.dumps(strategy_options(load_config("gdas_digits").search).tau_max))
         """
     )
     assert strategy == 10.0

@@ -14,9 +14,9 @@ from flax import nnx
 
 import nasax
 from nasax.app.cli import main
-from nasax.core.config import load_config, validate_config
 from nasax.core.errors import ConfigError, GenotypeError
 from nasax.search.discretize import derive_genotype
+from nasax.search.options import load_config, validate_config
 from nasax.search.strategy import split_supernet
 from nasax.supernet import (
     DARTS_SPACE,

@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
-from nasax.core.config import validate_config
 from nasax.core.errors import ConfigError
 from nasax.engine.parallel import data_parallel
+from nasax.search.options import validate_config
 from tests.test_strategy_runs import TINY_NB201
 from tests.tolerance import assert_close
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from nasax import DARTS_V2, Genotype
 from nasax.app.cli import main
 from nasax.core.checkpoint import Checkpoints
-from nasax.core.config import load_config, validate_config
 from nasax.core.errors import ConfigError, GenotypeError
+from nasax.search.options import load_config, validate_config
 from nasax.train import task as train_task
 from tests.conftest import TINY_TRAIN, search_args, train_args
 

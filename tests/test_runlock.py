@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from nasax.app.cli import main
-from nasax.core.config import load_config
 from nasax.core.errors import RunDirBusy
 from nasax.core.runlock import LOCK_NAME, describe_holder, lock_run_dir, share_run_dir
+from nasax.search.options import load_config
 from nasax.train.task import run_train
 from tests.conftest import TINY_TRAIN, search_args, train_args
 from tests.test_storage import Reference

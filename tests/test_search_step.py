@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nasax.core.config import validate_config
 from nasax.loop.data import Dataset
+from nasax.search.options import strategy_options, validate_config
 from nasax.search.strategy import STRATEGIES, FunctionalSupernet, alphas_of, cross_entropy
 from nasax.search.task import build_setup
 from nasax.supernet.spaces import DARTS_OPS, SPACES, SearchSpace
@@ -39,7 +39,7 @@ def darts():
     )
     data = tiny_dataset()
     setup = build_setup(config, data, steps_per_epoch=4)
-    strategy = STRATEGIES.get("darts")(setup, config.search.strategy_options())
+    strategy = STRATEGIES.get("darts")(setup, strategy_options(config.search))
     batch = lambda i: {
         "image": data.x_train[8 * i : 8 * i + 8],
         "label": data.y_train[8 * i : 8 * i + 8],

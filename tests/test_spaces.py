@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from nasax.app.cli import main
-from nasax.core.config import load_config
 from nasax.core.errors import ConfigError
+from nasax.search.options import load_config
 from nasax.supernet import Genotype, SearchNetwork, get_space
 from tests.conftest import TINY, TINY_TRAIN
 

@@ -18,8 +18,8 @@ import yaml
 
 from nasax.app.cli import main
 from nasax.core.checkpoint import complete_steps
-from nasax.core.config import validate_config
 from nasax.core.errors import StorageError
+from nasax.search.options import validate_config
 from tests.conftest import search_args, train_args
 
 

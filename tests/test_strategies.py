@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nasax.core.config import validate_config
 from nasax.core.errors import ConfigError
 from nasax.search.drnas import concentration, dirichlet_kl, dirichlet_mean
 from nasax.search.gdas import hard_gumbel
+from nasax.search.options import strategy_options, validate_config
 from nasax.search.relaxed import Annealing, gumbel, temperature
 from nasax.search.single_path import paths_genotype, sample_paths
 from nasax.search.strategy import Clock, SearchSetup
@@ -224,7 +224,7 @@ def test_pcdarts_refuses_a_warmup_that_leaves_no_architecture_epochs(tiny_npz):
     config = validate_config({"data": {"name": f"npz:{tiny_npz}"}, "search": search})
     setup = build_setup(config, load_dataset(config.data.name), steps_per_epoch=4)
     with pytest.raises(ConfigError, match="arch_warmup_epochs=15"):
-        STRATEGIES.get("pcdarts")(setup, config.search.strategy_options())
+        STRATEGIES.get("pcdarts")(setup, strategy_options(config.search))
 
 
 def test_a_gdas_forward_runs_one_op_per_edge_of_every_cell():

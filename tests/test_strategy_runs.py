@@ -13,6 +13,7 @@ import pytest
 
 from nasax.app.cli import main
 from nasax.search import task as loop
+from nasax.search.options import strategy_options
 from nasax.supernet.genotypes import Genotype
 from tests.tolerance import assert_close
 
@@ -103,8 +104,8 @@ def test_evolution_starts_from_another_runs_weights(tiny_npz, tmp_path, capsys):
     import jax
 
     from nasax.core.checkpoint import Checkpoints
-    from nasax.core.config import load_config
     from nasax.loop.data import load_dataset
+    from nasax.search.options import load_config
     from nasax.search.single_path import load_supernet_weights
     from nasax.search.strategy import STRATEGIES as BUILDERS
 
@@ -124,7 +125,7 @@ def test_evolution_starts_from_another_runs_weights(tiny_npz, tmp_path, capsys):
     config = load_config("darts_nb201_digits", overrides)
     dataset = load_dataset(config.data.name)
     setup = loop.build_setup(config, dataset, steps_per_epoch=4)
-    fresh = BUILDERS.get("random_ws")(setup, config.search.strategy_options()).init(
+    fresh = BUILDERS.get("random_ws")(setup, strategy_options(config.search)).init(
         jax.random.PRNGKey(7)
     )
     checkpoints = Checkpoints(trained_dir / "checkpoints")
@@ -143,7 +144,7 @@ def test_evolution_starts_from_another_runs_weights(tiny_npz, tmp_path, capsys):
     from nasax.loop.runloop import evaluate
     from nasax.search.single_path import genotype_paths
 
-    strategy = BUILDERS.get("random_ws")(setup, config.search.strategy_options())
+    strategy = BUILDERS.get("random_ws")(setup, strategy_options(config.search))
     genotype = Genotype.load(trained_dir / "genotype.json")
     paths = {k: jnp.asarray(p) for k, p in genotype_paths(genotype, setup.space).items()}
     cell = jax.jit(lambda state, batch: strategy.evaluate_cell(state, paths, batch))

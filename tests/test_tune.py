@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from nasax.app.cli import main
-from nasax.core.config import load_config, validate_config
+from nasax.search.options import load_config, validate_config
 
 
 def _tune_config(tmp_path, tiny_npz, **tune) -> str:
@@ -96,8 +96,8 @@ def test_median_pruning_stops_a_trial_that_lags(tmp_path, tiny_npz, monkeypatch)
     import optuna
 
     from nasax.app.tune import RUNNERS, run_tune
-    from nasax.core.config import load_config as load
     from nasax.core.errors import ConfigError
+    from nasax.search.options import load_config as load
 
     scripted = [[0.5, 0.6], [0.7, 0.8], [0.1, 0.9], [0.9, 0.1], [0.5, 0.5]]
 
@@ -129,8 +129,8 @@ def test_an_interrupted_tuning_continues_where_it_stopped(tmp_path, tiny_npz, mo
     """Ctrl-C during a trial: that trial is marked failed, the message says how to go on,
     and running the same tuning again completes the study without redoing finished trials."""
     from nasax.app.tune import RUNNERS, run_tune
-    from nasax.core.config import load_config as load
     from nasax.loop.runloop import Interrupted
+    from nasax.search.options import load_config as load
 
     calls = []
 

@@ -20,7 +20,7 @@ from nasax.loop.run import RunContext, Task, program_key, run
 from nasax.loop.runloop import evaluate, guard_step, prefetch
 from nasax.supernet.discrete import param_counts
 from nasax.supernet.genotypes import Genotype, load_genotype
-from nasax.supernet.skeletons import skeleton_of
+from nasax.supernet.skeletons import resolve_model_config, skeleton_of
 from nasax.supernet.spaces import get_space
 from nasax.train.trainer import Regularizers, Trainer, TrainState
 
@@ -99,9 +99,13 @@ class TrainTask(Task):
     resume_ignore = ("train.genotype",)
 
     def __init__(self, config: Config, genotype: Genotype | str | None = None) -> None:
+        config = self.resolve(config)
         t = config.train
         self.config, self.genotype = config, genotype
         self.epochs, self.batch_size, self.eval_every = t.epochs, t.batch_size, t.eval_every
+
+    def resolve(self, config: Config) -> Config:
+        return resolve_model_config(config)
 
     def prepare(self, dataset: Dataset, workdir: Path, resume: bool) -> None:
         check_train_config(self.config)

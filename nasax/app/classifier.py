@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from nasax.core.config import Config, apply_overrides, validate_config
+from nasax.core.config import Config, apply_overrides
 from nasax.core.errors import DataError, NasaxError
 from nasax.engine.compilation_cache import use_compilation_cache
 from nasax.loop.data import Dataset, check_images, check_labels, dataset_from_arrays
+from nasax.search.options import validate_config
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "darts": {

@@ -25,8 +25,8 @@ def initialize(run: RunConfig) -> None:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from nasax.core.config import load_config
     from nasax.core.rundir import default_run_dir
+    from nasax.search.options import load_config
     from nasax.search.task import run_search
 
     config = load_config(args.config, args.set)
@@ -46,8 +46,8 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from nasax.core.config import load_config
     from nasax.core.rundir import default_run_dir
+    from nasax.search.options import load_config
     from nasax.train.task import run_train
 
     config = load_config(args.config, args.set)
@@ -121,7 +121,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from nasax.app.tune import run_tune
-    from nasax.core.config import load_config
+    from nasax.search.options import load_config
 
     config = load_config(args.config, args.set)
     initialize(config.run)

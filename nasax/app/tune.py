@@ -17,13 +17,14 @@ from typing import Any
 
 import yaml
 
-from nasax.core.config import Config, TuneConfig, TuneParam, apply_overrides, validate_config
+from nasax.core.config import Config, TuneConfig, TuneParam, apply_overrides
 from nasax.core.errors import ConfigError, NasaxError, RunDirBusy, RunDirError, StorageError
 from nasax.core.io import atomic_write_json, atomic_write_text
 from nasax.core.registry import Registry
 from nasax.core.rundir import lock_on_process_zero
 from nasax.core.storage import storage_errors
 from nasax.loop.runloop import Interrupted
+from nasax.search.options import validate_config
 
 RUNNERS: Registry[Any] = Registry("tune command")
 """`tune.command` -> run(config, run_dir, *, overwrite, on_epoch) -> summary."""

@@ -1,15 +1,17 @@
 """The typed run config: YAML files validated by pydantic, with dotted CLI overrides.
 
 A config has one section per concern (`data`, `model`, `search`, `optim`, `run`).
-Strategy-specific knobs live under `search.<strategy name>` and are validated by the
-schema that strategy registered, so a strategy is added without touching this file.
+The core checks the sections it owns. What the layers above own it keeps raw: a
+strategy's knobs (`search.<strategy name>`) and a space defined as a mapping
+(`model.space`); the search layer (`nasax.search.options.resolve_config`) and the supernet
+(`nasax.supernet.skeletons.resolve_model`) check those, so a strategy or a space is added
+without touching this file, and reading a config loads neither JAX nor any strategy.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -20,23 +22,10 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
-from nasax.core import builtins
 from nasax.core.errors import ConfigError
-from nasax.core.registry import Registry
-
-STRATEGY_OPTIONS: Registry[type[BaseModel]] = Registry("search strategy", builtins.STRATEGIES)
-"""Strategy name -> pydantic model of its own config section (`search.<name>`)."""
-
-MODEL_CHECKS: Registry[Callable[[ModelConfig], None]] = Registry(
-    "model check", builtins.MODEL_CHECKS
-)
-"""Checks of the `model` section, registered by the code that builds models (the
-supernet checks the space name and what the space's skeleton accepts); each raises
-ValueError with a message naming the key."""
 
 
 class Section(BaseModel):
@@ -57,68 +46,15 @@ class DataConfig(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
-class SpaceDefinition(Section):
-    """A search space defined in the config from a registered one (`model.space` as a
-    mapping). Its name records the definition, `darts:nodes=3:inputs_per_node=1:ops=a,b`,
-    so a genotype of it names the space it fits; `nasax.supernet.get_space` builds the
-    space from that name."""
-
-    base: str = Field(description="the registered space it starts from (darts, nb201)")
-    ops: list[str] | None = Field(None, min_length=1, description="a subset of base's ops")
-    nodes: int | None = Field(None, ge=1, description="intermediate nodes per cell")
-    inputs_per_node: int | None = Field(
-        None, ge=1, description="edges a derived cell keeps per node (spaces that keep some)"
-    )
-
-    def name(self) -> str:
-        """The space's name: the base, then each option given, in a fixed order."""
-        parts = [self.base]
-        if self.nodes is not None:
-            parts.append(f"nodes={self.nodes}")
-        if self.inputs_per_node is not None:
-            parts.append(f"inputs_per_node={self.inputs_per_node}")
-        if self.ops is not None:
-            parts.append("ops=" + ",".join(self.ops))
-        return ":".join(parts)
-
-    @classmethod
-    def parse(cls, name: str) -> SpaceDefinition:
-        """The definition a name written by `name()` records; ValueError if it is none."""
-        base, *parts = name.split(":")
-        data: dict[str, Any] = {"base": base}
-        for part in parts:
-            key, sep, value = part.partition("=")
-            if not sep or key not in ("nodes", "inputs_per_node", "ops"):
-                raise ValueError(
-                    f"space name {name!r}: {part!r} is not nodes=N, inputs_per_node=N or "
-                    "ops=a,b,..."
-                )
-            data[key] = value.split(",") if key == "ops" else value
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            raise ValueError(f"space name {name!r}: {_first_error(e, model=cls)}") from None
-
-
 class ModelConfig(Section):
-    space: str = Field(
-        "darts", description="a registered space, or a mapping that defines one from it"
+    space: str | dict[str, Any] = Field(
+        "darts",
+        description="a registered space, or a mapping that defines one from it (base, ops, "
+        "nodes, inputs_per_node; checked by the supernet)",
     )
     channels: int = Field(16, ge=2, description="C of the first cell (even)")
     layers: int = Field(8, ge=1, description="number of cells (nb201: cells per stage)")
     stem_multiplier: int = Field(3, ge=1, description="stem channels / C (nb201: 1)")
-
-    @field_validator("space", mode="before")
-    @classmethod
-    def _space_definition(cls, value: Any) -> Any:
-        """A mapping defines a space from a registered one; it is kept as the name that
-        records the definition (`SpaceDefinition.name`)."""
-        if not isinstance(value, dict):
-            return value
-        try:
-            return SpaceDefinition.model_validate(value).name()
-        except ValidationError as e:
-            raise ValueError(_first_error(e, "model.space", SpaceDefinition)) from None
 
     @model_validator(mode="after")
     def _even_channels(self) -> ModelConfig:
@@ -126,12 +62,6 @@ class ModelConfig(Section):
             raise ValueError(
                 f"model.channels must be even (factorized reduce), got {self.channels}"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _fits_the_space(self) -> ModelConfig:
-        for name in MODEL_CHECKS:
-            MODEL_CHECKS.get(name)(self)
         return self
 
 
@@ -152,45 +82,30 @@ class SearchConfig(Section):
     )
     eval_every: int = Field(1, ge=0, description="epochs between test evaluations (0: end only)")
     discretizer: DiscretizerConfig = Field(default_factory=DiscretizerConfig)
-    options: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    strategy_sections: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
+    """Every `search.<name>` mapping, raw; the search layer checks that the one present is
+    the strategy's and fills in its defaults (`nasax.search.options.resolve_config`)."""
 
     @model_validator(mode="before")
     @classmethod
-    def _strategy_section(cls, data: Any) -> Any:
-        """Moves `search.<strategy>` into `options`, validated by the strategy's schema."""
+    def _keep_strategy_sections(cls, data: Any) -> Any:
+        """Moves each mapping under a key that is not one of the core's into
+        `strategy_sections`; an unknown scalar stays, and is refused as an unknown key."""
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        name = data.get("strategy", "darts")
-        if not isinstance(name, str) or name not in STRATEGY_OPTIONS:
-            raise ValueError(f"search.strategy: {STRATEGY_OPTIONS.unknown_message(str(name))}")
-        for other in STRATEGY_OPTIONS:
-            if other != name and other in data:
-                raise ValueError(
-                    f"search.{other}: options for strategy {other!r}, but search.strategy is "
-                    f"{name!r}; move them or change the strategy"
-                )
-        section = data.pop(name, None) or {}
-        schema = STRATEGY_OPTIONS.get(name)
-        try:
-            data["options"] = schema.model_validate(section).model_dump()
-        except ValidationError as e:
-            raise ValueError(_first_error(e, prefix=f"search.{name}", model=schema)) from None
+        own = cls.model_fields.keys() - {"strategy_sections"}
+        sections = {}
+        for key in [k for k in data if k not in own]:
+            if isinstance(data[key], dict) or data[key] is None:
+                sections[str(key)] = dict(data.pop(key) or {})
+        data["strategy_sections"] = sections
         return data
 
-    @model_validator(mode="after")
-    def _some_training(self) -> SearchConfig:
-        supplied = getattr(self.strategy_options(), "supplies_weights", False)
-        if self.epochs == 0 and not supplied:
-            raise ValueError(
-                "search.epochs must be at least 1, got 0; 0 (no weight training) needs trained "
-                f"weights, e.g. search.evolution.weights_from (strategy: {self.strategy})"
-            )
-        return self
-
-    def strategy_options(self) -> BaseModel:
-        """The strategy's own section as its typed model."""
-        return STRATEGY_OPTIONS.get(self.strategy).model_validate(self.options)
+    @property
+    def options(self) -> dict[str, Any]:
+        """The strategy's own section as written (resolved: with its defaults)."""
+        return self.strategy_sections.get(self.strategy, {})
 
 
 class TrainConfig(Section):
@@ -349,9 +264,10 @@ class Config(Section):
     tune: TuneConfig | None = Field(None, description="how `nasax tune` tunes this config")
 
     def to_dict(self) -> dict[str, Any]:
-        """The fully resolved config as plain data, strategy section in its place."""
+        """The config as plain data, strategy sections in their place (all defaults
+        filled in once the layers above resolved it)."""
         data = self.model_dump(mode="json")
-        data["search"][self.search.strategy] = dict(self.search.options)
+        data["search"].update(self.search.strategy_sections)
         if data["tune"] is None:
             del data["tune"]
         return data
@@ -374,10 +290,10 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation
-    return [k for k in model.model_fields if k != "options"]
+    return [k for k in model.model_fields if k != "strategy_sections"]
 
 
-def _first_error(
+def first_error(
     err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
 ) -> str:
     """One line for the first error: the key, the bad value, what is allowed."""
@@ -406,7 +322,7 @@ def validate_config(data: Any, source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {_first_error(e, model=Config)}") from None
+        raise ConfigError(f"{source}: {first_error(e, model=Config)}") from None
 
 
 def shipped_configs() -> list[str]:
@@ -479,9 +395,18 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
-def load_config(name_or_path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
-    """Reads, overrides and validates a config (path or shipped name)."""
+def read_config(
+    name_or_path: str | os.PathLike, overrides: list[str] | None = None
+) -> tuple[dict[str, Any], str]:
+    """A config's data (path or shipped name) with `overrides` applied and its name
+    defaulting to the file's, and where it came from."""
     data, source = read_config_file(name_or_path)
     data = apply_overrides(data, overrides or [])
     data.setdefault("name", Path(source).stem)
-    return validate_config(data, source)
+    return data, source
+
+
+def load_config(name_or_path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Reads, overrides and validates a config's core sections (path or shipped name);
+    `nasax.load_config` also checks what the layers above own."""
+    return validate_config(*read_config(name_or_path, overrides))

@@ -16,7 +16,7 @@ _REGISTRIES: list[Registry] = []
 
 def registered() -> Iterator[tuple[str, str, object, bool]]:
     """(kind, name, object, built in) of everything registered so far, in every registry;
-    built in: a name nasax ships (`nasax.core.builtins`)."""
+    built in: a name the registry's own table of built-ins lists."""
     for registry in _REGISTRIES:
         for name, item in list(registry._items.items()):
             yield registry.kind, name, item, name in registry._builtins
@@ -26,8 +26,9 @@ class Registry(Generic[T]):
     """A mapping from names to objects that refuses duplicates and explains misses.
 
     `builtins` maps the names that ship with nasax to the module whose import registers
-    them (`nasax.core.builtins`): a name is loaded the first time it is asked for, and all of
-    them when the registry lists its names.
+    them (each layer writes the table beside its registry, e.g.
+    `nasax.search.strategy.BUILTIN_STRATEGIES`): a name is loaded the first time it is
+    asked for, and all of them when the registry lists its names.
     """
 
     def __init__(self, kind: str, builtins: Mapping[str, str] | None = None) -> None:
@@ -35,6 +36,11 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._builtins = dict(builtins or {})
         _REGISTRIES.append(self)
+
+    @property
+    def builtins(self) -> dict[str, str]:
+        """The built-in names and the module that registers each."""
+        return dict(self._builtins)
 
     def _load(self, name: str | None = None) -> None:
         """Imports the module that registers the built-in `name`, or every built-in's."""

@@ -118,6 +118,12 @@ class Task:
     """A phase after each complete epoch (ENAS' controller): (state, epoch, step) ->
     (state, records to log); see `runloop.run_epochs`."""
 
+    def resolve(self, config: Config) -> Config:
+        """The config as this kind of run reads it: the sections the core keeps raw (a
+        strategy's options, a space defined as a mapping) checked and filled in; `run`
+        uses what this returns. ConfigError in one line if they do not fit."""
+        return config
+
     def prepare(self, dataset: Dataset, workdir: Path, resume: bool) -> None:
         """Checks what can fail before the run directory is touched and sets the sizes."""
         raise NotImplementedError
@@ -192,7 +198,7 @@ def run(
 
     Args:
         task: the kind of run.
-        config: the validated config.
+        config: the validated config (`task.resolve` checks what the core keeps raw).
         workdir: where config.yaml, metrics.jsonl, checkpoints/, summary.json and the
             task's own files go.
         data: the dataset, when it is in memory (`dataset_from_arrays`); default: the
@@ -205,6 +211,7 @@ def run(
         The summary (also written to summary.json) and the state the run ended with.
     """
     wall_start = time.perf_counter()
+    config = task.resolve(config)
     rc = config.run
     dataset = data
     if dataset is None:
