@@ -211,3 +211,95 @@ def test_enas_resumed_after_ctrl_c_in_its_controller_phase_matches_an_uninterrup
         ]
 
     assert figures(tmp_path / "reference") == figures(tmp_path / "resumed")
+
+
+TOY_STRATEGY = '''
+"""A strategy written outside nasax: first-order DARTS whose architecture steps only
+every `arch_every` weight steps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from nasax.search.discretize import derive_genotype
+from nasax.search.strategy import (
+    FunctionalSupernet,
+    Strategy,
+    alphas_of,
+    arch_update,
+    register_strategy,
+    step_metrics,
+    weight_update,
+)
+
+
+class AlternateOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    arch_every: int = Field(1, ge=1)
+
+
+@register_strategy("toy_alternate", AlternateOptions)
+def make_alternate(setup, options):
+    net = FunctionalSupernet.create(setup)
+    grad_of = lambda argnum: jax.value_and_grad(net.loss, argnums=argnum, has_aux=True)
+
+    def step(state, train, val):
+        rng = jax.random.fold_in(state.rng, state.step)
+        x_train = setup.preprocess(train["image"], rng, True)
+        x_val = setup.preprocess(val["image"], rng, True)
+        (val_loss, (val_acc, _)), arch_grad = grad_of(2)(
+            state.params, state.batch_stats, state.arch, x_val, val["label"]
+        )
+        stepped = arch_update(setup, state, arch_grad)
+        now = state.step % options.arch_every == 0
+        arch, arch_opt = jax.tree.map(
+            lambda new, old: jnp.where(now, new, old), stepped, (state.arch, state.arch_opt)
+        )
+        (train_loss, (train_acc, stats)), grads = grad_of(0)(
+            state.params, state.batch_stats, arch, x_train, train["label"]
+        )
+        params, weight_opt = weight_update(setup, state, grads)
+        metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
+        return state.stepped(params, stats, arch, weight_opt, arch_opt), metrics
+
+    def arch_weights(state):
+        return {f"alpha_{k}": np.asarray(a) for k, a in alphas_of(state.arch).items()}
+
+    def derive(state):
+        weights = {k[len("alpha_"):]: v for k, v in arch_weights(state).items()}
+        return derive_genotype(weights, setup.space)
+
+    return Strategy(net.init, step, net.evaluate, derive, arch_weights)
+'''
+
+
+def test_a_new_strategy_is_one_module_and_its_options_are_checked(tmp_path, tiny_npz, monkeypatch):
+    """A strategy written in one file outside nasax registers its builder and options
+    schema in one line; a config then names it, its section is checked and reaches the
+    builder: arch_every beyond the run's 8 steps updates the alphas at step 0 only."""
+    import importlib
+
+    from nasax.core.errors import ConfigError
+    from nasax.search.options import load_config
+
+    (tmp_path / "toy_alternate.py").write_text(TOY_STRATEGY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("toy_alternate")
+    overrides = [*TINY_NB201, f"data.name=npz:{tiny_npz}", "search.strategy=toy_alternate"]
+    with pytest.raises(ConfigError, match=r"search\.toy_alternate\.arch_evry"):
+        load_config("darts_nb201_digits", [*overrides, "search.toy_alternate.arch_evry=3"])
+    runs = {}
+    for every in (1, 1000):
+        config = load_config(
+            "darts_nb201_digits", [*overrides, f"search.toy_alternate.arch_every={every}"]
+        )
+        assert strategy_options(config.search).arch_every == every
+        summary = loop.run_search(config, tmp_path / f"every{every}")
+        assert Genotype.from_dict(summary["genotype"]).space == "nb201"
+        with np.load(tmp_path / f"every{every}" / "alphas.npz") as f:
+            runs[every] = f["alpha_normal"]
+    assert runs[1000].shape[0] == 2
+    np.testing.assert_array_equal(runs[1000][0], runs[1000][1])  # no step after step 0
+    assert np.abs(runs[1][1] - runs[1][0]).max() > 0  # every step moves them
