@@ -32,6 +32,7 @@ from nasax.loop.optim import (
     weight_optimizer,
     weight_schedule,
 )
+from nasax.loop.programs import ProgramCache
 from nasax.loop.run import RunContext, Task, program_key, run
 from nasax.loop.runloop import (
     LoopResult,
@@ -48,10 +49,6 @@ from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy, SupernetSta
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.skeletons import skeleton_of
 from nasax.supernet.spaces import get_space
-
-_COMPILED: dict[str, tuple[Any, Any]] = {}
-"""Compiled (step, evaluate) programs of this process by `program_key`, newest last."""
-_COMPILED_KEEP = 2
 
 
 def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> SearchSetup:
@@ -165,35 +162,34 @@ class SearchTask(Task):
         )
 
     def compile(self, state: Any) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
-        """The step, and the evaluations compiled at their first call; a later run in this
-        process with the same programs (a resume, another trial) reuses them."""
-        rc, dp = self.config.run, self.ctx.dp
-        key = program_key(self.config, self.data, dp, steps_per_epoch=self.steps_per_epoch)
-        if key not in _COMPILED:
-            sample = dp.put_batch(
-                next(batches(self.data.x_train, self.data.y_train, self.train_idx, self.batch_size))
-            )
-            stored = f"search|{key}" if rc.plan_cache else None  # plans kept on disk
-            jit = jit_for(rc.execution, cache_key=stored)
-            _COMPILED[key] = (
-                # No weight steps (epochs 0: trained weights came with the config): no program.
-                compile_program(
-                    guard_step(self.strategy.step, rc),
-                    (state, sample, sample),
-                    rc.execution,
-                    donate=True,
-                    remat=rc.remat,
-                    cache_key=stored and f"{stored}|step",
-                )
-                if self.epochs
-                else None,
-                jit(self.strategy.evaluate),
-                None if self.strategy.evaluate_cell is None else jit(self.strategy.evaluate_cell),
-            )
-            while len(_COMPILED) > _COMPILED_KEEP:
-                _COMPILED.pop(next(iter(_COMPILED)))
-        step_fn, self.eval_fn, self.cell_eval_fn = _COMPILED[key]
+        """The step, and the evaluations compiled at their first call; a later run given
+        the same program cache (a resume, another trial) reuses them."""
+        key = program_key(self.config, self.data, self.ctx.dp, steps_per_epoch=self.steps_per_epoch)
+        programs = self.ctx.programs.get(key, partial(self._build_programs, state, key))
+        step_fn, self.eval_fn, self.cell_eval_fn = programs
         return step_fn
+
+    def _build_programs(self, state: Any, key: str) -> tuple[Any, Any, Any]:
+        """(step, evaluate, evaluate one cell): the step compiled for `state`'s shapes;
+        none without weight steps (epochs 0: trained weights came with the config)."""
+        rc, dp = self.config.run, self.ctx.dp
+        sample = dp.put_batch(
+            next(batches(self.data.x_train, self.data.y_train, self.train_idx, self.batch_size))
+        )
+        stored = f"search|{key}" if rc.plan_cache else None  # plans kept on disk
+        jit = jit_for(rc.execution, cache_key=stored)
+        step = None
+        if self.epochs:
+            step = compile_program(
+                guard_step(self.strategy.step, rc),
+                (state, sample, sample),
+                rc.execution,
+                donate=True,
+                remat=rc.remat,
+                cache_key=stored and f"{stored}|step",
+            )
+        cell = None if self.strategy.evaluate_cell is None else jit(self.strategy.evaluate_cell)
+        return step, jit(self.strategy.evaluate), cell
 
     def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch, Batch]]:
         """Weight-step and architecture-step batches, each half in its own epoch order."""
@@ -315,6 +311,7 @@ def run_search(
     resume: bool = False,
     overwrite: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    programs: ProgramCache | None = None,
 ) -> dict[str, Any]:
     """Runs a search as `config` says and writes its run directory; returns the summary.
 
@@ -322,7 +319,15 @@ def run_search(
     checkpoints/ and summary.json. See `nasax.loop.run.run` for the arguments.
     """
     task = SearchTask(config)
-    result = run(task, config, run_dir, resume=resume, overwrite=overwrite, on_epoch=on_epoch)
+    result = run(
+        task,
+        config,
+        run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        on_epoch=on_epoch,
+        programs=programs,
+    )
     return result.summary
 
 

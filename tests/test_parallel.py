@@ -27,17 +27,17 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     import jax
-    from nasax.app.cli import main
-    from nasax.search import task as loop
+    from nasax.loop.programs import ProgramCache
+    from nasax.search.options import load_config
+    from nasax.search.task import run_search
 
     out, overrides = sys.argv[1], json.loads(sys.argv[2])
     result = {"devices": len(jax.devices())}
     for n in (1, 4):
-        args = ["search", "darts_nb201_digits", "--out", f"{out}/d{n}"]
-        for item in [*overrides, f"run.devices={n}"]:
-            args += ["--set", item]
-        assert main(args) == 0
-        step, *_ = next(reversed(loop._COMPILED.values()))
+        programs = ProgramCache()
+        config = load_config("darts_nb201_digits", [*overrides, f"run.devices={n}"])
+        run_search(config, f"{out}/d{n}", programs=programs)
+        step, *_ = programs.latest()
         result[f"all_reduce_{n}"] = "all-reduce" in step.as_text()
     print(json.dumps(result))
     """

@@ -21,7 +21,6 @@ from nasax.app.cli import main
 from nasax.core import registry
 from nasax.engine import plan_cache
 from nasax.engine.blocks import BlockProgram
-from nasax.search import task as search_task
 from tests.test_blocks import _Net, _toy_step
 from tests.test_strategy_runs import TINY_NB201
 
@@ -159,7 +158,6 @@ def test_a_rerun_in_a_new_process_loads_the_plan_and_computes_the_same(
     args = ["search", "darts_nb201_digits"]
     for item in [*TINY_NB201, f"data.name=npz:{tiny_npz}"]:
         args += ["--set", item]
-    search_task._COMPILED.clear()  # no programs kept from another test's run
     assert main([*args, "--out", str(tmp_path / "first")]) == 0
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir}
     rerun = [sys.executable, "-m", "nasax.app.cli", *args, "--out", str(tmp_path / "again")]
@@ -171,7 +169,6 @@ def test_a_rerun_in_a_new_process_loads_the_plan_and_computes_the_same(
     # Without the store the step is traced; it binds short glue op by op instead of
     # compiling it, so it agrees to float rounding.
     off = tmp_path / "off"
-    search_task._COMPILED.clear()
     assert main([*args, "--set", "run.plan_cache=false", "--out", str(off)]) == 0
     assert json.loads((off / "summary.json").read_text())["step_plan"] == "traced"
     for a, b in zip(_metrics(off), _metrics(tmp_path / "first"), strict=True):
@@ -181,3 +178,24 @@ def test_a_rerun_in_a_new_process_loads_the_plan_and_computes_the_same(
         np.testing.assert_allclose(
             [a[k] for k in numbers], [b[k] for k in numbers], rtol=1e-4, atol=1e-5
         )
+
+
+def test_a_program_cache_builds_each_key_once_and_keeps_the_newest() -> None:
+    from nasax.loop.programs import ProgramCache
+
+    built = []
+
+    def build(key: str):
+        return lambda: built.append(key) or f"programs of {key}"
+
+    cache = ProgramCache(keep=2)
+    with pytest.raises(LookupError):
+        cache.latest()
+    assert cache.get("a", build("a")) == "programs of a"
+    assert cache.get("b", build("b")) == "programs of b"
+    assert cache.get("a", build("a")) == "programs of a"  # kept: not built again
+    assert cache.latest() == "programs of a"
+    cache.get("c", build("c"))  # beyond keep: "b", the least recently used, goes
+    assert len(cache) == 2
+    cache.get("b", build("b"))
+    assert built == ["a", "b", "c", "b"]

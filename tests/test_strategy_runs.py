@@ -1,5 +1,6 @@
-"""Every strategy runs through the CLI on a tiny NAS-Bench-201 search and yields a valid
-genotype, with its step compiled as one XLA program that never calls back to the host.
+"""Every strategy runs a tiny NAS-Bench-201 search (`run_search`, what `nasax search`
+calls) and yields a valid genotype, with its step compiled as one XLA program that never
+calls back to the host.
 
 (DARTS runs through the CLI in test_cli and test_nb201; its second-order step, the
 costliest to compile, is checked directly in test_darts_second_order.)"""
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 
 from nasax.app.cli import main
+from nasax.loop.programs import ProgramCache
 from nasax.search import task as loop
-from nasax.search.options import strategy_options
+from nasax.search.options import load_config, strategy_options
 from nasax.supernet.genotypes import Genotype
 from tests.tolerance import assert_close
 
@@ -52,16 +54,16 @@ STRATEGIES = {
 
 
 def _search(name: str, tiny_npz: str, out, *extra: str) -> tuple:
-    args = ["search", "darts_nb201_digits", "--out", str(out)]
-    for item in [*TINY_NB201, f"data.name=npz:{tiny_npz}", *STRATEGIES[name], *extra]:
-        args += ["--set", item]
-    assert main(args) == 0
-    step, *_ = next(reversed(loop._COMPILED.values()))  # the programs this run compiled
+    """Runs the strategy `name` as `nasax search` does; (its compiled step, its summary)."""
+    overrides = [*TINY_NB201, f"data.name=npz:{tiny_npz}", *STRATEGIES[name], *extra]
+    programs = ProgramCache()
+    loop.run_search(load_config("darts_nb201_digits", overrides), out, programs=programs)
+    step, *_ = programs.latest()  # the programs this run compiled
     return step, json.loads((out / "summary.json").read_text())
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_strategy_searches_through_the_cli(name, tiny_npz, tmp_path):
+def test_strategy_searches_as_one_program(name, tiny_npz, tmp_path):
     step, summary = _search(name, tiny_npz, tmp_path / name)
     genotype = Genotype.load(tmp_path / name / "genotype.json")
     assert genotype.space == "nb201"

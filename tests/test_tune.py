@@ -101,7 +101,7 @@ def test_median_pruning_stops_a_trial_that_lags(tmp_path, tiny_npz, monkeypatch)
 
     scripted = [[0.5, 0.6], [0.7, 0.8], [0.1, 0.9], [0.9, 0.1], [0.5, 0.5]]
 
-    def fake_search(config, run_dir, *, overwrite, on_epoch):
+    def fake_search(config, run_dir, *, overwrite, on_epoch, programs):
         for epoch, value in enumerate(scripted.pop(0), start=1):
             on_epoch({"epoch": epoch, "val_acc": value})
         return {}
@@ -134,7 +134,7 @@ def test_an_interrupted_tuning_continues_where_it_stopped(tmp_path, tiny_npz, mo
 
     calls = []
 
-    def fake_search(config, run_dir, *, overwrite, on_epoch):
+    def fake_search(config, run_dir, *, overwrite, on_epoch, programs):
         calls.append(run_dir.name)
         if len(calls) == 2:
             raise Interrupted("stopped by SIGINT")

@@ -16,6 +16,7 @@ from nasax.core.errors import ConfigError, GenotypeError, RunDirError
 from nasax.engine.blocks import compile_program, jit_for
 from nasax.loop.data import Batch, Dataset, batches, check_batch_size, epoch_order, make_preprocess
 from nasax.loop.optim import weight_optimizer, weight_schedule
+from nasax.loop.programs import ProgramCache
 from nasax.loop.run import RunContext, Task, program_key, run
 from nasax.loop.runloop import evaluate, guard_step, prefetch
 from nasax.supernet.discrete import param_counts
@@ -137,28 +138,32 @@ class TrainTask(Task):
         )
 
     def compile(self, state: TrainState) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+        """The step, and the evaluation compiled at its first call; a later run given the
+        same program cache (another trial of the same cell) reuses them."""
+        self.order = np.arange(len(self.data.x_train))
+        genotype = self.genotype.to_json()
+        key = program_key(
+            self.config, self.data, self.ctx.dp, genotype=genotype, steps=self.steps_per_epoch
+        )
+        step, self.eval_fn = self.ctx.programs.get(key, partial(self._build_programs, state, key))
+        return step
+
+    def _build_programs(self, state: TrainState, key: str) -> tuple[Any, Any]:
+        """(step, evaluate), the step compiled for `state`'s shapes."""
         rc, data = self.config.run, self.data
-        self.order = np.arange(len(data.x_train))
         sample = self.ctx.dp.put_batch(
             next(batches(data.x_train, data.y_train, self.order, self.batch_size))
         )
-        stored = None  # the key of plans kept on disk
-        if rc.plan_cache:
-            genotype = self.genotype.to_json()
-            key = program_key(
-                self.config, data, self.ctx.dp, genotype=genotype, steps=self.steps_per_epoch
-            )
-            stored = f"train|{key}"
-        self.eval_fn = jit_for(rc.execution, cache_key=stored)(self.trainer.evaluate)
-        step = guard_step(self.trainer.step, rc)
-        return compile_program(
-            step,
+        stored = f"train|{key}" if rc.plan_cache else None  # plans kept on disk
+        step = compile_program(
+            guard_step(self.trainer.step, rc),
             (state, sample),
             rc.execution,
             donate=True,
             remat=rc.remat,
             cache_key=stored and f"{stored}|step",
         )
+        return step, jit_for(rc.execution, cache_key=stored)(self.trainer.evaluate)
 
     def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch]]:
         idx = epoch_order(self.order, self.config.seed, epoch, 0)
@@ -195,6 +200,7 @@ def run_train(
     resume: bool = False,
     overwrite: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    programs: ProgramCache | None = None,
 ) -> dict[str, Any]:
     """Retrains a genotype from scratch as `config` says; returns the summary.
 
@@ -204,10 +210,18 @@ def run_train(
             summary.json go.
         genotype: a Genotype, a genotype.json path, a search run directory, or a
             published name; default `train.genotype` (or, resuming, the run's own).
-        resume, overwrite, on_epoch: as `nasax.loop.run.run` takes them.
+        resume, overwrite, on_epoch, programs: as `nasax.loop.run.run` takes them.
     """
     task = TrainTask(config, genotype)
-    result = run(task, config, run_dir, resume=resume, overwrite=overwrite, on_epoch=on_epoch)
+    result = run(
+        task,
+        config,
+        run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        on_epoch=on_epoch,
+        programs=programs,
+    )
     return result.summary
 
 

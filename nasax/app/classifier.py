@@ -18,6 +18,7 @@ from nasax.core.config import Config, apply_overrides
 from nasax.core.errors import DataError, NasaxError
 from nasax.engine.compilation_cache import use_compilation_cache
 from nasax.loop.data import Dataset, check_images, check_labels, dataset_from_arrays
+from nasax.loop.programs import ProgramCache
 from nasax.search.options import validate_config
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
@@ -97,6 +98,7 @@ class ImageClassifier:
         self.project_dir = Path(directory) / project_name
         self.overwrite, self.quiet = overwrite, quiet
         self._key = f"{project_name}-{next(_instances)}"
+        self._programs = ProgramCache()  # a fit again with the same sizes compiles nothing
         self.image_shape: tuple[int, ...] | None = None
         self.num_classes: int | None = None
         self.genotype: Any = None
@@ -128,7 +130,14 @@ class ImageClassifier:
         data = self._dataset("search", x, y, validation_data)
         config = self._config("search", data.name)
         task = SearchTask(config)
-        result = run(task, config, self.search_dir, data=data, overwrite=self.overwrite)
+        result = run(
+            task,
+            config,
+            self.search_dir,
+            data=data,
+            overwrite=self.overwrite,
+            programs=self._programs,
+        )
         self.search_summary = result.summary
         self.genotype = task.genotype
         if self.search_summary["stopped_early"] and not self.quiet:
@@ -152,7 +161,14 @@ class ImageClassifier:
         data = self._dataset("final", x, y, validation_data)
         config = self._config("final", data.name)
         task = TrainTask(config, self.genotype)
-        result = run(task, config, self.final_dir, data=data, overwrite=self.overwrite)
+        result = run(
+            task,
+            config,
+            self.final_dir,
+            data=data,
+            overwrite=self.overwrite,
+            programs=self._programs,
+        )
         summary = self.final_summary = result.summary
         self._model = TrainedModel(
             config,

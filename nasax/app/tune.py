@@ -23,11 +23,12 @@ from nasax.core.io import atomic_write_json, atomic_write_text
 from nasax.core.registry import Registry
 from nasax.core.rundir import lock_on_process_zero
 from nasax.core.storage import storage_errors
+from nasax.loop.programs import ProgramCache
 from nasax.loop.runloop import Interrupted
 from nasax.search.options import validate_config
 
 RUNNERS: Registry[Any] = Registry("tune command")
-"""`tune.command` -> run(config, run_dir, *, overwrite, on_epoch) -> summary."""
+"""`tune.command` -> run(config, run_dir, *, overwrite, on_epoch, programs) -> summary."""
 
 
 def _run_search(config: Config, run_dir: Path, **kw: Any) -> dict[str, Any]:
@@ -150,6 +151,7 @@ def _run_study(base: Config, out: Path, log: Any) -> dict[str, Any]:
     for stale in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
         study.tell(stale.number, state=TrialState.FAIL)  # a run killed mid-trial
     runner = RUNNERS.get(tune.command)
+    programs = ProgramCache()  # a trial whose values change no program reuses the last ones
     ended = (TrialState.COMPLETE, TrialState.PRUNED)
 
     def done() -> int:
@@ -180,7 +182,7 @@ def _run_study(base: Config, out: Path, log: Any) -> dict[str, Any]:
 
         log(f"tune {name} ({done() + 1}/{tune.trials}): {_show(values)}")
         try:
-            runner(config, out / name, overwrite=True, on_epoch=report)
+            runner(config, out / name, overwrite=True, on_epoch=report, programs=programs)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
             log(f"tune {name}: pruned after epoch {final.get('epoch')}")

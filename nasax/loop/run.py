@@ -25,6 +25,7 @@ from nasax.engine.blocks import resolve_execution, resolve_remat
 from nasax.engine.compilation_cache import release_if_crowded
 from nasax.engine.parallel import DataParallel, data_parallel
 from nasax.loop.data import Batch, Dataset, load_dataset
+from nasax.loop.programs import ProgramCache
 from nasax.loop.progress import LoopProgress
 from nasax.loop.runloop import (
     LoopIO,
@@ -80,6 +81,8 @@ class RunContext(NamedTuple):
     dp: DataParallel
     progress: LoopProgress
     views: RunViews
+    programs: ProgramCache
+    """Compiled programs shared with the caller's other runs (`run(..., programs=)`)."""
 
 
 class RunResult(NamedTuple):
@@ -193,6 +196,7 @@ def run(
     resume: bool = False,
     overwrite: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    programs: ProgramCache | None = None,
 ) -> RunResult:
     """Runs `task` as `config` says into the run directory `workdir`.
 
@@ -206,6 +210,8 @@ def run(
         resume: continue from the last checkpoint in `workdir`.
         overwrite: delete an existing `workdir` first.
         on_epoch: called with each finished epoch's figures (`runloop.epoch_summary`).
+        programs: compiled programs to reuse and keep for later runs (a tuning study's
+            trials); default: this run's own.
 
     Returns:
         The summary (also written to summary.json) and the state the run ended with.
@@ -228,7 +234,8 @@ def run(
         progress = LoopProgress(
             task.steps_per_epoch * task.epochs, task.epochs, enabled=rc.progress, label=task.label
         )
-        ctx = RunContext(config, run_dir, dataset, dp, progress, views)
+        programs = ProgramCache() if programs is None else programs
+        ctx = RunContext(config, run_dir, dataset, dp, progress, views, programs)
         state = task.init(ctx, jax.random.PRNGKey(config.seed))
         checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
         metrics_log = MetricsLog(run_dir / "metrics.jsonl", sinks=views.sinks)
