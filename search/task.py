@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,7 @@ from nasax.loop.optim import (
     weight_schedule,
 )
 from nasax.loop.programs import ProgramCache
-from nasax.loop.run import RunContext, Task, program_key, run
+from nasax.loop.run import RunContext, Task, TaskRun, program_key, run
 from nasax.loop.runloop import (
     LoopResult,
     check_finite,
@@ -84,21 +84,36 @@ def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> Searc
 class _AlphaHistory:
     """Architecture weights per epoch, rewritten atomically to alphas.npz each epoch."""
 
-    def __init__(self, path: Path, space: Any, keep_epochs: int) -> None:
+    def __init__(self, path: Path, space: Any) -> None:
         self.path = path
         self.rows: dict[str, list[np.ndarray]] = {}
         self.extra = {
             "ops": np.array(space.ops),
             "edges": np.array(space.edges, dtype=np.int32),
         }
-        if keep_epochs and path.exists():
-            with np.load(path) as f:
-                self.rows = {k: list(f[k][:keep_epochs]) for k in f.files if k not in self.extra}
+
+    def keep(self, epochs: int) -> None:
+        """Starts from the first `epochs` rows on disk (a resume), or from none."""
+        self.rows = {}
+        if epochs and self.path.exists():
+            with np.load(self.path) as f:
+                self.rows = {k: list(f[k][:epochs]) for k in f.files if k not in self.extra}
 
     def append(self, weights: dict[str, np.ndarray]) -> None:
         for k, v in weights.items():
             self.rows.setdefault(k, []).append(np.asarray(v))
         atomic_write_npz(self.path, **{k: np.stack(v) for k, v in self.rows.items()}, **self.extra)
+
+
+class SearchPlan(NamedTuple):
+    """A search's sizes and the two halves of the training set (indices)."""
+
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int
+    eval_every: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
 
 
 class SearchTask(Task):
@@ -111,31 +126,46 @@ class SearchTask(Task):
     shown = ("train_loss", "train_acc", "val_loss", "val_acc", "images_per_sec")
     plots = True
 
-    def __init__(self, config: Config) -> None:
-        config = self.resolve(config)
-        s = config.search
-        self.config, self.label = config, f"search {s.strategy}"
-        self.epochs, self.batch_size, self.eval_every = s.epochs, s.batch_size, s.eval_every
-        self.genotype: Genotype | None = None  # the latest derived or selected cell
-        self.selection = {"seconds": 0.0, "calls": 0}
-
     def resolve(self, config: Config) -> Config:
         return resolve_config(config)
 
-    def prepare(self, dataset: Dataset, workdir: Path, resume: bool) -> None:
-        s, n = self.config.search, len(dataset.x_train)
-        self.train_idx, self.val_idx = search_split(n, s.train_portion, self.config.seed)
-        for idx, half in ((self.train_idx, "weight-step"), (self.val_idx, "architecture-step")):
-            check_batch_size(dataset, s.batch_size, len(idx), f"{half} half of the training set")
-        self.steps_per_epoch = min(len(self.train_idx), len(self.val_idx)) // s.batch_size
+    def label(self, config: Config) -> str:
+        return f"search {config.search.strategy}"
 
-    def init(self, ctx: RunContext, key: jax.Array) -> Any:
-        s = self.config.search
-        self.ctx, self.data = ctx, ctx.dataset
-        self.setup = build_setup(self.config, ctx.dataset, self.steps_per_epoch)
-        self.strategy: Strategy = STRATEGIES.get(s.strategy)(self.setup, strategy_options(s))
+    def prepare(self, config: Config, dataset: Dataset, workdir: Path, resume: bool) -> SearchPlan:
+        s = config.search
+        train_idx, val_idx = search_split(len(dataset.x_train), s.train_portion, config.seed)
+        for idx, half in ((train_idx, "weight-step"), (val_idx, "architecture-step")):
+            check_batch_size(dataset, s.batch_size, len(idx), f"{half} half of the training set")
+        steps = min(len(train_idx), len(val_idx)) // s.batch_size
+        return SearchPlan(s.epochs, s.batch_size, steps, s.eval_every, train_idx, val_idx)
+
+    def build(self, ctx: RunContext, plan: SearchPlan) -> SearchRun:
+        return SearchRun(self, ctx, plan)
+
+
+class SearchRun(TaskRun):
+    """One search: the strategy built for the run's data, its compiled programs, and the
+    cell it derives or selects as the epochs end."""
+
+    plan: SearchPlan
+
+    def __init__(self, task: SearchTask, ctx: RunContext, plan: SearchPlan) -> None:
+        super().__init__(task, ctx, plan)
+        self.config, self.data = ctx.config, ctx.dataset
+        self.setup = build_setup(self.config, ctx.dataset, plan.steps_per_epoch)
+        self.strategy: Strategy = STRATEGIES.get(self.config.search.strategy)(
+            self.setup, strategy_options(self.config.search)
+        )
         if self.strategy.after_epoch is not None:
             self.after_epoch = self._after_epoch
+        self.alphas = _AlphaHistory(ctx.run_dir / "alphas.npz", self.setup.space)
+        self.genotype: Genotype | None = None  # the latest derived or selected cell
+        self.selection = {"seconds": 0.0, "calls": 0}
+        self.eval_fn: Callable | None = None  # set with the step (`compile`)
+        self.cell_eval_fn: Callable | None = None
+
+    def init(self, key: jax.Array) -> Any:
         return self.strategy.init(key)
 
     def horizon(self, state: Any) -> int | None:
@@ -148,15 +178,13 @@ class SearchTask(Task):
         return state._replace(net=self.with_horizon(state.net, epochs))
 
     def start(self, state: Any, start: tuple[int, int]) -> None:
-        self.params = count_leaves(state.params) if hasattr(state, "params") else None
-        self.alphas = _AlphaHistory(
-            self.ctx.run_dir / "alphas.npz", self.setup.space, keep_epochs=start[0]
-        )
+        self.alphas.keep(start[0])
 
     def describe(self) -> str:
         dp = self.ctx.dp
         return (
-            f"{self.data.name}: {len(self.train_idx)} + {len(self.val_idx)} search images, "
+            f"{self.data.name}: {len(self.plan.train_idx)} + {len(self.plan.val_idx)} search "
+            "images, "
             f"{self.steps_per_epoch} steps per epoch"
             + (f", each batch split over {dp.size} devices" if dp.size > 1 else "")
         )
@@ -174,7 +202,9 @@ class SearchTask(Task):
         none without weight steps (epochs 0: trained weights came with the config)."""
         rc, dp = self.config.run, self.ctx.dp
         sample = dp.put_batch(
-            next(batches(self.data.x_train, self.data.y_train, self.train_idx, self.batch_size))
+            next(
+                batches(self.data.x_train, self.data.y_train, self.plan.train_idx, self.batch_size)
+            )
         )
         stored = f"search|{key}" if rc.plan_cache else None  # plans kept on disk
         jit = jit_for(rc.execution, cache_key=stored)
@@ -205,7 +235,7 @@ class SearchTask(Task):
                 ),
                 put=self.ctx.dp.put_batch,
             )
-            for stream, idx in enumerate((self.train_idx, self.val_idx))
+            for stream, idx in enumerate((self.plan.train_idx, self.plan.val_idx))
         ]
         return zip(*streams)
 
@@ -245,17 +275,22 @@ class SearchTask(Task):
             self.genotype = self.current_genotype(state)
         self.genotype.save(self.ctx.run_dir / "genotype.json")
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, state: Any) -> dict[str, Any]:
         assert self.genotype is not None
         calls = self.selection["calls"]
         return {
             "strategy": self.config.search.strategy,
-            "params": self.params,
+            "params": count_leaves(state.params) if hasattr(state, "params") else None,
             "select_seconds": self.selection["seconds"] if calls else None,
             "select_calls": calls,
             "genotype": self.genotype.to_dict(),
             "genotype_text": _describe(self.genotype),
         }
+
+    def made(self, state: Any) -> Genotype:
+        """The searched cell."""
+        assert self.genotype is not None
+        return self.genotype
 
     def current_genotype(self, state: Any) -> Genotype:
         """The strategy's cell now: derived from its parameters, or selected by scoring
@@ -273,14 +308,16 @@ class SearchTask(Task):
         data = self.data
         return map(
             self.ctx.dp.put_batch,
-            batches(data.x_train, data.y_train, self.val_idx, self.batch_size),
+            batches(data.x_train, data.y_train, self.plan.val_idx, self.batch_size),
         )
 
     def _phase_batches(self, epoch: int) -> Iterator[Batch]:
         """Validation batches for a strategy's after-epoch phase, reshuffled per pass."""
         data = self.data
         for sweep in itertools.count():
-            order = epoch_order(self.val_idx, self.config.seed, epoch * 1_000 + sweep, stream=2)
+            order = epoch_order(
+                self.plan.val_idx, self.config.seed, epoch * 1_000 + sweep, stream=2
+            )
             for batch in batches(data.x_train, data.y_train, order, self.batch_size):
                 yield self.ctx.dp.put_batch(batch)
 
@@ -318,9 +355,8 @@ def run_search(
     The run directory holds config.yaml, metrics.jsonl, genotype.json, alphas.npz,
     checkpoints/ and summary.json. See `nasax.loop.run.run` for the arguments.
     """
-    task = SearchTask(config)
     result = run(
-        task,
+        SearchTask(),
         config,
         run_dir,
         resume=resume,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -17,7 +17,7 @@ from nasax.engine.blocks import compile_program, jit_for
 from nasax.loop.data import Batch, Dataset, batches, check_batch_size, epoch_order, make_preprocess
 from nasax.loop.optim import weight_optimizer, weight_schedule
 from nasax.loop.programs import ProgramCache
-from nasax.loop.run import RunContext, Task, program_key, run
+from nasax.loop.run import RunContext, Task, TaskRun, program_key, run
 from nasax.loop.runloop import evaluate, guard_step, prefetch
 from nasax.supernet.discrete import param_counts
 from nasax.supernet.genotypes import Genotype, load_genotype
@@ -90,41 +90,84 @@ def _resolve_genotype(
     return genotype.validate()
 
 
+class TrainPlan(NamedTuple):
+    """A retraining's sizes and the genotype it trains (None until the run directory
+    says, on resume)."""
+
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int
+    eval_every: int
+    genotype: Genotype | None
+
+
+class Retrained(NamedTuple):
+    """What a retraining made besides its state: the cell, the data it saw, the trainer
+    that runs the network, and the epochs it completed (for
+    `nasax.train.export.TrainedModel`)."""
+
+    genotype: Genotype
+    dataset: Dataset
+    trainer: Trainer
+    epoch: int
+
+
 class TrainTask(Task):
-    """A genotype retrained from scratch on the whole training set, tested on the test set."""
+    """A genotype retrained from scratch on the whole training set, tested on the test set.
+
+    `genotype` is a Genotype, a genotype.json path, a search run directory or a published
+    name; default `train.genotype` (or, resuming, the run's own).
+    """
 
     kind = "train"
     step_name = "training step"
-    label = "train"
     shown = ("train_loss", "train_acc", "images_per_sec")
     resume_ignore = ("train.genotype",)
 
-    def __init__(self, config: Config, genotype: Genotype | str | None = None) -> None:
-        config = self.resolve(config)
-        t = config.train
-        self.config, self.genotype = config, genotype
-        self.epochs, self.batch_size, self.eval_every = t.epochs, t.batch_size, t.eval_every
+    def __init__(self, genotype: Genotype | str | None = None) -> None:
+        self.genotype = genotype
 
     def resolve(self, config: Config) -> Config:
         return resolve_model_config(config)
 
-    def prepare(self, dataset: Dataset, workdir: Path, resume: bool) -> None:
-        check_train_config(self.config)
-        check_batch_size(dataset, self.batch_size, len(dataset.x_train), "training set")
-        self.steps_per_epoch = len(dataset.x_train) // self.batch_size
+    def prepare(self, config: Config, dataset: Dataset, workdir: Path, resume: bool) -> TrainPlan:
+        t = config.train
+        check_train_config(config)
+        check_batch_size(dataset, t.batch_size, len(dataset.x_train), "training set")
+        genotype = None
         if not resume:
-            self.genotype = _resolve_genotype(self.config, self.genotype, workdir, resume=False)
-            self.genotype.validate(get_space(self.config.model.space))
+            genotype = _resolve_genotype(config, self.genotype, workdir, resume=False)
+            genotype.validate(get_space(config.model.space))
+        steps = len(dataset.x_train) // t.batch_size
+        return TrainPlan(t.epochs, t.batch_size, steps, t.eval_every, genotype)
 
-    def open(self, run_dir: Path, resume: bool) -> None:
+    def open(self, config: Config, run_dir: Path, resume: bool, plan: TrainPlan) -> TrainPlan:
         if resume:
-            self.genotype = _resolve_genotype(self.config, self.genotype, run_dir, resume=True)
-        else:
-            self.genotype.save(run_dir / "genotype.json")
+            genotype = _resolve_genotype(config, self.genotype, run_dir, resume=True)
+            return plan._replace(genotype=genotype)
+        assert plan.genotype is not None
+        plan.genotype.save(run_dir / "genotype.json")
+        return plan
 
-    def init(self, ctx: RunContext, key: jax.Array) -> TrainState:
-        self.ctx, self.data = ctx, ctx.dataset
+    def build(self, ctx: RunContext, plan: TrainPlan) -> TrainRun:
+        return TrainRun(self, ctx, plan)
+
+
+class TrainRun(TaskRun):
+    """One retraining: the trainer of the plan's genotype and its compiled programs."""
+
+    plan: TrainPlan
+
+    def __init__(self, task: TrainTask, ctx: RunContext, plan: TrainPlan) -> None:
+        super().__init__(task, ctx, plan)
+        assert plan.genotype is not None
+        self.config, self.data, self.genotype = ctx.config, ctx.dataset, plan.genotype
         self.trainer = build_trainer(self.config, self.genotype, ctx.dataset)
+        self.order = np.arange(len(self.data.x_train))
+        self.counts: dict[str, int] = {}  # parameters, counted at the start
+        self.eval_fn: Callable | None = None  # set with the step (`compile`)
+
+    def init(self, key: jax.Array) -> TrainState:
         return self.trainer.init(key)
 
     def start(self, state: TrainState, start: tuple[int, int]) -> None:
@@ -140,7 +183,6 @@ class TrainTask(Task):
     def compile(self, state: TrainState) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
         """The step, and the evaluation compiled at its first call; a later run given the
         same program cache (another trial of the same cell) reuses them."""
-        self.order = np.arange(len(self.data.x_train))
         genotype = self.genotype.to_json()
         key = program_key(
             self.config, self.data, self.ctx.dp, genotype=genotype, steps=self.steps_per_epoch
@@ -188,8 +230,12 @@ class TrainTask(Task):
     def test_line(self, test: dict[str, float]) -> str:
         return f", loss {test['loss']:.4f}"
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, state: TrainState) -> dict[str, Any]:
         return {**self.counts, "genotype": self.genotype.to_dict()}
+
+    def made(self, state: TrainState) -> Retrained:
+        epoch = int(jax.device_get(state.step)) // self.steps_per_epoch
+        return Retrained(self.genotype, self.data, self.trainer, epoch)
 
 
 def run_train(
@@ -212,9 +258,8 @@ def run_train(
             published name; default `train.genotype` (or, resuming, the run's own).
         resume, overwrite, on_epoch, programs: as `nasax.loop.run.run` takes them.
     """
-    task = TrainTask(config, genotype)
     result = run(
-        task,
+        TrainTask(genotype),
         config,
         run_dir,
         resume=resume,
@@ -225,4 +270,12 @@ def run_train(
     return result.summary
 
 
-__all__ = ["TrainTask", "build_trainer", "check_train_config", "run_train"]
+__all__ = [
+    "Retrained",
+    "TrainPlan",
+    "TrainRun",
+    "TrainTask",
+    "build_trainer",
+    "check_train_config",
+    "run_train",
+]

@@ -129,9 +129,8 @@ class ImageClassifier:
         use_compilation_cache()
         data = self._dataset("search", x, y, validation_data)
         config = self._config("search", data.name)
-        task = SearchTask(config)
         result = run(
-            task,
+            SearchTask(),
             config,
             self.search_dir,
             data=data,
@@ -139,7 +138,7 @@ class ImageClassifier:
             programs=self._programs,
         )
         self.search_summary = result.summary
-        self.genotype = task.genotype
+        self.genotype = result.made
         if self.search_summary["stopped_early"] and not self.quiet:
             print(
                 f"nasax: the search stopped at the time limit ({self.time_limit:.0f} s) after "
@@ -154,15 +153,14 @@ class ImageClassifier:
         from nasax.engine.blocks import jit_for
         from nasax.loop.run import run
         from nasax.train.export import TrainedModel
-        from nasax.train.task import TrainTask
+        from nasax.train.task import Retrained, TrainTask
 
         if self.genotype is None:
             raise NasaxError("final_fit needs a searched cell: call fit(x, y) first")
         data = self._dataset("final", x, y, validation_data)
         config = self._config("final", data.name)
-        task = TrainTask(config, self.genotype)
         result = run(
-            task,
+            TrainTask(self.genotype),
             config,
             self.final_dir,
             data=data,
@@ -170,13 +168,14 @@ class ImageClassifier:
             programs=self._programs,
         )
         summary = self.final_summary = result.summary
+        made: Retrained = result.made
         self._model = TrainedModel(
             config,
-            task.genotype,
-            task.data,
-            task.trainer,
+            made.genotype,
+            made.dataset,
+            made.trainer,
             result.state,
-            summary["steps"] // task.steps_per_epoch,
+            made.epoch,
             summary["steps"],
             summary["test_accuracy"],
         )

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import jax
 import numpy as np
@@ -86,19 +86,30 @@ class RunContext(NamedTuple):
 
 
 class RunResult(NamedTuple):
-    """What a run made: its summary (as written to summary.json) and the state it ended
-    with, for callers that go on in memory (`ImageClassifier`)."""
+    """What a run made: its summary (as written to summary.json), the state it ended
+    with, and the task's product (`TaskRun.made`: the searched cell, the retrained
+    network), for callers that go on in memory (`ImageClassifier`)."""
 
     summary: dict[str, Any]
     state: Any
+    made: Any = None
+
+
+class Sizes(Protocol):
+    """A run's sizes, as a task's `prepare` returns them (with anything else the task
+    settles before the run directory is touched)."""
+
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int
+    eval_every: int
 
 
 class Task:
-    """A kind of run. `run` calls the methods in the order they are listed here.
-
-    Subclasses set the class fields and, in `prepare`, the sizes; the methods without a
-    body here must be written, the others are optional hooks.
-    """
+    """A kind of run, made before anything is opened. `run` calls `resolve`, `prepare`,
+    `open` and `build` in that order; what `build` returns does the rest (`TaskRun`).
+    Each hook returns what it settles, so a task holds nothing but what its constructor
+    was given."""
 
     kind: ClassVar[str]
     """`search` or `train`: the command named in messages and the step records' kind."""
@@ -111,30 +122,68 @@ class Task:
     resume_ignore: ClassVar[tuple[str, ...]] = ()
     """Dotted config keys a resume may change (checked by the task itself)."""
 
-    label: str
-    """The progress bar's label."""
-    epochs: int
-    batch_size: int
-    steps_per_epoch: int
-    eval_every: int
-    after_epoch: Callable[[Any, int, int], tuple[Any, list[dict[str, Any]]]] | None = None
-    """A phase after each complete epoch (ENAS' controller): (state, epoch, step) ->
-    (state, records to log); see `runloop.run_epochs`."""
-
     def resolve(self, config: Config) -> Config:
         """The config as this kind of run reads it: the sections the core keeps raw (a
         strategy's options, a space defined as a mapping) checked and filled in; `run`
         uses what this returns. ConfigError in one line if they do not fit."""
         return config
 
-    def prepare(self, dataset: Dataset, workdir: Path, resume: bool) -> None:
-        """Checks what can fail before the run directory is touched and sets the sizes."""
+    def label(self, config: Config) -> str:
+        """The progress bar's label."""
+        return self.kind
+
+    def prepare(self, config: Config, dataset: Dataset, workdir: Path, resume: bool) -> Sizes:
+        """The run's sizes, once what can fail before the run directory is touched has
+        been checked."""
         raise NotImplementedError
 
-    def open(self, run_dir: Path, resume: bool) -> None:
-        """Writes the task's own files in a new run directory, or checks them on resume."""
+    def open(self, config: Config, run_dir: Path, resume: bool, plan: Sizes) -> Sizes:
+        """Writes the task's own files in a new run directory, or reads them back on
+        resume; returns `plan` with what they settle."""
+        return plan
 
-    def init(self, ctx: RunContext, key: jax.Array) -> Any:
+    def build(self, ctx: RunContext, plan: Sizes) -> TaskRun:
+        """The run-time half, made once the data, devices and directory are open."""
+        raise NotImplementedError
+
+
+class TaskRun:
+    """A task's run-time half: what one run of a task trains, tests and reports, built
+    from what `run` opened (`ctx`) and the task's `plan`. `run` calls the methods in the
+    order they are listed; those without a body here must be written."""
+
+    after_epoch: Callable[[Any, int, int], tuple[Any, list[dict[str, Any]]]] | None = None
+    """A phase after each complete epoch (ENAS' controller): (state, epoch, step) ->
+    (state, records to log); see `runloop.run_epochs`."""
+
+    def __init__(self, task: Task, ctx: RunContext, plan: Sizes) -> None:
+        self.task, self.ctx, self.plan = task, ctx, plan
+
+    @property
+    def kind(self) -> str:
+        return self.task.kind
+
+    @property
+    def shown(self) -> tuple[str, ...]:
+        return self.task.shown
+
+    @property
+    def epochs(self) -> int:
+        return self.plan.epochs
+
+    @property
+    def batch_size(self) -> int:
+        return self.plan.batch_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch
+
+    @property
+    def eval_every(self) -> int:
+        return self.plan.eval_every
+
+    def init(self, key: jax.Array) -> Any:
         """The fresh state; resuming, the checkpoint is restored into its structure."""
         raise NotImplementedError
 
@@ -182,9 +231,13 @@ class Task:
     def finish(self, state: Any, result: LoopResult) -> None:
         """Work once the loop is over, before the final test (the final cell)."""
 
-    def summary(self) -> dict[str, Any]:
-        """The task's own fields of `summary.json`."""
+    def summary(self, state: Any) -> dict[str, Any]:
+        """The task's own fields of `summary.json`, for the state the run ended with."""
         return {}
+
+    def made(self, state: Any) -> Any:
+        """What the run made besides its state (`RunResult.made`)."""
+        return None
 
 
 def run(
@@ -222,46 +275,52 @@ def run(
     dataset = data
     if dataset is None:
         dataset = load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
-    task.prepare(dataset, Path(workdir), resume)
+    plan = task.prepare(config, dataset, Path(workdir), resume)
     with open_run_dir(workdir, resume=resume, overwrite=overwrite, command=task.kind) as run_dir:
-        task.open(run_dir, resume)
+        plan = task.open(config, run_dir, resume, plan)
         if resume:
             check_resume_config(config, run_dir, ignore=task.resume_ignore)
         else:
             atomic_write_text(run_dir / "config.yaml", config.to_yaml())
-        dp = data_parallel(rc, {f"{task.kind}.batch_size": task.batch_size})
+        dp = data_parallel(rc, {f"{task.kind}.batch_size": plan.batch_size})
         views = RunViews(run_dir, tensorboard=rc.tensorboard, plots=task.plots and rc.plots)
         progress = LoopProgress(
-            task.steps_per_epoch * task.epochs, task.epochs, enabled=rc.progress, label=task.label
+            plan.steps_per_epoch * plan.epochs,
+            plan.epochs,
+            enabled=rc.progress,
+            label=task.label(config),
         )
         programs = ProgramCache() if programs is None else programs
         ctx = RunContext(config, run_dir, dataset, dp, progress, views, programs)
-        state = task.init(ctx, jax.random.PRNGKey(config.seed))
+        task_run = task.build(ctx, plan)
+        state = task_run.init(jax.random.PRNGKey(config.seed))
         checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
         metrics_log = MetricsLog(run_dir / "metrics.jsonl", sinks=views.sinks)
         resumed = restore_or_start(checkpoints, metrics_log, state, resume)
         state = dp.put_state(resumed.state)
-        task.start(state, resumed.start)
-        progress.log(f"{task.describe()}; compiling the {task.step_name} (cached for later runs)")
+        task_run.start(state, resumed.start)
+        progress.log(
+            f"{task_run.describe()}; compiling the {task.step_name} (cached for later runs)"
+        )
         compile_start = time.perf_counter()
         release_if_crowded()
-        step_fn = task.compile(state)
+        step_fn = task_run.compile(state)
         compile_seconds = time.perf_counter() - compile_start
         to_first_step = time.perf_counter() - wall_start
         loaded = getattr(step_fn, "loaded", None)  # block execution: was the plan stored?
-        plan = {True: "loaded", False: "traced"}.get(loaded)  # None: one fused program
+        step_plan = {True: "loaded", False: "traced"}.get(loaded)  # None: one fused program
         progress.log(f"compiled in {compile_seconds:.0f} s" + (" (stored plan)" if loaded else ""))
 
         test: dict[str, float] = {}
 
         def end_epoch(state: Any, epoch: int, step: int, epochs: int) -> dict[str, Any]:
-            evaluating = is_eval_epoch(epoch, epochs, task.eval_every)
-            task.end_epoch(state, epoch, step, evaluating)
+            evaluating = is_eval_epoch(epoch, epochs, plan.eval_every)
+            task_run.end_epoch(state, epoch, step, evaluating)
             if not evaluating:
                 return {}
-            test.update(task.test(state))
+            test.update(task_run.test(state))
             progress.log(
-                f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}{task.test_line(test)}"
+                f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}{task_run.test_line(test)}"
             )
             return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
 
@@ -269,7 +328,7 @@ def run(
         with closing_all(checkpoints.close, views.close):
             save = checkpoint_writer(checkpoints, resumed.elapsed, wall_start)
             result = run_epochs(
-                task,
+                task_run,
                 state,
                 step_fn,
                 LoopIO(metrics_log, progress, save, on_epoch),
@@ -280,24 +339,24 @@ def run(
                 resume_hint=f"continue with: nasax {task.kind} CONFIG --resume --out {run_dir}",
                 deadline=deadline,
             )
-            task.close(result.state)
-        task.finish(result.state, result)
+            task_run.close(result.state)
+        task_run.finish(result.state, result)
         if not test or result.stopped_early:  # evaluate the state the run ended with
-            test = task.test(result.state)
+            test = task_run.test(result.state)
         summary = {
             "kind": task.kind,
             "dataset": dataset.name,
             "seed": config.seed,
-            "epochs": task.epochs,
+            "epochs": plan.epochs,
             "epochs_planned": result.planned_epochs,
             "steps": result.step,
-            "batch_size": task.batch_size,
+            "batch_size": plan.batch_size,
             "test_loss": test["loss"],
             "test_accuracy": test["accuracy"],
-            **task.summary(),
+            **task_run.summary(result.state),
             "wall_seconds": resumed.elapsed + time.perf_counter() - wall_start,
             "compile_seconds": compile_seconds,
-            "step_plan": plan,
+            "step_plan": step_plan,
             "seconds_to_first_step": to_first_step,
             "images_per_sec": result.images / result.seconds if result.seconds else None,
             "peak_rss_mb": peak_rss_mb(),
@@ -305,7 +364,7 @@ def run(
             "time_limit": rc.time_limit,
         }
         atomic_write_json(run_dir / "summary.json", summary)
-        return RunResult(summary, result.state)
+        return RunResult(summary, result.state, task_run.made(result.state))
 
 
-__all__ = ["RunContext", "RunResult", "Task", "program_key", "run"]
+__all__ = ["RunContext", "RunResult", "Sizes", "Task", "TaskRun", "program_key", "run"]
