@@ -28,7 +28,9 @@ import csv
 import json
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,10 +42,24 @@ PRESETS = {
     "cpu": {"channels": 8, "layers": 2, "train": 10_000, "test": 2_000, "pool": 2},
     "nb201": {"channels": 16, "layers": 5, "train": None, "test": None, "pool": 1},
 }
-NETWORK_OPTIONS = {
-    "pcdarts": lambda o: {"partial_channels": o.partial_channels, "edge_normalization": True},
-    "darts_minus": lambda o: {"aux_skip": True},
-}
+
+
+def _pcdarts_network(options: Any) -> dict[str, Any]:
+    from nasax.search.pcdarts import PartialChannelEdge
+
+    return {
+        "edge": partial(PartialChannelEdge, k=options.partial_channels),
+        "edge_normalization": True,
+    }
+
+
+def _darts_minus_network(options: Any) -> dict[str, Any]:
+    from nasax.search.darts_minus import AuxSkipEdge
+
+    return {"edge": AuxSkipEdge}
+
+
+NETWORK_OPTIONS = {"pcdarts": _pcdarts_network, "darts_minus": _darts_minus_network}
 """Strategies whose supernet is not the plain one: the options it was built with."""
 
 

@@ -10,8 +10,11 @@ and the derived cell leave the auxiliary skip out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
+from flax import nnx
 from pydantic import BaseModel, ConfigDict, Field
 
 from nasax.search.relaxed import (
@@ -22,6 +25,34 @@ from nasax.search.relaxed import (
     softmax_weights,
 )
 from nasax.search.strategy import Clock, SearchSetup, Strategy, register_strategy
+from nasax.supernet.cells import MixedEdge
+from nasax.supernet.ops import FactorizedReduce
+
+
+class AuxSkipEdge(MixedEdge):
+    """A mixed edge with the auxiliary skip outside its ops: weight rows with one entry
+    more than the ops add that entry times the edge's input (a parameter-free identity,
+    or a non-affine factorized reduction at stride 2). Rows of the ops' length leave it
+    out (evaluation, the derived cell)."""
+
+    def __init__(
+        self,
+        op_names: Sequence[str],
+        channels: int,
+        stride: int,
+        rngs: nnx.Rngs,
+        *,
+        pool_norms: bool = True,
+    ) -> None:
+        super().__init__(op_names, channels, stride, rngs, pool_norms=pool_norms)
+        self.aux = FactorizedReduce(channels, channels, False, rngs) if stride == 2 else None
+
+    def mixed(self, x: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
+        out = super().mixed(x, weights[..., : self.n_ops], train)
+        if weights.shape[-1] == self.n_ops:
+            return out
+        skip = x if self.aux is None else self.aux(x, train)
+        return out + weights[self.n_ops] * skip
 
 
 class DartsMinusOptions(BaseModel):
@@ -49,11 +80,11 @@ def make_darts_minus(setup: SearchSetup, options: DartsMinusOptions) -> Strategy
         return options.beta_max * (1.0 - progress(clock))
 
     def sample(alphas: dict[str, jax.Array], rng: jax.Array, clock: Clock) -> Forward:
-        return {"weights": with_aux_skip(softmax_weights(alphas), beta(clock))}
+        return Forward(weights=with_aux_skip(softmax_weights(alphas), beta(clock)))
 
     relaxation = Relaxation(
         sample=sample,
         weights=softmax_weights,
         metrics=lambda clock: {"aux_skip_beta": beta(clock)},
     )
-    return relaxed_strategy(setup, relaxation, network_options={"aux_skip": True})
+    return relaxed_strategy(setup, relaxation, network_options={"edge": AuxSkipEdge})

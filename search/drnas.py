@@ -62,11 +62,11 @@ def make_drnas(setup: SearchSetup, options: DrnasOptions) -> Strategy:
     """Builds DrNAS over the supernet of `setup`."""
 
     def sample(alphas: dict[str, jax.Array], rng: jax.Array, clock: Clock) -> Forward:
-        return {
-            "weights": per_kind(
+        return Forward(
+            weights=per_kind(
                 lambda a, key: jax.random.dirichlet(key, concentration(a)), alphas, rng
             )
-        }
+        )
 
     def penalty(alphas: dict[str, jax.Array], clock: Clock) -> jax.Array:
         concs = [concentration(a) for a in alphas.values()]

@@ -39,6 +39,7 @@ from nasax.search.strategy import (
     register_strategy,
 )
 from nasax.supernet.genotypes import Genotype
+from nasax.supernet.network import Forward
 
 _CONTROLLER = 0xC0
 """Folded into the state's key for the controller phase's samples."""
@@ -217,7 +218,7 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
 
     def evaluate(state: EnasState, batch: Batch) -> Metrics:
         """Test metrics of the controller's most likely cell with the shared weights."""
-        return net.evaluate(state.net, batch, paths=greedy_paths(state))
+        return net.evaluate(state.net, batch, Forward(paths=greedy_paths(state)))
 
     def sampled_paths(state: EnasState, salt: int, n: int) -> dict[str, jax.Array]:
         """Paths of `n` cells the controller samples, stacked (a fixed draw per state)."""
@@ -253,5 +254,7 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
         arch_weights=lambda state: {k: np.asarray(v) for k, v in policy(state).items()},
         select=select,
         after_epoch=after_epoch,
-        evaluate_cell=lambda state, paths, batch: net.evaluate(state.net, batch, paths=paths),
+        evaluate_cell=lambda state, paths, batch: net.evaluate(
+            state.net, batch, Forward(paths=paths)
+        ),
     )

@@ -40,6 +40,7 @@ from nasax.search.strategy import (
     register_strategy,
 )
 from nasax.supernet.genotypes import Genotype
+from nasax.supernet.network import Forward
 from nasax.supernet.spaces import SearchSpace
 
 Arch = dict[str, np.ndarray]
@@ -178,7 +179,7 @@ def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
 
     def evaluate(state: SupernetState, batch: Batch) -> Metrics:
         """Test metrics of one random cell (fixed per state) with the shared weights."""
-        return net.evaluate(state, batch, paths=sample_paths(state.rng, space, kinds))
+        return net.evaluate(state, batch, Forward(paths=sample_paths(state.rng, space, kinds)))
 
     def derive(state: SupernetState) -> Genotype:
         """Without validation data: the cell `evaluate` scores."""
@@ -192,5 +193,5 @@ def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
         derive=derive,
         arch_weights=lambda state: {},
         select=select,
-        evaluate_cell=lambda state, paths, batch: net.evaluate(state, batch, paths=paths),
+        evaluate_cell=lambda state, paths, batch: net.evaluate(state, batch, Forward(paths=paths)),
     )

@@ -45,7 +45,7 @@ def hard_gumbel(alpha: jax.Array, rng: jax.Array, tau: jax.Array) -> tuple[jax.A
 
 def argmax_paths(alphas: dict[str, jax.Array]) -> Forward:
     """Evaluation: each edge runs its strongest op alone."""
-    return {"paths": {kind: jnp.argmax(a, axis=-1) for kind, a in alphas.items()}}
+    return Forward(paths={kind: jnp.argmax(a, axis=-1) for kind, a in alphas.items()})
 
 
 @register_strategy("gdas", GdasOptions)
@@ -55,10 +55,10 @@ def make_gdas(setup: SearchSetup, options: GdasOptions) -> Strategy:
 
     def sample(alphas: dict[str, jax.Array], rng: jax.Array, clock: Clock) -> Forward:
         drawn = per_kind(lambda a, key: hard_gumbel(a, key, tau(clock)), alphas, rng)
-        return {
-            "weights": {kind: w for kind, (w, _) in drawn.items()},
-            "paths": {kind: index for kind, (_, index) in drawn.items()},
-        }
+        return Forward(
+            weights={kind: w for kind, (w, _) in drawn.items()},
+            paths={kind: index for kind, (_, index) in drawn.items()},
+        )
 
     relaxation = Relaxation(
         sample=sample,

@@ -9,14 +9,71 @@ the start.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
 from pydantic import BaseModel, ConfigDict, Field
 
 from nasax.core.errors import ConfigError
 from nasax.search.relaxed import Relaxation, relaxed_strategy, softmax_weights
 from nasax.search.strategy import SearchSetup, Strategy, register_strategy
+from nasax.supernet.cells import MixedEdge
+from nasax.supernet.network import Forward
 
 WARMUP_SHARE = 0.3
 """The warm-up's share of the search when it is not set: 15 of the paper's 50 epochs."""
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pool at stride 2; odd sizes round up like the stride-2 ops."""
+    pads = ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0))
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), pads)
+
+
+def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
+    """ShuffleNet's channel shuffle on NHWC: channel g*(C/groups)+i moves to i*groups+g."""
+    *lead, c = x.shape
+    return x.reshape(*lead, groups, c // groups).swapaxes(-1, -2).reshape(*lead, c)
+
+
+class PartialChannelEdge(MixedEdge):
+    """A mixed edge whose ops see only the first C/K channels: the rest bypass them
+    (max-pooled at stride 2) and a channel shuffle mixes the two parts. K = 1 is a plain
+    DARTS edge."""
+
+    def __init__(
+        self,
+        op_names: Sequence[str],
+        channels: int,
+        stride: int,
+        rngs: nnx.Rngs,
+        *,
+        pool_norms: bool = True,
+        k: int,
+    ) -> None:
+        if k < 1 or channels % k:
+            raise ValueError(
+                f"partial_channels={k} must be >= 1 and divide the edge's {channels} "
+                "channels; pick a K that divides model.channels"
+            )
+        super().__init__(op_names, channels // k, stride, rngs, pool_norms=pool_norms)
+        self.k = k
+
+    def forward(
+        self, x: jax.Array, weights: jax.Array | None, train: bool, path: jax.Array | None
+    ) -> jax.Array:
+        if self.k == 1:
+            return super().forward(x, weights, train, path)
+        c = x.shape[-1] // self.k
+        y = super().forward(x[..., :c], weights, train, path)
+        bypass = x[..., c:]
+        if self.stride == 2:
+            bypass = max_pool_2x2(bypass)
+        return channel_shuffle(jnp.concatenate([y, bypass], axis=-1), self.k)
 
 
 class PcDartsOptions(BaseModel):
@@ -45,11 +102,11 @@ def make_pcdarts(setup: SearchSetup, options: PcDartsOptions) -> Strategy:
     return relaxed_strategy(
         setup,
         Relaxation(
-            sample=lambda alphas, rng, step: {"weights": softmax_weights(alphas)},
+            sample=lambda alphas, rng, step: Forward(weights=softmax_weights(alphas)),
             weights=softmax_weights,
         ),
         network_options={
-            "partial_channels": options.partial_channels,
+            "edge": partial(PartialChannelEdge, k=options.partial_channels),
             "edge_normalization": options.edge_normalization,
         },
         arch_warmup_epochs=warmup,

@@ -30,6 +30,7 @@ from nasax.search.strategy import (
     register_strategy,
 )
 from nasax.supernet.genotypes import Genotype
+from nasax.supernet.network import Forward
 
 _EVAL_CELL = 0x5E1EC7
 """Folded into the state's key to draw the cell that `evaluate` and `derive` use."""
@@ -59,7 +60,7 @@ def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
 
     def evaluate(state: SupernetState, batch: Batch) -> Metrics:
         """Test metrics of one random cell (fixed per state) with the shared weights."""
-        return net.evaluate(state, batch, paths=eval_paths(state))
+        return net.evaluate(state, batch, Forward(paths=eval_paths(state)))
 
     score = path_scorer(net, setup)
 
@@ -79,5 +80,5 @@ def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
         derive=derive,
         arch_weights=lambda state: {},
         select=select,
-        evaluate_cell=lambda state, paths, batch: net.evaluate(state, batch, paths=paths),
+        evaluate_cell=lambda state, paths, batch: net.evaluate(state, batch, Forward(paths=paths)),
     )

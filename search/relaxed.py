@@ -36,22 +36,19 @@ from nasax.search.strategy import (
     weight_update,
 )
 from nasax.supernet.genotypes import Genotype
-from nasax.supernet.network import node_softmax
-
-Forward = dict[str, Any]
-"""Keyword arguments of the supernet's call: `weights`, `paths`, `edge_weights`."""
+from nasax.supernet.network import Forward, node_softmax
 
 
 class Relaxation(NamedTuple):
     """How a strategy turns architecture parameters into a forward of the supernet.
 
     Attributes:
-        sample: (alphas by kind, rng, clock) -> forward kwargs for a training-mode pass;
+        sample: (alphas by kind, rng, clock) -> the `Forward` of a training-mode pass;
             differentiable in the alphas. The `Clock` gives the step and the epochs the
             schedules span; schedules read it through `epoch_progress`.
         weights: alphas by kind -> deterministic (edges, ops) op weights by kind, used to
             evaluate the supernet and to derive the genotype.
-        eval_forward: alphas by kind -> forward kwargs for evaluation (default: the
+        eval_forward: alphas by kind -> the `Forward` of evaluation (default: the
             mixed forward with `weights`).
         penalty: optional (alphas by kind, clock) -> regulariser added to the
             architecture loss.
@@ -138,7 +135,7 @@ def softmax_weights(alphas: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 def softmax_forward(alphas: dict[str, jax.Array], rng: jax.Array, clock: Clock) -> Forward:
     """A `Relaxation.sample` without randomness: the mixed forward under softmax(alpha)."""
-    return {"weights": softmax_weights(alphas)}
+    return Forward(weights=softmax_weights(alphas))
 
 
 def per_kind(
@@ -190,7 +187,7 @@ def relaxed_strategy(
     ) -> tuple[jax.Array, Aux]:
         """Cross-entropy under a fresh sample of the relaxation."""
         forward = sample(alphas_of(arch), rng, clock)
-        return net.loss(params, stats, arch, x, labels, **forward)
+        return net.loss(params, stats, arch, x, labels, forward)
 
     def weight_loss(params: nnx.State, arch: nnx.State, *args: Any) -> tuple[jax.Array, Aux]:
         """`loss` under the weight step's sample."""
@@ -256,8 +253,8 @@ def relaxed_strategy(
     def evaluate(state: SupernetState, batch: Batch) -> Metrics:
         alphas = alphas_of(state.arch)
         if relaxation.eval_forward is not None:
-            return net.evaluate(state, batch, **relaxation.eval_forward(alphas))
-        return net.evaluate(state, batch, weights=relaxation.weights(alphas))
+            return net.evaluate(state, batch, relaxation.eval_forward(alphas))
+        return net.evaluate(state, batch, Forward(weights=relaxation.weights(alphas)))
 
     def derive(state: SupernetState) -> Genotype:
         weights = relaxation.weights(alphas_of(state.arch))

@@ -68,7 +68,7 @@ def make_sdarts_rs(setup: SearchSetup, options: SdartsOptions) -> Strategy:
             noise = jax.random.uniform(key, w.shape, w.dtype, -1.0, 1.0) * eps
             return perturb(jax.lax.stop_gradient(w), noise)
 
-        return {"weights": per_kind(draw, softmax_weights(alphas), rng)}
+        return Forward(weights=per_kind(draw, softmax_weights(alphas), rng))
 
     relaxation = Relaxation(
         sample=softmax_forward,

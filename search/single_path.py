@@ -28,6 +28,7 @@ from nasax.search.strategy import (
     weight_update,
 )
 from nasax.supernet.genotypes import Genotype
+from nasax.supernet.network import Forward
 from nasax.supernet.spaces import SearchSpace
 
 Paths = dict[str, jax.Array]
@@ -107,7 +108,12 @@ def path_scorer(
 
         def correct(paths: Paths) -> jax.Array:
             logits, _ = net.apply(
-                state.params, state.batch_stats, state.arch, x, train=True, paths=paths
+                state.params,
+                state.batch_stats,
+                state.arch,
+                x,
+                train=True,
+                forward=Forward(paths=paths),
             )
             return jnp.sum(jnp.argmax(logits, -1) == batch["label"])
 
@@ -136,11 +142,13 @@ def train_path_step(
     x_train = setup.preprocess(train["image"], train_rng, True)
     grad_fn = jax.value_and_grad(net.loss, has_aux=True)
     (train_loss, (train_acc, stats)), grads = grad_fn(
-        state.params, state.batch_stats, state.arch, x_train, train["label"], paths=paths
+        state.params, state.batch_stats, state.arch, x_train, train["label"], Forward(paths=paths)
     )
     params, weight_opt = weight_update(setup, state, grads)
     x_val = setup.preprocess(val["image"], val_rng, True)
-    logits, _ = net.apply(params, state.batch_stats, state.arch, x_val, train=True, paths=val_paths)
+    logits, _ = net.apply(
+        params, state.batch_stats, state.arch, x_val, train=True, forward=Forward(paths=val_paths)
+    )
     val_loss, val_acc = cross_entropy(logits, val["label"])
     metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
     new_state = state._replace(

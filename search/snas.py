@@ -47,7 +47,9 @@ def make_snas(setup: SearchSetup, options: SnasOptions) -> Strategy:
     tau = temperature(options, setup)
 
     def sample(alphas: dict[str, jax.Array], rng: jax.Array, clock: Clock) -> Forward:
-        return {"weights": per_kind(lambda a, key: soft_gumbel(a, key, tau(clock)), alphas, rng)}
+        return Forward(
+            weights=per_kind(lambda a, key: soft_gumbel(a, key, tau(clock)), alphas, rng)
+        )
 
     relaxation = Relaxation(
         sample=sample, weights=softmax_weights, metrics=lambda clock: {"tau": tau(clock)}

@@ -21,7 +21,7 @@ from nasax.core.registry import Registry
 from nasax.loop.data import Batch
 from nasax.loop.runloop import masked_sums
 from nasax.supernet.genotypes import Genotype
-from nasax.supernet.network import ArchParam, SearchNetwork
+from nasax.supernet.network import PLAIN_FORWARD, ArchParam, Forward, SearchNetwork
 from nasax.supernet.spaces import SearchSpace
 
 Metrics = dict[str, jax.Array]
@@ -254,12 +254,11 @@ class FunctionalSupernet:
         x: jax.Array,
         *,
         train: bool,
-        **forward: Any,
+        forward: Forward = PLAIN_FORWARD,
     ) -> tuple[jax.Array, nnx.State]:
-        """Logits and the updated BN statistics; `forward` goes to the network's call
-        (`weights`, `paths`, `edge_weights`)."""
+        """Logits and the updated BN statistics of a pass called with `forward`."""
         model = nnx.merge(self.graphdef, arch, params, batch_stats, copy=True)
-        logits = model(x, train=train, **forward)
+        logits = model(x, train=train, **forward._asdict())
         return logits, nnx.state(model, nnx.BatchStat)
 
     def loss(
@@ -269,14 +268,16 @@ class FunctionalSupernet:
         arch: nnx.State,
         x: jax.Array,
         labels: jax.Array,
-        **forward: Any,
+        forward: Forward = PLAIN_FORWARD,
     ) -> tuple[jax.Array, tuple[jax.Array, nnx.State]]:
         """Training-mode cross-entropy with (accuracy, updated BN statistics) as aux."""
-        logits, stats = self.apply(params, batch_stats, arch, x, train=True, **forward)
+        logits, stats = self.apply(params, batch_stats, arch, x, train=True, forward=forward)
         loss, accuracy = cross_entropy(logits, labels)
         return loss, (accuracy, stats)
 
-    def evaluate(self, state: SupernetState, batch: Batch, **forward: Any) -> Metrics:
+    def evaluate(
+        self, state: SupernetState, batch: Batch, forward: Forward = PLAIN_FORWARD
+    ) -> Metrics:
         """Summed loss and correct count over the real examples of a padded batch.
 
         A single-path forward (`paths=`) normalises with the batch's own statistics, as
@@ -284,9 +285,9 @@ class FunctionalSupernet:
         paths training sampled, fit none of them, and put a random cell at chance level.
         """
         x = self.setup.preprocess(batch["image"], state.rng, False)
-        batch_statistics = forward.get("paths") is not None
+        batch_statistics = forward.paths is not None
         logits, _ = self.apply(
-            state.params, state.batch_stats, state.arch, x, train=batch_statistics, **forward
+            state.params, state.batch_stats, state.arch, x, train=batch_statistics, forward=forward
         )
         return masked_sums(logits, batch["label"], batch["mask"])
 

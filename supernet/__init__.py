@@ -13,7 +13,7 @@ from nasax.supernet.genotypes import (
     load_genotype,
 )
 from nasax.supernet.nb201 import NB201Cell, NB201Network, NB201SearchNetwork
-from nasax.supernet.network import ArchParam, GenotypeNetwork, SearchNetwork, Supernet
+from nasax.supernet.network import ArchParam, Forward, GenotypeNetwork, SearchNetwork, Supernet
 from nasax.supernet.ops import OPS, register_op
 from nasax.supernet.skeletons import SKELETONS, Skeleton, skeleton_of
 from nasax.supernet.spaces import DARTS_SPACE, NB201_SPACE, SPACES, SearchSpace, get_space
@@ -36,6 +36,7 @@ __all__ = [
     "DiscreteCell",
     "DiscreteNetwork",
     "FixedEdge",
+    "Forward",
     "Genotype",
     "GenotypeNetwork",
     "MixedEdge",

@@ -9,18 +9,10 @@ from typing import NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax import lax
 
 from nasax.engine.marking import block
 from nasax.supernet.genotypes import Genotype
-from nasax.supernet.ops import (
-    OPS,
-    BatchNorm,
-    FactorizedReduce,
-    ReLUConvBN,
-    build_op,
-    param_keys,
-)
+from nasax.supernet.ops import OPS, BatchNorm, FactorizedReduce, ReLUConvBN, build_op, param_keys
 
 
 class Edge(Protocol):
@@ -32,25 +24,21 @@ class Edge(Protocol):
 
 
 class MixedEdge(nnx.Module):
-    """Every candidate op of an edge; the output is their weighted sum.
+    """Every candidate op of an edge; the output is their weighted sum, or one op's.
 
     Ops that output zeros (`none`) are not computed: their weight still enters the
-    softmax that made `weights`, but adds nothing to the sum.
+    softmax that made `weights`, but adds nothing to the sum. A strategy that changes
+    what an edge does (PC-DARTS' partial channels, DARTS-' auxiliary skip) subclasses it
+    in its own module and overrides `forward`, and hands the class to the supernet
+    (`edge=`); the subclass keeps the op parameters where this class puts them.
 
     Args:
         op_names: the space's ops, in the order of the weight rows.
         channels: channels in and out.
         stride: 2 on the edges of a reduction cell that leave its inputs.
         rngs: parameter keys.
-        partial_channels: K of PC-DARTS: only the first C/K channels go through the ops,
-            the rest bypass them (max-pooled at stride 2) and a channel shuffle mixes
-            the two parts. 1 is a plain DARTS edge.
         pool_norms: follow the ops flagged `norm_on_mixed_edge` (DARTS' pools) with a
             non-affine BatchNorm; spaces like NAS-Bench-201 do not.
-        aux_skip: DARTS-' auxiliary skip connection, outside the candidate ops: weight
-            rows with one entry more than the ops add that entry times the edge's
-            input (a parameter-free identity, or a non-affine factorized reduction at
-            stride 2). Rows of the ops' length leave it out.
     """
 
     def __init__(
@@ -60,31 +48,21 @@ class MixedEdge(nnx.Module):
         stride: int,
         rngs: nnx.Rngs,
         *,
-        partial_channels: int = 1,
         pool_norms: bool = True,
-        aux_skip: bool = False,
     ) -> None:
-        if partial_channels < 1 or channels % partial_channels:
-            raise ValueError(
-                f"partial_channels={partial_channels} must be >= 1 and divide the edge's "
-                f"{channels} channels; pick a K that divides model.channels"
-            )
-        c = channels // partial_channels
         specs = [OPS.get(name) for name in op_names]
         self.n_ops = len(specs)
         self.positions = tuple(k for k, spec in enumerate(specs) if not spec.zero)
-        self.ops = nnx.List([build_op(op_names[k], c, stride, False, rngs) for k in self.positions])
+        self.ops = nnx.List(
+            [build_op(op_names[k], channels, stride, False, rngs) for k in self.positions]
+        )
         self.norms = nnx.List(
             [
-                BatchNorm(c, False) if pool_norms and specs[k].norm_on_mixed_edge else None
+                BatchNorm(channels, False) if pool_norms and specs[k].norm_on_mixed_edge else None
                 for k in self.positions
             ]
         )
-        reduce_aux = aux_skip and stride == 2
-        self.aux = FactorizedReduce(c, c, False, rngs) if reduce_aux else None
-        self.aux_skip = aux_skip
         self.stride = stride
-        self.partial_channels = partial_channels
         self.droppable = False
 
     def _op(self, j: int, x: jax.Array, train: bool) -> jax.Array:
@@ -94,23 +72,20 @@ class MixedEdge(nnx.Module):
     def _zeros(self, x: jax.Array) -> jax.Array:
         return jnp.zeros_like(x[:, :: self.stride, :: self.stride, :])
 
-    def _mixed(self, x: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
+    def mixed(self, x: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
+        """The ops' sum weighted by `weights` (one row of the ops' length)."""
+        if weights.shape[-1] != self.n_ops:
+            raise ValueError(
+                f"{weights.shape[-1]} op weights for an edge of {self.n_ops} ops; a strategy "
+                "that weighs more than the ops builds the supernet with its own edge (edge=)"
+            )
         out = None
         for j, k in enumerate(self.positions):
             term = weights[k] * self._op(j, x, train)
             out = term if out is None else out + term
-        out = self._zeros(x) if out is None else out
-        if weights.shape[-1] > self.n_ops:
-            if not self.aux_skip:
-                raise ValueError(
-                    f"{weights.shape[-1]} op weights for an edge of {self.n_ops} ops: the "
-                    "extra one weighs the auxiliary skip, so build the network with aux_skip"
-                )
-            skip = x if self.aux is None else self.aux(x, train)
-            out = out + weights[self.n_ops] * skip
-        return out
+        return self._zeros(x) if out is None else out
 
-    def _single(
+    def single(
         self, x: jax.Array, weights: jax.Array | None, path: jax.Array, train: bool
     ) -> jax.Array:
         """Computes only op `path` (`lax.switch` through `nnx.switch`, so BN statistics of
@@ -133,6 +108,14 @@ class MixedEdge(nnx.Module):
         chosen = weights[path]
         return chosen * y + (jnp.sum(weights) - chosen).astype(y.dtype)
 
+    def forward(
+        self, x: jax.Array, weights: jax.Array | None, train: bool, path: jax.Array | None
+    ) -> jax.Array:
+        """The edge's output: the mixture, or one op where `path` is given."""
+        if path is None:
+            return self.mixed(x, weights, train)
+        return self.single(x, weights, path, train)
+
     @block
     def __call__(
         self,
@@ -141,7 +124,7 @@ class MixedEdge(nnx.Module):
         train: bool,
         path: jax.Array | None = None,
     ) -> jax.Array:
-        """The edge's output.
+        """The edge's output, as one block of the step (`forward` says what it is).
 
         Args:
             x: NHWC input.
@@ -149,31 +132,7 @@ class MixedEdge(nnx.Module):
             train: training mode.
             path: optional int scalar: compute only this op (GDAS, random search, ENAS).
         """
-        k = self.partial_channels
-        if k > 1:
-            c = x.shape[-1] // k
-            x, bypass = x[..., :c], x[..., c:]
-        if path is None:
-            y = self._mixed(x, weights, train)
-        else:
-            y = self._single(x, weights, path, train)
-        if k > 1:
-            if self.stride == 2:
-                bypass = max_pool_2x2(bypass)
-            y = channel_shuffle(jnp.concatenate([y, bypass], axis=-1), k)
-        return y
-
-
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max pool at stride 2; odd sizes round up like the stride-2 ops."""
-    pads = ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0))
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), pads)
-
-
-def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
-    """ShuffleNet's channel shuffle on NHWC: channel g*(C/groups)+i moves to i*groups+g."""
-    *lead, c = x.shape
-    return x.reshape(*lead, groups, c // groups).swapaxes(-1, -2).reshape(*lead, c)
+        return self.forward(x, weights, train, path)
 
 
 class CellPlan(NamedTuple):

@@ -63,24 +63,44 @@ class Stem(nnx.Module):
         return self.bn(self.conv(x), train)
 
 
+EdgeClass = Callable[..., MixedEdge]
+"""What builds a supernet's edges: `MixedEdge`, a strategy's subclass of it, or a
+`functools.partial` of one with its own options; called as MixedEdge is."""
+
+
 def mixed_edges(
-    space: SearchSpace, *, partial_channels: int = 1, aux_skip: bool = False
+    space: SearchSpace, edge: EdgeClass = MixedEdge
 ) -> Callable[[int, int, int, nnx.Rngs], MixedEdge]:
-    """`make_edge` for a supernet's cells: every edge mixes all ops of `space` (with
-    PC-DARTS' partial channels, or DARTS-' auxiliary skip, as asked)."""
+    """`make_edge` for a supernet's cells: every edge an `edge` over all ops of `space`."""
 
     def make_edge(i: int, c: int, stride: int, rngs: nnx.Rngs) -> MixedEdge:
-        return MixedEdge(
-            space.ops,
-            c,
-            stride,
-            rngs,
-            partial_channels=partial_channels,
-            pool_norms=space.pool_norms,
-            aux_skip=aux_skip,
-        )
+        return edge(space.ops, c, stride, rngs, pool_norms=space.pool_norms)
 
     return make_edge
+
+
+class Forward(NamedTuple):
+    """What a supernet pass is called with, by cell kind; None leaves each to its default
+    (`Supernet.__call__`)."""
+
+    weights: dict[str, jax.Array] | None = None
+    """(edges, ops) op weights; default: the softmax of the alphas, unless `paths`."""
+    paths: dict[str, jax.Array] | None = None
+    """(edges,) op index per edge: a single-path pass."""
+    edge_weights: dict[str, jax.Array] | None = None
+    """(edges,) edge factors; default: the normalised betas where the network has them."""
+
+
+PLAIN_FORWARD = Forward()
+"""The default pass: every op weighted by the softmax of its alphas."""
+
+
+class CellForward(NamedTuple):
+    """What each cell of one kind is called with (`Forward`, for one kind)."""
+
+    weights: jax.Array | None
+    paths: jax.Array | None
+    edge_weights: jax.Array | None
 
 
 class StackSize(NamedTuple):
@@ -114,9 +134,9 @@ class Supernet(nnx.Module):
         in_channels: image channels.
         stem_multiplier: the stem outputs `stem_multiplier * C` channels (default: the
             skeleton's, 3 for DARTS, 1 for NAS-Bench-201).
-        partial_channels: PC-DARTS' K on every mixed edge.
+        edge: what builds each edge (`MixedEdge`, or a strategy's subclass of it such as
+            PC-DARTS' partial channels or DARTS-' auxiliary skip).
         edge_normalization: add per-edge scores `beta_<kind>` (PC-DARTS).
-        aux_skip: DARTS-' auxiliary skip connection on every mixed edge (`MixedEdge`).
     """
 
     space: SearchSpace
@@ -131,14 +151,13 @@ class Supernet(nnx.Module):
         num_classes: int,
         in_channels: int = 3,
         stem_multiplier: int | None = None,
-        partial_channels: int = 1,
+        edge: EdgeClass = MixedEdge,
         edge_normalization: bool = False,
-        aux_skip: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
         self._check_space(space)
         rngs = param_keys(rngs)
-        make_edge = mixed_edges(space, partial_channels=partial_channels, aux_skip=aux_skip)
+        make_edge = mixed_edges(space, edge)
         if stem_multiplier is None:
             stem_multiplier = self.defaults["stem_multiplier"]
         outputs = dict.fromkeys(space.cell_kinds, len(space.concat))
@@ -174,9 +193,7 @@ class Supernet(nnx.Module):
 
         def run_cell(i: int, kind: str, cell: nnx.Module, *inputs: jax.Array) -> jax.Array:
             a = args[kind]
-            return cell(
-                *inputs, a["weights"], train, paths=a["paths"], edge_weights=a["edge_weights"]
-            )
+            return cell(*inputs, a.weights, train, paths=a.paths, edge_weights=a.edge_weights)
 
         return self._logits(x, train, run_cell)
 
@@ -208,7 +225,7 @@ class Supernet(nnx.Module):
         weights: dict[str, jax.Array] | None,
         paths: dict[str, jax.Array] | None,
         edge_weights: dict[str, jax.Array] | None,
-    ) -> dict[str, dict[str, jax.Array | None]]:
+    ) -> dict[str, CellForward]:
         """Per cell kind, what its cells are called with: `weights` (default: the softmax
         of the alphas, unless `paths` picks single ops), `paths` and `edge_weights`
         (default: the normalised betas where the network has them)."""
@@ -217,11 +234,11 @@ class Supernet(nnx.Module):
         if edge_weights is None and self.edge_normalization:
             edge_weights = self.edge_weights()
         return {
-            kind: {
-                "weights": None if weights is None else weights[kind],
-                "paths": None if paths is None else paths[kind],
-                "edge_weights": None if edge_weights is None else edge_weights[kind],
-            }
+            kind: CellForward(
+                None if weights is None else weights[kind],
+                None if paths is None else paths[kind],
+                None if edge_weights is None else edge_weights[kind],
+            )
             for kind in self.space.cell_kinds
         }
 

@@ -26,7 +26,7 @@ class Skeleton(NamedTuple):
 
     Attributes:
         search_network: ``(space, *, channels, layers, num_classes, in_channels,
-            stem_multiplier, partial_channels, edge_normalization, rngs)`` -> a module
+            stem_multiplier, edge, edge_normalization, rngs)`` -> a module
             with `SearchNetwork`'s interface.
         discrete_network: ``(genotype, *, num_classes, channels, layers, in_channels,
             stem_multiplier, auxiliary, rngs)`` -> a module with `DiscreteNetwork`'s

@@ -10,11 +10,12 @@ import pytest
 from flax import nnx
 
 from nasax.search.beta_darts import beta_decay
-from nasax.search.darts_minus import with_aux_skip
+from nasax.search.darts_minus import AuxSkipEdge, with_aux_skip
 from nasax.search.options import strategy_options, validate_config
 from nasax.search.sdarts import perturb
 from nasax.search.strategy import STRATEGIES, Clock, SearchSetup
 from nasax.supernet.cells import MixedEdge
+from nasax.supernet.network import Forward
 from tests.tolerance import assert_close
 
 SETUP = SearchSetup(*[None] * 6, epochs=5, steps_per_epoch=10)
@@ -66,7 +67,7 @@ def test_epoch_progress_runs_from_0_in_the_first_epoch_to_1_in_the_last():
 
 
 def test_aux_skip_adds_beta_times_the_input_outside_the_ops():
-    edge = MixedEdge(("none", "skip_connect", "avg_pool_3x3"), 4, 1, nnx.Rngs(0), aux_skip=True)
+    edge = AuxSkipEdge(("none", "skip_connect", "avg_pool_3x3"), 4, 1, nnx.Rngs(0))
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
     weights = with_aux_skip({"e": jnp.array([[0.2, 0.3, 0.0]])}, jnp.asarray(0.5))["e"]
     np.testing.assert_array_equal(weights, np.float32([[0.2, 0.3, 0.0, 0.5]]))  # copies
@@ -80,12 +81,12 @@ def test_aux_skip_adds_beta_times_the_input_outside_the_ops():
     want = 0.3 * x64
     why = "3 weighted ops summed, per value"
     assert_close(edge(x, weights[0, :3], False), want, terms=3, magnitude=abs(want), why=why)
-    reducing = MixedEdge(("none", "skip_connect"), 4, 2, nnx.Rngs(0), aux_skip=True)
+    reducing = AuxSkipEdge(("none", "skip_connect"), 4, 2, nnx.Rngs(0))
     y = reducing(x, jnp.array([0.0, 0.0, 1.0]), False)
     np.testing.assert_array_equal(y, reducing.aux(x, False))  # 0 op + 0 op + 1 aux: exact
     assert y.shape == (2, 3, 3, 4)
     plain = MixedEdge(("none", "skip_connect"), 4, 1, nnx.Rngs(0))
-    with pytest.raises(ValueError, match="aux_skip"):
+    with pytest.raises(ValueError, match=r"3 op weights for an edge of 2 ops.*edge="):
         plain(x, jnp.array([0.0, 0.5, 0.5]), False)
 
 
@@ -195,7 +196,7 @@ def test_a_single_path_is_evaluated_with_the_batchs_statistics(tiny_npz):
     }
     paths = {"normal": jnp.array([3, 1, 3, 2, 4, 3])}
     evaluate = jax.jit(net.evaluate)
-    single = [evaluate(s, batch, paths=paths) for s in (state, spoiled)]
+    single = [evaluate(s, batch, Forward(paths=paths)) for s in (state, spoiled)]
     mixed = [evaluate(s, batch) for s in (state, spoiled)]
     # The same program on the same values when the running statistics are not read.
     assert float(single[0]["loss_sum"]) == float(single[1]["loss_sum"])

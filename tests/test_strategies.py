@@ -13,10 +13,11 @@ from nasax.core.errors import ConfigError
 from nasax.search.drnas import concentration, dirichlet_kl, dirichlet_mean
 from nasax.search.gdas import hard_gumbel
 from nasax.search.options import strategy_options, validate_config
+from nasax.search.pcdarts import PartialChannelEdge, channel_shuffle
 from nasax.search.relaxed import Annealing, gumbel, temperature
 from nasax.search.single_path import paths_genotype, sample_paths
 from nasax.search.strategy import Clock, SearchSetup
-from nasax.supernet.cells import MixedEdge, channel_shuffle
+from nasax.supernet.cells import MixedEdge
 from nasax.supernet.network import node_softmax
 from nasax.supernet.ops import register_op
 from nasax.supernet.spaces import DARTS_SPACE, SPACES, SearchSpace
@@ -74,7 +75,7 @@ def test_single_path_gradient_reaches_every_weight():
 
 
 def test_partial_channel_edge_splits_bypasses_and_shuffles():
-    edge = MixedEdge(("none", "skip_connect"), 4, 1, nnx.Rngs(0), partial_channels=2)
+    edge = PartialChannelEdge(("none", "skip_connect"), 4, 1, nnx.Rngs(0), k=2)
     x = jnp.arange(4.0).reshape(1, 1, 1, 4) + 1  # channels a=1, b=2, c=3, d=4
     y = edge(x, jnp.array([0.0, 0.5]), False)
     # a, b through the ops (0.5 * identity), c, d bypassed; shuffle with 2 groups: a c b d.
@@ -84,7 +85,7 @@ def test_partial_channel_edge_splits_bypasses_and_shuffles():
 
 
 def test_partial_channel_edge_max_pools_the_bypass_at_stride_2():
-    edge = MixedEdge(("none", "max_pool_3x3"), 4, 2, nnx.Rngs(0), partial_channels=4)
+    edge = PartialChannelEdge(("none", "max_pool_3x3"), 4, 2, nnx.Rngs(0), k=4)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 4))
     y = edge(x, jnp.array([1.0, 0.0]), True)
     assert y.shape == (2, 3, 3, 4)
@@ -95,7 +96,7 @@ def test_partial_channel_edge_max_pools_the_bypass_at_stride_2():
     np.testing.assert_array_equal(y[:, 0, 0, 1:], jnp.max(x[:, :2, :2, 1:], axis=(1, 2)))
     np.testing.assert_array_equal(y[:, 2, 2, 1:], x[:, 4, 4, 1:])
     with pytest.raises(ValueError, match="partial_channels=3"):
-        MixedEdge(("skip_connect",), 4, 1, nnx.Rngs(0), partial_channels=3)
+        PartialChannelEdge(("skip_connect",), 4, 1, nnx.Rngs(0), k=3)
 
 
 def test_edge_normalisation_softmaxes_over_each_nodes_incoming_edges():
