@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, cast
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,7 @@ from nasax.loop.optim import (
     weight_schedule,
 )
 from nasax.loop.programs import ProgramCache
-from nasax.loop.run import RunContext, Task, TaskRun, program_key, run
+from nasax.loop.run import RunContext, RunSummary, Task, TaskRun, program_key, run
 from nasax.loop.runloop import (
     LoopResult,
     check_finite,
@@ -103,6 +103,22 @@ class _AlphaHistory:
         for k, v in weights.items():
             self.rows.setdefault(k, []).append(np.asarray(v))
         atomic_write_npz(self.path, **{k: np.stack(v) for k, v in self.rows.items()}, **self.extra)
+
+
+class SearchFields(TypedDict):
+    """A search's own fields of summary.json."""
+
+    strategy: str
+    params: int | None
+    """Weights of the supernet (None: a strategy whose state holds none)."""
+    select_seconds: float | None
+    select_calls: int
+    genotype: dict[str, Any]
+    genotype_text: str
+
+
+class SearchSummary(RunSummary, SearchFields):
+    """summary.json of a search."""
 
 
 class SearchPlan(NamedTuple):
@@ -275,7 +291,7 @@ class SearchRun(TaskRun):
             self.genotype = self.current_genotype(state)
         self.genotype.save(self.ctx.run_dir / "genotype.json")
 
-    def summary(self, state: Any) -> dict[str, Any]:
+    def summary(self, state: Any) -> SearchFields:
         assert self.genotype is not None
         calls = self.selection["calls"]
         return {
@@ -349,7 +365,7 @@ def run_search(
     overwrite: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     programs: ProgramCache | None = None,
-) -> dict[str, Any]:
+) -> SearchSummary:
     """Runs a search as `config` says and writes its run directory; returns the summary.
 
     The run directory holds config.yaml, metrics.jsonl, genotype.json, alphas.npz,
@@ -364,7 +380,7 @@ def run_search(
         on_epoch=on_epoch,
         programs=programs,
     )
-    return result.summary
+    return cast(SearchSummary, result.summary)
 
 
 def _with_paths(cell_eval_fn: Callable, paths: dict[str, jax.Array], state: Any, batch: Batch):
@@ -382,4 +398,11 @@ def _describe(genotype: Genotype) -> str:
     return f"{kinds[0]} " + " ".join(f"{op}<-{src}" for node in nodes for op, src in node)
 
 
-__all__ = ["SearchTask", "build_setup", "run_search"]
+__all__ = [
+    "SearchPlan",
+    "SearchRun",
+    "SearchSummary",
+    "SearchTask",
+    "build_setup",
+    "run_search",
+]

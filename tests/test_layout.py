@@ -169,3 +169,16 @@ def test_imports_point_from_the_app_down_to_the_core():
             if _layer(target) not in ALLOWED[_layer(module)]:
                 wrong.append(f"{module} imports {target}")
     assert wrong == []
+
+
+def test_the_readme_layout_table_says_what_each_layer_may_import():
+    """The README's Layout table lists every layer with the layers it may import, and
+    `ALLOWED` (what the test above enforces) says the same."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| `nasax")]
+    table = {}
+    for package, _folder, _holds, may in rows:
+        layers = [f"nasax.{name.strip()}" for name in may.split(",")]
+        table[package.strip(" `")] = set(LAYERS) if layers == ["nasax.all"] else set(layers)
+    assert table == {layer: ALLOWED[layer] for layer in LAYERS}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, cast
 
 import jax
 import numpy as np
@@ -17,7 +17,7 @@ from nasax.engine.blocks import compile_program, jit_for
 from nasax.loop.data import Batch, Dataset, batches, check_batch_size, epoch_order, make_preprocess
 from nasax.loop.optim import weight_optimizer, weight_schedule
 from nasax.loop.programs import ProgramCache
-from nasax.loop.run import RunContext, Task, TaskRun, program_key, run
+from nasax.loop.run import RunContext, RunSummary, Task, TaskRun, program_key, run
 from nasax.loop.runloop import evaluate, guard_step, prefetch
 from nasax.supernet.discrete import param_counts
 from nasax.supernet.genotypes import Genotype, load_genotype
@@ -88,6 +88,20 @@ def _resolve_genotype(
             "directory, or a published name such as DARTS_V2) or set train.genotype"
         )
     return genotype.validate()
+
+
+class TrainFields(TypedDict):
+    """A retraining's own fields of summary.json (DARTS reports `params`, without the
+    auxiliary head)."""
+
+    params: int
+    params_auxiliary: int
+    params_total: int
+    genotype: dict[str, Any]
+
+
+class TrainSummary(RunSummary, TrainFields):
+    """summary.json of a retraining."""
 
 
 class TrainPlan(NamedTuple):
@@ -230,8 +244,14 @@ class TrainRun(TaskRun):
     def test_line(self, test: dict[str, float]) -> str:
         return f", loss {test['loss']:.4f}"
 
-    def summary(self, state: TrainState) -> dict[str, Any]:
-        return {**self.counts, "genotype": self.genotype.to_dict()}
+    def summary(self, state: TrainState) -> TrainFields:
+        counts = self.counts
+        return {
+            "params": counts["params"],
+            "params_auxiliary": counts["params_auxiliary"],
+            "params_total": counts["params_total"],
+            "genotype": self.genotype.to_dict(),
+        }
 
     def made(self, state: TrainState) -> Retrained:
         epoch = int(jax.device_get(state.step)) // self.steps_per_epoch
@@ -247,7 +267,7 @@ def run_train(
     overwrite: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     programs: ProgramCache | None = None,
-) -> dict[str, Any]:
+) -> TrainSummary:
     """Retrains a genotype from scratch as `config` says; returns the summary.
 
     Args:
@@ -267,13 +287,14 @@ def run_train(
         on_epoch=on_epoch,
         programs=programs,
     )
-    return result.summary
+    return cast(TrainSummary, result.summary)
 
 
 __all__ = [
     "Retrained",
     "TrainPlan",
     "TrainRun",
+    "TrainSummary",
     "TrainTask",
     "build_trainer",
     "check_train_config",

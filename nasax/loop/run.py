@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol, TypedDict
 
 import jax
 import numpy as np
@@ -85,12 +85,36 @@ class RunContext(NamedTuple):
     """Compiled programs shared with the caller's other runs (`run(..., programs=)`)."""
 
 
+class RunSummary(TypedDict):
+    """What summary.json holds for every run; a task adds its own fields
+    (`TaskRun.summary`), and names the whole in a TypedDict of its own."""
+
+    kind: str
+    dataset: str
+    seed: int
+    epochs: int
+    epochs_planned: int
+    steps: int
+    batch_size: int
+    test_loss: float
+    test_accuracy: float
+    wall_seconds: float
+    compile_seconds: float
+    step_plan: str | None
+    """`loaded` or `traced` (block execution: was the step's plan stored?); None: fused."""
+    seconds_to_first_step: float
+    images_per_sec: float | None
+    peak_rss_mb: float
+    stopped_early: bool
+    time_limit: float | None
+
+
 class RunResult(NamedTuple):
     """What a run made: its summary (as written to summary.json), the state it ended
     with, and the task's product (`TaskRun.made`: the searched cell, the retrained
     network), for callers that go on in memory (`ImageClassifier`)."""
 
-    summary: dict[str, Any]
+    summary: RunSummary
     state: Any
     made: Any = None
 
@@ -231,7 +255,7 @@ class TaskRun:
     def finish(self, state: Any, result: LoopResult) -> None:
         """Work once the loop is over, before the final test (the final cell)."""
 
-    def summary(self, state: Any) -> dict[str, Any]:
+    def summary(self, state: Any) -> Mapping[str, Any]:
         """The task's own fields of `summary.json`, for the state the run ended with."""
         return {}
 
@@ -343,7 +367,7 @@ def run(
         task_run.finish(result.state, result)
         if not test or result.stopped_early:  # evaluate the state the run ended with
             test = task_run.test(result.state)
-        summary = {
+        summary: RunSummary = {
             "kind": task.kind,
             "dataset": dataset.name,
             "seed": config.seed,
@@ -367,4 +391,13 @@ def run(
         return RunResult(summary, result.state, task_run.made(result.state))
 
 
-__all__ = ["RunContext", "RunResult", "Sizes", "Task", "TaskRun", "program_key", "run"]
+__all__ = [
+    "RunContext",
+    "RunResult",
+    "RunSummary",
+    "Sizes",
+    "Task",
+    "TaskRun",
+    "program_key",
+    "run",
+]
