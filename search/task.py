@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, TypedDict, cast
+from typing import Any, NamedTuple, TypedDict, Unpack, cast
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +32,15 @@ from nasax.loop.optim import (
     weight_optimizer,
     weight_schedule,
 )
-from nasax.loop.programs import ProgramCache
-from nasax.loop.run import RunContext, RunSummary, Task, TaskRun, program_key, run
+from nasax.loop.run import (
+    RunContext,
+    RunOptions,
+    RunSummary,
+    Task,
+    TaskRun,
+    program_key,
+    run,
+)
 from nasax.loop.runloop import (
     LoopResult,
     check_finite,
@@ -357,30 +364,14 @@ class SearchRun(TaskRun):
         return state, [record]
 
 
-def run_search(
-    config: Config,
-    run_dir: str | Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    programs: ProgramCache | None = None,
-) -> SearchSummary:
+def run_search(config: Config, run_dir: str | Path, **options: Unpack[RunOptions]) -> SearchSummary:
     """Runs a search as `config` says and writes its run directory; returns the summary.
 
     The run directory holds config.yaml, metrics.jsonl, genotype.json, alphas.npz,
-    checkpoints/ and summary.json. See `nasax.loop.run.run` for the arguments.
+    checkpoints/ and summary.json. `options` are `nasax.loop.run.run`'s (resume,
+    overwrite, on_epoch, programs, data).
     """
-    result = run(
-        SearchTask(),
-        config,
-        run_dir,
-        resume=resume,
-        overwrite=overwrite,
-        on_epoch=on_epoch,
-        programs=programs,
-    )
-    return cast(SearchSummary, result.summary)
+    return cast(SearchSummary, run(SearchTask(), config, run_dir, **options).summary)
 
 
 def _with_paths(cell_eval_fn: Callable, paths: dict[str, jax.Array], state: Any, batch: Batch):

@@ -62,7 +62,7 @@ class MixedEdge(nnx.Module):
                 for k in self.positions
             ]
         )
-        self.stride = stride
+        self.channels, self.stride = channels, stride
         self.droppable = False
 
     def _op(self, j: int, x: jax.Array, train: bool) -> jax.Array:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, TypedDict, cast
+from typing import Any, NamedTuple, TypedDict, Unpack, cast
 
 import jax
 import numpy as np
@@ -16,8 +16,15 @@ from nasax.core.errors import ConfigError, GenotypeError, RunDirError
 from nasax.engine.blocks import compile_program, jit_for
 from nasax.loop.data import Batch, Dataset, batches, check_batch_size, epoch_order, make_preprocess
 from nasax.loop.optim import weight_optimizer, weight_schedule
-from nasax.loop.programs import ProgramCache
-from nasax.loop.run import RunContext, RunSummary, Task, TaskRun, program_key, run
+from nasax.loop.run import (
+    RunContext,
+    RunOptions,
+    RunSummary,
+    Task,
+    TaskRun,
+    program_key,
+    run,
+)
 from nasax.loop.runloop import evaluate, guard_step, prefetch
 from nasax.supernet.discrete import param_counts
 from nasax.supernet.genotypes import Genotype, load_genotype
@@ -263,10 +270,7 @@ def run_train(
     run_dir: str | Path,
     *,
     genotype: Genotype | str | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    programs: ProgramCache | None = None,
+    **options: Unpack[RunOptions],
 ) -> TrainSummary:
     """Retrains a genotype from scratch as `config` says; returns the summary.
 
@@ -276,18 +280,9 @@ def run_train(
             summary.json go.
         genotype: a Genotype, a genotype.json path, a search run directory, or a
             published name; default `train.genotype` (or, resuming, the run's own).
-        resume, overwrite, on_epoch, programs: as `nasax.loop.run.run` takes them.
+        options: `nasax.loop.run.run`'s (resume, overwrite, on_epoch, programs, data).
     """
-    result = run(
-        TrainTask(genotype),
-        config,
-        run_dir,
-        resume=resume,
-        overwrite=overwrite,
-        on_epoch=on_epoch,
-        programs=programs,
-    )
-    return cast(TrainSummary, result.summary)
+    return cast(TrainSummary, run(TrainTask(genotype), config, run_dir, **options).summary)
 
 
 __all__ = [

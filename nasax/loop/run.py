@@ -119,6 +119,16 @@ class RunResult(NamedTuple):
     made: Any = None
 
 
+class RunOptions(TypedDict, total=False):
+    """`run`'s keyword arguments, for the functions that pass them on (`run_search`)."""
+
+    data: Dataset | None
+    resume: bool
+    overwrite: bool
+    on_epoch: Callable[[dict[str, Any]], None] | None
+    programs: ProgramCache | None
+
+
 class Sizes(Protocol):
     """A run's sizes, as a task's `prepare` returns them (with anything else the task
     settles before the run directory is touched)."""
@@ -393,6 +403,7 @@ def run(
 
 __all__ = [
     "RunContext",
+    "RunOptions",
     "RunResult",
     "RunSummary",
     "Sizes",
