@@ -11,6 +11,7 @@ and the derived cell leave the auxiliary skip out.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,16 +37,11 @@ class AuxSkipEdge(MixedEdge):
     out (evaluation, the derived cell)."""
 
     def __init__(
-        self,
-        op_names: Sequence[str],
-        channels: int,
-        stride: int,
-        rngs: nnx.Rngs,
-        *,
-        pool_norms: bool = True,
-    ) -> None:
-        super().__init__(op_names, channels, stride, rngs, pool_norms=pool_norms)
-        self.aux = FactorizedReduce(channels, channels, False, rngs) if stride == 2 else None
+        self, op_names: Sequence[str], c: int, stride: int, rngs: nnx.Rngs, **options: Any
+    ):
+        """`MixedEdge`'s arguments."""
+        super().__init__(op_names, c, stride, rngs, **options)
+        self.aux = FactorizedReduce(c, c, False, rngs) if stride == 2 else None
 
     def mixed(self, x: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
         out = super().mixed(x, weights[..., : self.n_ops], train)

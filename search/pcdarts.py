@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from jax import lax
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,22 +45,14 @@ class PartialChannelEdge(MixedEdge):
     (max-pooled at stride 2) and a channel shuffle mixes the two parts. K = 1 is a plain
     DARTS edge."""
 
-    def __init__(
-        self,
-        op_names: Sequence[str],
-        channels: int,
-        stride: int,
-        rngs: nnx.Rngs,
-        *,
-        pool_norms: bool = True,
-        k: int,
-    ) -> None:
+    def __init__(self, op_names: Sequence[str], channels: int, *args: Any, k: int, **options: Any):
+        """`MixedEdge`'s arguments, and K."""
         if k < 1 or channels % k:
             raise ValueError(
                 f"partial_channels={k} must be >= 1 and divide the edge's {channels} "
                 "channels; pick a K that divides model.channels"
             )
-        super().__init__(op_names, channels // k, stride, rngs, pool_norms=pool_norms)
+        super().__init__(op_names, channels // k, *args, **options)
         self.k = k
 
     def forward(
