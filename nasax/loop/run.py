@@ -274,6 +274,68 @@ class TaskRun:
         return None
 
 
+def _open_context(
+    task: Task,
+    config: Config,
+    run_dir: Path,
+    dataset: Dataset,
+    plan: Sizes,
+    resume: bool,
+    programs: ProgramCache | None,
+) -> RunContext:
+    """What a task's run works with, once its directory is open: config.yaml written (or
+    checked, resuming), the devices, views, progress and the program cache."""
+    rc = config.run
+    if resume:
+        check_resume_config(config, run_dir, ignore=task.resume_ignore)
+    else:
+        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    dp = data_parallel(rc, {f"{task.kind}.batch_size": plan.batch_size})
+    views = RunViews(run_dir, tensorboard=rc.tensorboard, plots=task.plots and rc.plots)
+    progress = LoopProgress(
+        plan.steps_per_epoch * plan.epochs,
+        plan.epochs,
+        enabled=rc.progress,
+        label=task.label(config),
+    )
+    programs = ProgramCache() if programs is None else programs
+    return RunContext(config, run_dir, dataset, dp, progress, views, programs)
+
+
+def _compile(
+    task: Task, task_run: TaskRun, state: Any, progress: LoopProgress
+) -> tuple[Callable[..., Any], float, str | None]:
+    """The step program, the seconds it took, and whether its plan was `loaded` or
+    `traced` (block execution; None: one fused program)."""
+    progress.log(f"{task_run.describe()}; compiling the {task.step_name} (cached for later runs)")
+    start = time.perf_counter()
+    release_if_crowded()
+    step_fn = task_run.compile(state)
+    seconds = time.perf_counter() - start
+    loaded = getattr(step_fn, "loaded", None)
+    progress.log(f"compiled in {seconds:.0f} s" + (" (stored plan)" if loaded else ""))
+    return step_fn, seconds, {True: "loaded", False: "traced"}.get(loaded)
+
+
+def _epoch_end(
+    task_run: TaskRun, plan: Sizes, progress: LoopProgress, test: dict[str, float]
+) -> Callable[[Any, int, int, int], dict[str, Any]]:
+    """The epoch loop's `end_epoch`: the task's work, then on evaluation epochs the test
+    figures, kept in `test` and returned as the epoch record's fields."""
+
+    def end_epoch(state: Any, epoch: int, step: int, epochs: int) -> dict[str, Any]:
+        evaluating = is_eval_epoch(epoch, epochs, plan.eval_every)
+        task_run.end_epoch(state, epoch, step, evaluating)
+        if not evaluating:
+            return {}
+        test.update(task_run.test(state))
+        line = task_run.test_line(test)
+        progress.log(f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}{line}")
+        return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
+
+    return end_epoch
+
+
 def run(
     task: Task,
     config: Config,
@@ -312,51 +374,19 @@ def run(
     plan = task.prepare(config, dataset, Path(workdir), resume)
     with open_run_dir(workdir, resume=resume, overwrite=overwrite, command=task.kind) as run_dir:
         plan = task.open(config, run_dir, resume, plan)
-        if resume:
-            check_resume_config(config, run_dir, ignore=task.resume_ignore)
-        else:
-            atomic_write_text(run_dir / "config.yaml", config.to_yaml())
-        dp = data_parallel(rc, {f"{task.kind}.batch_size": plan.batch_size})
-        views = RunViews(run_dir, tensorboard=rc.tensorboard, plots=task.plots and rc.plots)
-        progress = LoopProgress(
-            plan.steps_per_epoch * plan.epochs,
-            plan.epochs,
-            enabled=rc.progress,
-            label=task.label(config),
-        )
-        programs = ProgramCache() if programs is None else programs
-        ctx = RunContext(config, run_dir, dataset, dp, progress, views, programs)
+        ctx = _open_context(task, config, run_dir, dataset, plan, resume, programs)
+        progress, views = ctx.progress, ctx.views
         task_run = task.build(ctx, plan)
         state = task_run.init(jax.random.PRNGKey(config.seed))
         checkpoints = Checkpoints(run_dir / "checkpoints", keep=rc.checkpoint_keep)
         metrics_log = MetricsLog(run_dir / "metrics.jsonl", sinks=views.sinks)
         resumed = restore_or_start(checkpoints, metrics_log, state, resume)
-        state = dp.put_state(resumed.state)
+        state = ctx.dp.put_state(resumed.state)
         task_run.start(state, resumed.start)
-        progress.log(
-            f"{task_run.describe()}; compiling the {task.step_name} (cached for later runs)"
-        )
-        compile_start = time.perf_counter()
-        release_if_crowded()
-        step_fn = task_run.compile(state)
-        compile_seconds = time.perf_counter() - compile_start
+        step_fn, compile_seconds, step_plan = _compile(task, task_run, state, progress)
         to_first_step = time.perf_counter() - wall_start
-        loaded = getattr(step_fn, "loaded", None)  # block execution: was the plan stored?
-        step_plan = {True: "loaded", False: "traced"}.get(loaded)  # None: one fused program
-        progress.log(f"compiled in {compile_seconds:.0f} s" + (" (stored plan)" if loaded else ""))
-
-        test: dict[str, float] = {}
-
-        def end_epoch(state: Any, epoch: int, step: int, epochs: int) -> dict[str, Any]:
-            evaluating = is_eval_epoch(epoch, epochs, plan.eval_every)
-            task_run.end_epoch(state, epoch, step, evaluating)
-            if not evaluating:
-                return {}
-            test.update(task_run.test(state))
-            progress.log(
-                f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}{task_run.test_line(test)}"
-            )
-            return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
+        test: dict[str, float] = {}  # the last evaluation's figures
+        end_epoch = _epoch_end(task_run, plan, progress, test)
 
         deadline = None if rc.time_limit is None else wall_start + rc.time_limit - resumed.elapsed
         with closing_all(checkpoints.close, views.close):
