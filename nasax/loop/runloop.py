@@ -394,6 +394,16 @@ def run_epochs(
         save(state, {**position, "metrics": metrics_log.records, "pending": host})
         last_save = time.monotonic()
 
+    def log_steps(epoch: int, tick: float, since: int) -> dict[str, Any]:
+        """Writes the record of the `since` steps queued since `tick`; counts their images."""
+        nonlocal images, seconds_total
+        record = flush_metrics(queued, epoch, step, kind, skip_nonfinite)
+        seconds = time.perf_counter() - tick
+        record["images_per_sec"] = since * batch_size / seconds
+        images, seconds_total = images + since * batch_size, seconds_total + seconds
+        metrics_log.write(record)
+        return record
+
     with progress, StopRequests() as stop:
         if epochs != task.epochs:  # resumed from a checkpoint of a time-limit plan
             progress.span(epochs * steps_per_epoch, epochs)
@@ -413,11 +423,7 @@ def run_epochs(
                 queued.append(metrics)
                 step, since = step + 1, since + 1
                 if step % log_every == 0 or batch_index == steps_per_epoch - 1:
-                    record = flush_metrics(queued, epoch, step, kind, skip_nonfinite)
-                    seconds = time.perf_counter() - tick
-                    record["images_per_sec"] = since * batch_size / seconds
-                    images, seconds_total = images + since * batch_size, seconds_total + seconds
-                    metrics_log.write(record)
+                    record = log_steps(epoch, tick, since)
                     progress.show({k: record[k] for k in shown if k in record})
                     tick, since = time.perf_counter(), 0
                 progress.advance(step, epoch)
@@ -438,11 +444,7 @@ def run_epochs(
                     checkpoint(state, epoch, batch_index + 1)
             if stopped:  # mid-epoch: log what ran, save the position, close the epoch
                 if queued:
-                    record = flush_metrics(queued, epoch, step, kind, skip_nonfinite)
-                    seconds = time.perf_counter() - tick
-                    record["images_per_sec"] = since * batch_size / seconds
-                    images, seconds_total = images + since * batch_size, seconds_total + seconds
-                    metrics_log.write(record)
+                    log_steps(epoch, tick, since)
                 checkpoint(state, epoch, batch_index)
             elif after_epoch is not None:
                 state, records = after_epoch(state, epoch, step)
