@@ -363,7 +363,8 @@ def run(
             trials); default: this run's own.
 
     Returns:
-        The summary (also written to summary.json) and the state the run ended with.
+        The summary (also written to summary.json), the state the run ended with, and
+        what the task made (`TaskRun.made`).
     """
     wall_start = time.perf_counter()
     config = task.resolve(config)
