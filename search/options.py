@@ -8,13 +8,19 @@ imports no strategy.
 
 from __future__ import annotations
 
-import difflib
 import os
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from nasax.core.config import Config, SearchConfig, first_error, read_config
+from nasax.core.config import (
+    Config,
+    SearchConfig,
+    first_error,
+    read_config,
+    section_keys,
+    unknown_key,
+)
 from nasax.core.config import validate_config as validate_core
 from nasax.core.errors import ConfigError
 from nasax.search.strategy import STRATEGIES
@@ -24,17 +30,6 @@ from nasax.supernet.skeletons import resolve_model
 def strategy_options(search: SearchConfig) -> BaseModel:
     """The strategy's own section as the typed model its strategy registered."""
     return STRATEGIES.get(search.strategy).options.model_validate(search.options)
-
-
-def _unknown_section(name: str, strategy: str) -> str:
-    """One line for `search.<name>` that names no strategy."""
-    own = [k for k in SearchConfig.model_fields if k != "strategy_sections"]
-    close = difflib.get_close_matches(name, [*own, *STRATEGIES], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return (
-        f"unknown key 'search.{name}'{hint}; allowed here: {', '.join(own)}, and "
-        f"search.{strategy} for the strategy's options"
-    )
 
 
 def resolve_search(search: SearchConfig) -> SearchConfig:
@@ -51,7 +46,9 @@ def resolve_search(search: SearchConfig) -> SearchConfig:
                 f"search.{other}: options for strategy {other!r}, but search.strategy is "
                 f"{name!r}; move them or change the strategy"
             )
-        raise ValueError(_unknown_section(other, name))
+        own = section_keys(SearchConfig)
+        also = f", and search.{name} for the strategy's options"
+        raise ValueError(unknown_key(f"search.{other}", own, [*own, *STRATEGIES], also))
     schema = STRATEGIES.get(name).options
     try:
         options = schema.model_validate(search.options)

@@ -290,7 +290,24 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation
+    return section_keys(model)
+
+
+def section_keys(model: type[BaseModel]) -> list[str]:
+    """The keys a config section accepts by name (a strategy's section aside)."""
     return [k for k in model.model_fields if k != "strategy_sections"]
+
+
+def unknown_key(
+    path: str, allowed: list[str], candidates: list[str] | None = None, also: str = ""
+) -> str:
+    """One line for the unknown dotted key `path`: the closest of `candidates` (default:
+    `allowed`), then what is allowed here, and `also`."""
+    key = path.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(key, allowed if candidates is None else candidates, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    known = f"; allowed here: {', '.join(allowed)}{also}" if allowed else ""
+    return f"unknown key {path!r}{hint}{known}"
 
 
 def first_error(
@@ -300,11 +317,7 @@ def first_error(
     e = err.errors()[0]
     path = _field_path(e["loc"], prefix)
     if e["type"] == "extra_forbidden":
-        allowed = _allowed_keys(model, e["loc"]) if model else []
-        close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        known = f"; allowed here: {', '.join(allowed)}" if allowed else ""
-        return f"unknown key {path!r}{hint}{known}"
+        return unknown_key(path, _allowed_keys(model, e["loc"]) if model else [])
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "value_error":  # our validators name the key themselves
         return msg
