@@ -24,7 +24,7 @@ from nasax.core.config import (
 from nasax.core.config import validate_config as validate_core
 from nasax.core.errors import ConfigError
 from nasax.search.strategy import STRATEGIES
-from nasax.supernet.skeletons import resolve_model
+from nasax.supernet.skeletons import resolve_model_config
 
 
 def strategy_options(search: SearchConfig) -> BaseModel:
@@ -65,12 +65,12 @@ def resolve_search(search: SearchConfig) -> SearchConfig:
 def resolve_config(config: Config, source: str = "config") -> Config:
     """`config` with what the core keeps raw checked and resolved: the model's space (by
     the supernet) and the strategy's section; one-line ConfigError otherwise."""
+    config = resolve_model_config(config, source)
     try:
-        model = resolve_model(config.model)
         search = resolve_search(config.search)
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from None
-    return config.model_copy(update={"model": model, "search": search})
+    return config.model_copy(update={"search": search})
 
 
 def validate_config(data: Any, source: str = "config") -> Config:

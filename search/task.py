@@ -38,7 +38,6 @@ from nasax.loop.run import (
     RunSummary,
     Task,
     TaskRun,
-    program_key,
     run,
 )
 from nasax.loop.runloop import (
@@ -215,8 +214,8 @@ class SearchRun(TaskRun):
     def compile(self, state: Any) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
         """The step, and the evaluations compiled at their first call; a later run given
         the same program cache (a resume, another trial) reuses them."""
-        key = program_key(self.config, self.data, self.ctx.dp, steps_per_epoch=self.steps_per_epoch)
-        programs = self.ctx.programs.get(key, partial(self._build_programs, state, key))
+        build = partial(self._build_programs, state)
+        programs = self.cached_programs(build, steps_per_epoch=self.steps_per_epoch)
         step_fn, self.eval_fn, self.cell_eval_fn = programs
         return step_fn
 

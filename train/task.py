@@ -22,7 +22,6 @@ from nasax.loop.run import (
     RunSummary,
     Task,
     TaskRun,
-    program_key,
     run,
 )
 from nasax.loop.runloop import evaluate, guard_step, prefetch
@@ -204,11 +203,11 @@ class TrainRun(TaskRun):
     def compile(self, state: TrainState) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
         """The step, and the evaluation compiled at its first call; a later run given the
         same program cache (another trial of the same cell) reuses them."""
-        genotype = self.genotype.to_json()
-        key = program_key(
-            self.config, self.data, self.ctx.dp, genotype=genotype, steps=self.steps_per_epoch
+        step, self.eval_fn = self.cached_programs(
+            partial(self._build_programs, state),
+            genotype=self.genotype.to_json(),
+            steps=self.steps_per_epoch,
         )
-        step, self.eval_fn = self.ctx.programs.get(key, partial(self._build_programs, state, key))
         return step
 
     def _build_programs(self, state: TrainState, key: str) -> tuple[Any, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Protocol, TypedDict
 
@@ -216,6 +217,14 @@ class TaskRun:
     @property
     def eval_every(self) -> int:
         return self.plan.eval_every
+
+    def cached_programs(self, build: Callable[[str], Any], **key_extra: Any) -> Any:
+        """The programs of this run's config, data and devices (and `key_extra`, what
+        they also close over), from the run's program cache; `build(key)` makes them
+        the first time."""
+        ctx = self.ctx
+        key = program_key(ctx.config, ctx.dataset, ctx.dp, **key_extra)
+        return ctx.programs.get(key, partial(build, key))
 
     def init(self, key: jax.Array) -> Any:
         """The fresh state; resuming, the checkpoint is restored into its structure."""
