@@ -151,8 +151,9 @@ def _join_orbax_writers(timeout: float = _WRITERS_GRACE_S) -> None:
 @contextmanager
 def orbax_writes(path: str | os.PathLike, operation: str) -> Iterator[None]:
     """`storage_errors` for orbax saves, which also keeps the echo of orbax's background
-    writers off the terminal: during the save, and after it for good if the disk failed
-    (writes in flight report until the process ends)."""
+    writers off the terminal: during the save, and after it for good if the disk failed.
+    A failed save first waits for orbax's writer threads (`_join_orbax_writers`);
+    tensorstore's callbacks of writes in flight may still report until the process ends."""
     previous = sys.unraisablehook
     sys.unraisablehook = quiet = _without_closed_loop(previous)
     handlers = _quiet_handlers()
