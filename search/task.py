@@ -174,7 +174,6 @@ class SearchRun(TaskRun):
 
     def __init__(self, task: SearchTask, ctx: RunContext, plan: SearchPlan) -> None:
         super().__init__(task, ctx, plan)
-        self.config, self.data = ctx.config, ctx.dataset
         self.setup = build_setup(self.config, ctx.dataset, plan.steps_per_epoch)
         self.strategy: Strategy = STRATEGIES.get(self.config.search.strategy)(
             self.setup, strategy_options(self.config.search)

@@ -181,7 +181,7 @@ class TrainRun(TaskRun):
     def __init__(self, task: TrainTask, ctx: RunContext, plan: TrainPlan) -> None:
         super().__init__(task, ctx, plan)
         assert plan.genotype is not None
-        self.config, self.data, self.genotype = ctx.config, ctx.dataset, plan.genotype
+        self.genotype = plan.genotype
         self.trainer = build_trainer(self.config, self.genotype, ctx.dataset)
         self.order = np.arange(len(self.data.x_train))
         self.counts: dict[str, int] = {}  # parameters, counted at the start

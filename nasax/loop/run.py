@@ -195,6 +195,14 @@ class TaskRun:
         self.task, self.ctx, self.plan = task, ctx, plan
 
     @property
+    def config(self) -> Config:
+        return self.ctx.config
+
+    @property
+    def data(self) -> Dataset:
+        return self.ctx.dataset
+
+    @property
     def kind(self) -> str:
         return self.task.kind
 
