@@ -24,9 +24,11 @@ from nasax.supernet.genotypes import Genotype
 from nasax.supernet.network import (
     GenotypeNetwork,
     RunCell,
+    Site,
     StackSize,
     Stem,
     Supernet,
+    halved,
     linear,
 )
 from nasax.supernet.ops import BatchNorm, Conv, ParamKeys, ReLUConvBN, param_keys
@@ -126,6 +128,20 @@ class NB201Stack(nnx.Module):
 
     def _head(self, features: int, num_classes: int, rngs: ParamKeys) -> None:
         self.head = Head(features, num_classes, rngs)
+
+    @classmethod
+    def edge_sites(
+        cls, space: SearchSpace, channels: int, layers: int, image_size: tuple[int, int]
+    ) -> list[Site]:
+        """Every edge of the network at this size: stride 1 at its stage's channels and
+        size; each reduction block halves the size."""
+        sites, size = [], tuple(image_size)
+        for i, c in enumerate(stage_channels(channels, layers)):
+            if c is None:
+                size = halved(size)
+                continue
+            sites += [Site(i, CELL_KIND, e, c, 1, *size) for e in range(space.n_edges)]
+        return sites
 
     def _logits(self, x: jax.Array, train: bool, run_cell: RunCell) -> jax.Array:
         """The logits; `run_cell(i, kind, cell, x)` runs the cell at position i."""

@@ -103,6 +103,30 @@ class CellForward(NamedTuple):
     edge_weights: jax.Array | None
 
 
+class Site(NamedTuple):
+    """Where one edge of a deployed network sits: its cell's kind and position, the
+    edge's index in the space, and the shape its op sees (channels, stride, input size).
+    A cost model prices each op at every site (`nasax.search.costs`)."""
+
+    cell: int
+    kind: str
+    edge: int
+    channels: int
+    stride: int
+    height: int
+    width: int
+
+    @property
+    def signature(self) -> tuple[int, int, int, int]:
+        """(channels, stride, height, width): sites with one signature cost the same."""
+        return self.channels, self.stride, self.height, self.width
+
+
+def halved(size: tuple[int, int]) -> tuple[int, int]:
+    """A spatial size after a stride-2 op, which rounds up."""
+    return (size[0] + 1) // 2, (size[1] + 1) // 2
+
+
 class StackSize(NamedTuple):
     """What a skeleton's `_stack` builds: C, depth, image channels, stem multiplier, and
     per cell kind the number of nodes a cell concatenates."""
@@ -372,6 +396,25 @@ class DartsStack(nnx.Module):
 
     def _head(self, features: int, num_classes: int, rngs: ParamKeys) -> None:
         self.classifier = linear(features, num_classes, rngs)
+
+    @classmethod
+    def edge_sites(
+        cls, space: SearchSpace, channels: int, layers: int, image_size: tuple[int, int]
+    ) -> list[Site]:
+        """Every edge of the network at this size: in a reduction cell the edges leaving
+        its two inputs run at stride 2 on the input's size, the others on the halved one."""
+        stem = channels  # the stem's width does not change where edges sit
+        plans = plan_cells(stem, channels, layers, len(space.concat))
+        sites, size = [], tuple(image_size)
+        for i, plan in enumerate(plans):
+            kind = "reduce" if plan.reduction else "normal"
+            inner = halved(size) if plan.reduction else size
+            for e, (_, src) in enumerate(space.edges):
+                stride = 2 if plan.reduction and src < space.n_inputs else 1
+                h, w = size if stride == 2 else inner
+                sites.append(Site(i, kind, e, plan.channels, stride, h, w))
+            size = inner
+        return sites
 
     def _logits(self, x: jax.Array, train: bool, run_cell: RunCell) -> jax.Array:
         """The logits; `run_cell(i, kind, cell, s0, s1)` runs cell i."""
