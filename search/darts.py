@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nasax.loop.data import Batch
+from nasax.search.budget import with_budget
 from nasax.search.discretize import derive_genotype
 from nasax.search.strategy import (
     FunctionalSupernet,
@@ -26,6 +27,7 @@ from nasax.search.strategy import (
     alphas_of,
     arch_update,
     register_strategy,
+    softmax_weights,
     step_metrics,
     weight_update,
 )
@@ -101,6 +103,9 @@ def make_darts(setup: SearchSetup, options: DartsOptions) -> Strategy:
                 xi=options.unrolled_lr,
             )
             stats = state.batch_stats
+        arch_grad, cost_metrics = with_budget(
+            setup.budget, state.arch, arch_grad, val_loss, softmax_weights
+        )
         arch, arch_opt = arch_update(setup, state, arch_grad)
 
         weight_grad_fn = jax.value_and_grad(net.loss, argnums=0, has_aux=True)
@@ -109,11 +114,15 @@ def make_darts(setup: SearchSetup, options: DartsOptions) -> Strategy:
         )
         params, weight_opt = weight_update(setup, state, grads)
         metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
+        metrics |= cost_metrics
         return state.stepped(params, stats, arch, weight_opt, arch_opt), metrics
 
     def derive(state: SupernetState) -> Genotype:
         return derive_genotype(
-            op_weights(state), setup.space, max_skip_connect=setup.max_skip_connect
+            op_weights(state),
+            setup.space,
+            max_skip_connect=setup.max_skip_connect,
+            limit=setup.budget and setup.budget.limit,
         )
 
     def arch_weights(state: SupernetState) -> dict[str, np.ndarray]:

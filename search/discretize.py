@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import numpy as np
 
+from nasax.core.errors import ConfigError
+from nasax.search.costs import CostTable, format_cost
 from nasax.supernet.genotypes import Genotype, Node
 from nasax.supernet.spaces import SearchSpace
+
+
+class Limit(NamedTuple):
+    """A hard limit on the derived cell's cost: `table`'s cost at most `target`."""
+
+    table: CostTable
+    target: float
 
 
 def derive_cell(
@@ -83,6 +96,7 @@ def derive_genotype(
     *,
     max_skip_connect: int | None = None,
     edge_strength: dict[str, np.ndarray] | None = None,
+    limit: Limit | None = None,
 ) -> Genotype:
     """A Genotype from per-kind (edges, ops) weights: one cell per cell kind of the space,
     each outputting the space's `concat` nodes (every intermediate node in DARTS, the
@@ -94,7 +108,21 @@ def derive_genotype(
         space: the search space.
         max_skip_connect: cap on skip connections in the normal cell (None: no cap).
         edge_strength: optional per-kind (edges,) edge weights (PC-DARTS' beta).
+        limit: a cost the cell must not exceed; when the argmax cell does, the result
+            is the best cell under it by the weights' ranking (`derive_within`).
     """
+    genotype = _derive(weights, space, max_skip_connect, edge_strength)
+    if limit is None or limit.table.of_genotype(genotype, space) <= limit.target:
+        return genotype
+    return derive_within(weights, space, limit, max_skip_connect, edge_strength)
+
+
+def _derive(
+    weights: dict[str, np.ndarray],
+    space: SearchSpace,
+    max_skip_connect: int | None,
+    edge_strength: dict[str, np.ndarray] | None,
+) -> Genotype:
     strength = edge_strength or {}
     cells: dict[str, tuple[tuple[Node, ...], tuple[int, ...]]] = {}
     for kind in space.cell_kinds:
@@ -103,5 +131,125 @@ def derive_genotype(
             nodes = derive_cell(weights[kind], space, strength.get(kind))
         else:
             nodes = cap_skip_connect(weights[kind], space, cap, strength.get(kind))
+        cells[kind] = (nodes, space.concat)
+    return Genotype(cells, space=space.name)
+
+
+class _Choice(NamedTuple):
+    """A partial cell on a cost/score frontier: its cost, its score (the sum of the log
+    strengths of its chosen ops), its skip connections, and its nodes by (kind, node)."""
+
+    cost: float
+    score: float
+    skips: int
+    nodes: tuple[tuple[str, int, Node], ...]
+
+
+_FRONTIER_SIZE = 4000
+"""Frontiers longer than this keep the best choice per cost bucket (of this many)."""
+
+
+def _pareto(choices: Sequence[_Choice]) -> list[_Choice]:
+    """Per skip count, the choices no other beats in both cost and score."""
+    kept = []
+    for skips in sorted({c.skips for c in choices}):
+        best = -np.inf
+        for c in sorted((c for c in choices if c.skips == skips), key=lambda c: (c.cost, -c.score)):
+            if c.score > best:
+                kept.append(c)
+                best = c.score
+    if len(kept) > _FRONTIER_SIZE:
+        lo, hi = min(c.cost for c in kept), max(c.cost for c in kept)
+        buckets: dict[tuple[int, int], _Choice] = {}
+        for c in kept:
+            key = (c.skips, int((c.cost - lo) / (hi - lo + 1e-12) * _FRONTIER_SIZE))
+            if key not in buckets or c.score > buckets[key].score:
+                buckets[key] = c
+        kept = list(buckets.values())
+    return kept
+
+
+def _node_choices(
+    kind: str, node: int, weights: np.ndarray, table: np.ndarray, space: SearchSpace, scale
+) -> list[_Choice]:
+    """Every way node `node` may be derived: its kept edges and an op on each."""
+    candidates = [k for k, op in enumerate(space.ops) if space.derive_none or op != "none"]
+    skip = space.ops.index("skip_connect") if "skip_connect" in space.ops else -1
+    ids = list(space.node_edges(node))
+    keep = space.edges_per_node or len(ids)
+    log_strength = np.log(np.maximum(weights * scale[:, None], 1e-300))
+    choices = []
+    for edges in itertools.combinations(ids, min(keep, len(ids))):
+        for ops in itertools.product(candidates, repeat=len(edges)):
+            pairs = list(zip(edges, ops))
+            if space.edges_per_node is not None:  # listed strongest first, as derive_cell
+                pairs.sort(key=lambda p: -weights[p[0], p[1]] * scale[p[0]])
+            choices.append(
+                _Choice(
+                    cost=float(sum(table[e, k] for e, k in pairs)),
+                    score=float(sum(log_strength[e, k] for e, k in pairs)),
+                    skips=sum(k == skip for _, k in pairs),
+                    nodes=(
+                        (kind, node, tuple((space.ops[k], space.edges[e][1]) for e, k in pairs)),
+                    ),
+                )
+            )
+    return _pareto(choices)
+
+
+def _pairs(space: SearchSpace, pairs: Sequence[tuple[int, int]]) -> Node:
+    """A node's (op name, input) pairs from (edge, op index) pairs."""
+    return tuple((space.ops[k], space.edges[e][1]) for e, k in pairs)
+
+
+def derive_within(
+    weights: dict[str, np.ndarray],
+    space: SearchSpace,
+    limit: Limit,
+    max_skip_connect: int | None = None,
+    edge_strength: dict[str, np.ndarray] | None = None,
+) -> Genotype:
+    """The cell the weights rank highest among those whose cost is within `limit`.
+
+    A cell's rank is the sum over its kept edges of the log of the chosen op's strength
+    (as `derive_cell` measures it), so without a limit it is `derive_cell`'s cell. The
+    best cell under the limit is found exactly over the frontier of (cost, score) of
+    each node's choices, merged node by node (the skip-connection cap of the normal
+    cell is kept as a third coordinate).
+
+    Raises:
+        ConfigError: no cell of the space is within the limit.
+    """
+    strength = edge_strength or {}
+    frontier = [_Choice(float(limit.table.fixed), 0.0, 0, ())]
+    for kind in space.cell_kinds:
+        w = np.asarray(weights[kind], np.float64)
+        scale = np.asarray(strength.get(kind, np.ones(space.n_edges)), np.float64)
+        cap = max_skip_connect if kind == "normal" else None
+        for node in range(space.n_nodes):
+            options = _node_choices(kind, node, w, limit.table.ops[kind], space, scale)
+            merged = [
+                _Choice(
+                    a.cost + b.cost,
+                    a.score + b.score,
+                    a.skips + (b.skips if cap is not None else 0),
+                    a.nodes + b.nodes,
+                )
+                for a in frontier
+                for b in options
+                if a.cost + b.cost <= limit.target * (1 + 1e-12)
+                and (cap is None or a.skips + b.skips <= cap)
+            ]
+            if not merged:
+                raise ConfigError(
+                    f"no cell of space {space.name!r} costs at most "
+                    f"{format_cost(limit.table.metric, limit.target)}; raise search.cost.target"
+                )
+            frontier = _pareto(merged)
+        frontier = [c._replace(skips=0) for c in frontier]
+    best = max(frontier, key=lambda c: c.score)
+    cells = {}
+    for kind in space.cell_kinds:
+        nodes = tuple(n for k, _, n in sorted(best.nodes, key=lambda x: x[1]) if k == kind)
         cells[kind] = (nodes, space.concat)
     return Genotype(cells, space=space.name)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nasax.loop.data import Batch
 from nasax.search.controller import Controller, ControllerOutput, Tokens, tokens_to_paths
+from nasax.search.discretize import derive_genotype
 from nasax.search.single_path import (
     best_candidate,
     images_and_labels,
@@ -121,7 +122,7 @@ def moving_baseline(
 def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
     """Builds ENAS over the supernet of `setup`."""
     net = FunctionalSupernet.create(setup)
-    space = setup.space
+    space, budget = setup.space, setup.budget
     controller_optimizer = optax.adam(options.lr, b1=options.adam_b1, eps=options.adam_eps)
 
     def build_controller(rngs: nnx.Rngs) -> Controller:
@@ -169,6 +170,8 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
         samples = jax.vmap(lambda k: run_controller(state.controller, k))(keys)
         paths = jax.vmap(cell_paths)(samples.tokens)
         rewards = score(state.net, paths, batch) / batch["label"].shape[0]
+        if budget is not None:  # MnasNet's reward: accuracy * (cost / target)^w
+            rewards = budget.reward(rewards, jax.vmap(budget.table.of_paths)(paths))
         advantages, baseline = moving_baseline(state.baseline, rewards, options.baseline_decay)
 
         def loss_fn(params: nnx.State) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -231,13 +234,17 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
 
     def select(state: EnasState, batches: Iterable[Batch]) -> Genotype:
         return best_candidate(
-            score, state.net, candidates(state), batches, options.select_batches, space
+            score, state.net, candidates(state), batches, options.select_batches, space, budget
         )
 
     def derive(state: EnasState) -> Genotype:
-        """Without validation data: the controller's most likely cell."""
-        paths = greedy_jit(state)
-        return paths_genotype({k: np.asarray(p) for k, p in paths.items()}, space)
+        """Without validation data: the controller's most likely cell; with a budget it
+        is over, the best cell within it by the controller's op frequencies."""
+        paths = {k: np.asarray(p) for k, p in greedy_jit(state).items()}
+        if budget is None or bool(budget.fits(paths)):
+            return paths_genotype(paths, space)
+        weights = {k: np.asarray(v) for k, v in policy(state).items()}
+        return derive_genotype(weights, space, limit=budget.limit)
 
     @jax.jit
     def policy(state: EnasState) -> dict[str, jax.Array]:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nasax.core.errors import RunDirError
 from nasax.loop.data import Batch
+from nasax.search.budget import Budget
 from nasax.search.single_path import (
     derivable_ops,
     images_and_labels,
@@ -124,6 +125,22 @@ def mutate_arch(arch: Arch, rng: np.random.Generator, space: SearchSpace) -> Arc
     return {**arch, kind: path}
 
 
+MUTATION_TRIES = 100
+"""Mutations tried for a child within the budget before the parent is copied instead."""
+
+
+def mutate_within(
+    arch: Arch, rng: np.random.Generator, space: SearchSpace, budget: Budget | None
+) -> Arch:
+    """`mutate_arch`, drawn again until the child is within the budget (a copy of the
+    parent, which is, after `MUTATION_TRIES`)."""
+    for _ in range(MUTATION_TRIES if budget is not None else 1):
+        child = mutate_arch(arch, rng, space)
+        if budget is None or bool(budget.fits(child)):
+            return child
+    return {k: v.copy() for k, v in arch.items()}
+
+
 @register_strategy("evolution", EvolutionOptions)
 def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
     """Builds regularized evolution over the supernet of `setup`."""
@@ -131,7 +148,8 @@ def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
     space = setup.space
     kinds = list(space.cell_kinds)
     score = path_scorer(net, setup)
-    sample_many = jax.jit(jax.vmap(lambda key: sample_paths(key, space, kinds)))
+    budget = setup.budget
+    sample_many = jax.jit(jax.vmap(lambda key: sample_paths(key, space, kinds, budget)))
 
     def init(rng: jax.Array) -> SupernetState:
         state = net.init(rng)
@@ -165,7 +183,7 @@ def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
 
         return aging_evolution(
             random_archs,
-            lambda arch, r: mutate_arch(arch, r, space),
+            lambda arch, r: mutate_within(arch, r, space, budget),
             fitness,
             population=options.population,
             sample_size=options.sample_size,
@@ -179,11 +197,12 @@ def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
 
     def evaluate(state: SupernetState, batch: Batch) -> Metrics:
         """Test metrics of one random cell (fixed per state) with the shared weights."""
-        return net.evaluate(state, batch, Forward(paths=sample_paths(state.rng, space, kinds)))
+        paths = sample_paths(state.rng, space, kinds, budget)
+        return net.evaluate(state, batch, Forward(paths=paths))
 
     def derive(state: SupernetState) -> Genotype:
         """Without validation data: the cell `evaluate` scores."""
-        paths = sample_paths(state.rng, space, kinds)
+        paths = sample_paths(state.rng, space, kinds, budget)
         return paths_genotype({k: np.asarray(p) for k, p in paths.items()}, space)
 
     return Strategy(

@@ -19,8 +19,8 @@ from jax import lax
 from pydantic import BaseModel, ConfigDict, Field
 
 from nasax.core.errors import ConfigError
-from nasax.search.relaxed import Relaxation, relaxed_strategy, softmax_weights
-from nasax.search.strategy import SearchSetup, Strategy, register_strategy
+from nasax.search.relaxed import Relaxation, relaxed_strategy
+from nasax.search.strategy import SearchSetup, Strategy, register_strategy, softmax_weights
 from nasax.supernet.cells import MixedEdge
 from nasax.supernet.network import Forward
 

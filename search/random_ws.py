@@ -49,14 +49,15 @@ class RandomWsOptions(BaseModel):
 def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
     """Builds random search with weight sharing over the supernet of `setup`."""
     net = FunctionalSupernet.create(setup)
-    space = setup.space
+    space, budget = setup.space, setup.budget
 
     def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
         return uniform_path_step(net, state, train, val)
 
     def eval_paths(state: SupernetState) -> dict[str, jax.Array]:
         """One random cell, fixed per state: the one `evaluate` scores and `derive` returns."""
-        return sample_paths(jax.random.fold_in(state.rng, _EVAL_CELL), space, space.cell_kinds)
+        key = jax.random.fold_in(state.rng, _EVAL_CELL)
+        return sample_paths(key, space, space.cell_kinds, setup.budget)
 
     def evaluate(state: SupernetState, batch: Batch) -> Metrics:
         """Test metrics of one random cell (fixed per state) with the shared weights."""
@@ -66,8 +67,10 @@ def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
 
     def select(state: SupernetState, batches: Iterable[Batch]) -> Genotype:
         keys = jax.random.split(jax.random.fold_in(state.rng, state.step), options.candidates)
-        candidates = jax.vmap(lambda key: sample_paths(key, space, space.cell_kinds))(keys)
-        return best_candidate(score, state, candidates, batches, options.select_batches, space)
+        candidates = jax.vmap(lambda key: sample_paths(key, space, space.cell_kinds, budget))(keys)
+        return best_candidate(
+            score, state, candidates, batches, options.select_batches, space, budget
+        )
 
     def derive(state: SupernetState) -> Genotype:
         """Without validation data: the cell `evaluate` scores."""

@@ -21,6 +21,7 @@ from jax import lax
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nasax.loop.data import Batch
+from nasax.search.budget import expected_cost, with_budget
 from nasax.search.discretize import derive_genotype
 from nasax.search.strategy import (
     Clock,
@@ -32,6 +33,7 @@ from nasax.search.strategy import (
     alphas_of,
     arch_update,
     betas_of,
+    softmax_weights,
     step_metrics,
     weight_update,
 )
@@ -128,11 +130,6 @@ def gumbel(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return g
 
 
-def softmax_weights(alphas: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """DARTS' op weights: the softmax of each edge's alphas."""
-    return {kind: jax.nn.softmax(a, axis=-1) for kind, a in alphas.items()}
-
-
 def softmax_forward(alphas: dict[str, jax.Array], rng: jax.Array, clock: Clock) -> Forward:
     """A `Relaxation.sample` without randomness: the mixed forward under softmax(alpha)."""
     return Forward(weights=softmax_weights(alphas))
@@ -207,6 +204,7 @@ def relaxed_strategy(
         (val_loss, (val_acc, stats)), grads = grad_fn(
             state.params, state.arch, state.batch_stats, x, labels, rng, state.clock
         )
+        grads, _ = with_budget(setup.budget, state.arch, grads, val_loss, relaxation.weights)
         arch, arch_opt = arch_update(setup, state, grads)
         return arch, arch_opt, stats, val_loss, val_acc
 
@@ -229,6 +227,9 @@ def relaxed_strategy(
             (train_loss, (train_acc, stats)), (grads, arch_grads) = grad_fn(
                 state.params, state.arch, *batch_args
             )
+            arch_grads, _ = with_budget(
+                setup.budget, state.arch, arch_grads, train_loss, relaxation.weights
+            )
             arch, arch_opt = arch_update(setup, state, arch_grads)
             val_loss, val_acc = train_loss, train_acc
         else:
@@ -248,6 +249,7 @@ def relaxed_strategy(
         metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
         if relaxation.metrics is not None:
             metrics.update(relaxation.metrics(state.clock))
+        metrics |= expected_cost(setup.budget, state.arch, relaxation.weights)
         return state.stepped(params, stats, arch, weight_opt, arch_opt), metrics
 
     def evaluate(state: SupernetState, batch: Batch) -> Metrics:
@@ -263,6 +265,7 @@ def relaxed_strategy(
             {k: np.asarray(w) for k, w in weights.items()},
             setup.space,
             max_skip_connect=setup.max_skip_connect,
+            limit=setup.budget and setup.budget.limit,
             edge_strength={k: np.asarray(node_softmax(b, setup.space)) for k, b in betas.items()}
             or None,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,9 @@ from nasax.search.strategy import (
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.network import Forward
 from nasax.supernet.spaces import SearchSpace
+
+if TYPE_CHECKING:
+    from nasax.search.budget import Budget
 
 Paths = dict[str, jax.Array]
 """Cell kind -> (edges,) op index per edge."""
@@ -66,10 +70,40 @@ def sample_cell(rng: jax.Array, space: SearchSpace) -> jax.Array:
     return jnp.where(jnp.concatenate(kept), ops, none_index(space))
 
 
-def sample_paths(rng: jax.Array, space: SearchSpace, kinds: Iterable[str]) -> Paths:
-    """An independent random cell per cell kind."""
+SAMPLE_TRIES = 256
+"""Draws a budgeted sample makes before it settles for the space's cheapest cell."""
+
+
+def sample_paths(
+    rng: jax.Array, space: SearchSpace, kinds: Iterable[str], budget: Budget | None = None
+) -> Paths:
+    """An independent random cell per cell kind; with a budget, a random cell within it
+    (drawn again until one fits, the space's cheapest after `SAMPLE_TRIES` draws), so a
+    budgeted sample is never over the target."""
     kinds = sorted(kinds)
-    return {k: sample_cell(key, space) for k, key in zip(kinds, jax.random.split(rng, len(kinds)))}
+
+    def draw(key: jax.Array) -> Paths:
+        return {
+            k: sample_cell(sub, space) for k, sub in zip(kinds, jax.random.split(key, len(kinds)))
+        }
+
+    first = draw(rng)
+    if budget is None:
+        return first
+
+    def again(carry: tuple[jax.Array, Paths, jax.Array]) -> tuple[jax.Array, Paths, jax.Array]:
+        key, _, tries = carry
+        key, sub = jax.random.split(key)
+        return key, draw(sub), tries + 1
+
+    def over(carry: tuple[jax.Array, Paths, jax.Array]) -> jax.Array:
+        _, paths, tries = carry
+        return (~budget.fits(paths)) & (tries < SAMPLE_TRIES)
+
+    _, paths, _ = jax.lax.while_loop(over, again, (rng, first, jnp.zeros((), jnp.int32)))
+    _, cheapest = budget.table.cheapest(space)
+    fits = budget.fits(paths)
+    return {k: jnp.where(fits, paths[k], jnp.asarray(cheapest[k], paths[k].dtype)) for k in kinds}
 
 
 def paths_genotype(paths: dict[str, np.ndarray], space: SearchSpace) -> Genotype:
@@ -208,11 +242,19 @@ def best_candidate(
     batches: Iterable[Batch],
     n_batches: int,
     space: SearchSpace,
+    budget: Budget | None = None,
 ) -> Genotype:
-    """The genotype of the stacked candidate that predicts most of `n_batches` batches."""
+    """The genotype of the stacked candidate that predicts most of `n_batches` batches;
+    with a budget, of those within it (the space's cheapest cell if none is)."""
+    if budget is not None:
+        fits = np.asarray(jax.vmap(budget.fits)(candidates))
+        if not fits.any():
+            return paths_genotype(budget.table.cheapest(space)[1], space)
     totals = sum(
-        np.asarray(score(state, candidates, images_and_labels(b)))
+        np.asarray(score(state, candidates, images_and_labels(b)), np.float64)
         for b in islice(batches, n_batches)
     )
+    if budget is not None:
+        totals = np.where(fits, totals, -np.inf)
     best = int(np.argmax(totals))
     return paths_genotype({k: np.asarray(p[best]) for k, p in candidates.items()}, space)

@@ -8,7 +8,7 @@ checkpoints and progress, so a new strategy is one module that registers a build
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,9 @@ from nasax.loop.runloop import masked_sums
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.network import PLAIN_FORWARD, ArchParam, Forward, SearchNetwork
 from nasax.supernet.spaces import SearchSpace
+
+if TYPE_CHECKING:
+    from nasax.search.budget import Budget
 
 Metrics = dict[str, jax.Array]
 
@@ -49,6 +52,7 @@ class SearchSetup(NamedTuple):
         weight_lr_ratio: optional ratio(step, span) of the weights' cosine lr over a span
             of `span` epochs to the configured one (`nasax.loop.optim.weight_lr_ratio`),
             applied by `weight_update`.
+        budget: the search's budget (`search.cost`; `nasax.search.budget`), or None.
     """
 
     space: SearchSpace
@@ -63,6 +67,7 @@ class SearchSetup(NamedTuple):
     jit: Callable[..., Callable] = jax.jit
     arch_lr_ratio: Callable[[jax.Array], jax.Array] | None = None
     weight_lr_ratio: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+    budget: Budget | None = None
 
     def weight_lr(self, state: SupernetState) -> jax.Array:
         """The weights' learning rate at `state`'s step, over the epochs it spans."""
@@ -348,6 +353,11 @@ def step_metrics(
 def split_supernet(model: SearchNetwork) -> tuple[nnx.GraphDef, nnx.State, nnx.State, nnx.State]:
     """(graphdef, arch, params, batch_stats); fails if any variable fits none of them."""
     return nnx.split(model, ArchParam, nnx.Param, nnx.BatchStat)
+
+
+def softmax_weights(alphas: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """DARTS' op weights: the softmax of each edge's alphas."""
+    return {kind: jax.nn.softmax(a, axis=-1) for kind, a in alphas.items()}
 
 
 def alphas_of(arch: nnx.State) -> dict[str, jax.Array]:

@@ -49,6 +49,7 @@ from nasax.loop.runloop import (
     pending_to_host,
     prefetch,
 )
+from nasax.search.budget import Budget, cell_costs, deploy_of, make_budget
 from nasax.search.options import resolve_config, strategy_options
 from nasax.search.single_path import genotype_paths
 from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy, SupernetState
@@ -57,8 +58,11 @@ from nasax.supernet.skeletons import skeleton_of
 from nasax.supernet.spaces import get_space
 
 
-def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> SearchSetup:
-    """The space, supernet and optimizers a strategy needs, from the config."""
+def build_setup(
+    config: Config, dataset: Dataset, steps_per_epoch: int, budget: Budget | None = None
+) -> SearchSetup:
+    """The space, supernet and optimizers a strategy needs, from the config, and its
+    budget (`make_budget`)."""
     space = get_space(config.model.space)
     network = partial(
         skeleton_of(space).search_network,
@@ -84,6 +88,7 @@ def build_setup(config: Config, dataset: Dataset, steps_per_epoch: int) -> Searc
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         jit=jit_for(config.run.execution),
+        budget=budget,
     )
 
 
@@ -121,6 +126,8 @@ class SearchFields(TypedDict):
     select_calls: int
     genotype: dict[str, Any]
     genotype_text: str
+    cost: dict[str, Any] | None
+    """With a budget: the found cell's cost at the deployed size (`cell_costs`)."""
 
 
 class SearchSummary(RunSummary, SearchFields):
@@ -136,6 +143,7 @@ class SearchPlan(NamedTuple):
     eval_every: int
     train_idx: np.ndarray
     val_idx: np.ndarray
+    budget: Budget | None
 
 
 class SearchTask(Task):
@@ -160,7 +168,8 @@ class SearchTask(Task):
         for idx, half in ((train_idx, "weight-step"), (val_idx, "architecture-step")):
             check_batch_size(dataset, s.batch_size, len(idx), f"{half} half of the training set")
         steps = min(len(train_idx), len(val_idx)) // s.batch_size
-        return SearchPlan(s.epochs, s.batch_size, steps, s.eval_every, train_idx, val_idx)
+        budget = make_budget(config, dataset)  # a budget no cell meets fails here
+        return SearchPlan(s.epochs, s.batch_size, steps, s.eval_every, train_idx, val_idx, budget)
 
     def build(self, ctx: RunContext, plan: SearchPlan) -> SearchRun:
         return SearchRun(self, ctx, plan)
@@ -174,7 +183,7 @@ class SearchRun(TaskRun):
 
     def __init__(self, task: SearchTask, ctx: RunContext, plan: SearchPlan) -> None:
         super().__init__(task, ctx, plan)
-        self.setup = build_setup(self.config, ctx.dataset, plan.steps_per_epoch)
+        self.setup = build_setup(self.config, ctx.dataset, plan.steps_per_epoch, plan.budget)
         self.strategy: Strategy = STRATEGIES.get(self.config.search.strategy)(
             self.setup, strategy_options(self.config.search)
         )
@@ -306,7 +315,16 @@ class SearchRun(TaskRun):
             "select_calls": calls,
             "genotype": self.genotype.to_dict(),
             "genotype_text": _describe(self.genotype),
+            "cost": self._cost(),
         }
+
+    def _cost(self) -> dict[str, Any] | None:
+        """The found cell's cost at the deployed size, with its latency measured here."""
+        budget = self.plan.budget
+        if budget is None:
+            return None
+        deploy = deploy_of(self.config, self.data)
+        return cell_costs(self.genotype, budget, deploy, measure=True)
 
     def made(self, state: Any) -> Genotype:
         """The searched cell."""

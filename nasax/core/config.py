@@ -71,6 +71,40 @@ class DiscretizerConfig(Section):
     )
 
 
+class DeployConfig(Section):
+    """The network a budget is priced at (null: the space's published network at the
+    data's image size, DARTS C36 L20 and NAS-Bench-201 C16 N5)."""
+
+    channels: int | None = Field(None, ge=2, description="C of the deployed network")
+    layers: int | None = Field(None, ge=1, description="its depth (nb201: cells per stage)")
+    image_size: int | None = Field(None, ge=1, description="its input's side in pixels")
+
+
+class CostConfig(Section):
+    """A budget every strategy respects: the found cell's cost at the deployed size stays
+    at or under `target`; `form` and `weight` shape the relaxed strategies' cost term."""
+
+    metric: Literal["params", "flops", "latency"] = Field(
+        description="params (count), flops (per image) or latency (ms on the profiled device)"
+    )
+    target: float = Field(gt=0, description="the budget, in the metric's unit")
+    form: Literal["hinge", "linear", "log"] = Field(
+        "hinge",
+        description="hinge: weight * max(0, cost/target - 1); linear: weight * cost/target "
+        "(ProxylessNAS); log: loss * weight * log(1 + cost/unit)^exponent (FBNet)",
+    )
+    weight: float = Field(1.0, ge=0, description="the cost term's weight (FBNet's alpha for log)")
+    exponent: float = Field(0.6, gt=0, description="log form: FBNet's beta")
+    reward_exponent: float = Field(
+        -0.07, le=0, description="ENAS: reward = acc * (cost/target)^this (MnasNet's w)"
+    )
+    batch_size: int = Field(1, ge=1, description="latency: the batch it is measured at")
+    table: str | None = Field(
+        None, description="latency: a table from `nasax profile` (null: time on this machine)"
+    )
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+
+
 class SearchConfig(Section):
     strategy: str = "darts"
     epochs: int = Field(
@@ -82,6 +116,7 @@ class SearchConfig(Section):
     )
     eval_every: int = Field(1, ge=0, description="epochs between test evaluations (0: end only)")
     discretizer: DiscretizerConfig = Field(default_factory=DiscretizerConfig)
+    cost: CostConfig | None = Field(None, description="a budget on the found cell (null: none)")
     strategy_sections: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
     """Every `search.<name>` mapping, raw; the search layer checks that the one present is
     the strategy's and fills in its defaults (`nasax.search.options.resolve_config`)."""
