@@ -112,6 +112,36 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(args: argparse.Namespace) -> int:
+    import time
+
+    from nasax.loop.data import load_dataset
+    from nasax.search.budget import deploy_of
+    from nasax.search.options import load_config
+    from nasax.search.profiling import profile_space
+    from nasax.supernet.spaces import get_space
+
+    config = load_config(args.config, args.set)
+    data = config.data
+    dataset = load_dataset(data.name, data.data_dir, data.num_classes)
+    deploy = deploy_of(config, dataset)
+    space = get_space(config.model.space)
+    tick = time.perf_counter()
+    profile = profile_space(space, deploy, sorted({1, args.batch}), cache=not args.fresh)
+    profile.save(args.out)
+    h, w = deploy.image_size
+    latency = ", ".join(
+        f"batch {b}: fixed part {profile.table('latency', b).fixed:.2f} ms"
+        for b in profile.batch_sizes
+    )
+    print(
+        f"profiled space {space.name!r} at C{deploy.channels} L{deploy.layers} {h}x{w} on "
+        f"{profile.device['kind']} in {time.perf_counter() - tick:.0f} s ({latency}); "
+        f"wrote {args.out}"
+    )
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from nasax.app.report import write_report
 
@@ -202,6 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="picture to write: .png or .svg (needs Graphviz's dot) or .dot (text)"
     )
     show.set_defaults(run=_show)
+
+    profile = commands.add_parser(
+        "profile", help="price a space's ops at the deployed size and time them on this machine"
+    )
+    profile.add_argument("config", help="a config file, or the name of a shipped config")
+    _add_set_option(profile)
+    profile.add_argument(
+        "--batch", type=int, default=1, help="time at batch 1 and at this batch size"
+    )
+    profile.add_argument("--out", required=True, help="the table to write (JSON)")
+    profile.add_argument(
+        "--fresh", action="store_true", help="time again instead of reading the kept table"
+    )
+    profile.set_defaults(run=_profile)
 
     report = commands.add_parser("report", help="write a run's static HTML report")
     report.add_argument("run_dir", help="a search or retraining run directory")
