@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from nasax.core.config import CostConfig
-from nasax.core.errors import ConfigError
+from nasax.core.errors import ConfigError, NasaxError
 from nasax.search.budget import Budget
 from nasax.search.costs import CostTable
 from nasax.search.discretize import Limit, derive_cell, derive_genotype
@@ -281,3 +281,20 @@ def test_a_budgeted_search_finds_a_cell_within_it(strategy, tiny_npz, tmp_path):
     if strategy == "gdas":
         records = [json.loads(line) for line in (tmp_path / strategy / "metrics.jsonl").open()]
         assert any("expected_cost" in r for r in records)
+        from nasax.app.report import render_report
+
+        page = render_report(tmp_path / strategy)
+        assert 'id="cost"' in page and 'id="img-cost"' in page
+
+
+def test_image_classifier_budgets_the_network_final_fit_trains():
+    from nasax.app.classifier import ImageClassifier
+
+    clf = ImageClassifier(space="nb201", max_params=2e5)
+    clf.image_shape, clf.num_classes = (8, 8, 1), 10
+    cost = clf._config("search", "digits").search.cost
+    final = clf._config("final", "digits").model
+    assert (cost.metric, cost.target) == ("params", 2e5)
+    assert (cost.deploy.channels, cost.deploy.layers) == (final.channels, final.layers)
+    with pytest.raises(NasaxError, match="not both"):
+        ImageClassifier(max_params=1e6, max_latency_ms=3.0)

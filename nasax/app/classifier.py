@@ -68,6 +68,9 @@ class ImageClassifier:
         directory, project_name: the runs go to `directory/project_name/{search,final}`.
         overwrite: replace those run directories if they exist.
         quiet: no progress bars.
+        max_params: the found cell's network, as `final_fit` trains it, has at most this
+            many parameters (`search.cost`; every strategy keeps to it).
+        max_latency_ms: ... or takes at most this many ms per image on this machine.
     """
 
     def __init__(
@@ -85,7 +88,18 @@ class ImageClassifier:
         project_name: str = "image_classifier",
         overwrite: bool = False,
         quiet: bool = False,
+        max_params: float | None = None,
+        max_latency_ms: float | None = None,
     ) -> None:
+        if max_params is not None and max_latency_ms is not None:
+            raise NasaxError("ImageClassifier: give max_params or max_latency_ms, not both")
+        self.budget = (
+            {"metric": "params", "target": max_params}
+            if max_params is not None
+            else {"metric": "latency", "target": max_latency_ms}
+            if max_latency_ms is not None
+            else None
+        )
         if space not in SIZES:
             raise NasaxError(
                 f"ImageClassifier: space must be one of {sorted(SIZES)}, got {space!r}"
@@ -280,6 +294,10 @@ class ImageClassifier:
         }
         if run == "search":
             data["search"] = {"strategy": self.strategy, "epochs": self.max_epochs}
+            if self.budget is not None:  # priced at the network final_fit trains
+                final = SIZES[self.space]["small" if side <= 16 else "large"]["final"]
+                deploy = {k: final[k] for k in ("channels", "layers") if k in final}
+                data["search"]["cost"] = {**self.budget, "deploy": deploy}
             data["run"]["time_limit"] = self.time_limit
         else:
             data["train"] = {

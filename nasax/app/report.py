@@ -103,6 +103,39 @@ def _curves_section(records: list[dict[str, Any]]) -> list[str]:
     return ["<h2>Curves</h2>", _img("curves", png, "image/png", caption)]
 
 
+_COST_FIELDS = (
+    ("metric", "budget metric"),
+    ("target", "budget target"),
+    ("within_target", "within the target"),
+    ("params", "parameters at the deployed size"),
+    ("flops", "FLOPs per image at the deployed size"),
+    ("latency_ms_predicted", "latency predicted (ms)"),
+    ("latency_ms_measured", "latency measured here (ms)"),
+    ("latency_batch_size", "latency batch size"),
+)
+
+
+def _cost_section(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+    """A budgeted search's cost: the found cell's figures and the expected cost by step."""
+    from nasax.loop.plots import cost_figure, png_bytes
+
+    cost = summary.get("cost") if summary else None
+    if not cost:
+        return []
+    rows = [
+        f"<tr><th>{html.escape(label)}</th><td>{html.escape(_format(cost[key]))}</td></tr>"
+        for key, label in _COST_FIELDS
+        if key in cost
+    ]
+    out = ["<h2>Budget</h2>", '<table id="cost">', *rows, "</table>"]
+    if any("expected_cost" in r for r in records):
+        unit = {"params": "parameters", "flops": "FLOPs", "latency": "ms"}[cost["metric"]]
+        png = png_bytes(cost_figure(records, cost["target"], unit))
+        caption = "expected cost of the architecture by step, and the target"
+        out.append(_img("cost", png, "image/png", caption))
+    return out
+
+
 def _arch_section(run_dir: Path) -> list[str]:
     from nasax.loop.plots import arch_kinds, evolution_figure, heatmap_figure, png_bytes
 
@@ -163,6 +196,7 @@ def render_report(run_dir: str | os.PathLike) -> str:
     sections: Iterable[str] = [
         *_summary_section(summary),
         *_curves_section(records),
+        *_cost_section(summary, records),
         *_arch_section(run_dir),
         *_cells_section(run_dir),
         *_config_section(run_dir),

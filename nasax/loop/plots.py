@@ -123,6 +123,21 @@ def curves_figure(records: Sequence[Mapping[str, Any]]) -> Any:
     return fig
 
 
+def cost_figure(records: Sequence[Mapping[str, Any]], target: float, unit: str) -> Any:
+    """The expected cost of the architecture by step (a budgeted search), and its target."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    points = [(r["step"], r["expected_cost"]) for r in records if "expected_cost" in r]
+    ax.plot(*zip(*points), label="expected cost")
+    ax.axhline(target, color="#a33", linestyle="--", label="target")
+    ax.set_xlabel("step")
+    ax.set_ylabel(unit)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def png_bytes(fig: Any, dpi: int = 110) -> bytes:
     """The figure as PNG bytes; the figure is closed."""
     plt = _pyplot()
