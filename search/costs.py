@@ -36,12 +36,15 @@ class CostTable:
         ops: cell kind -> (edges, ops) price of each op on each edge, summed over the
             cells of that kind (`none` costs 0).
         space: the space's name.
+        constant: the cost of a network that computes a constant (its cells' output
+            depends on no input, so XLA folds it).
     """
 
     metric: str
     fixed: float
     ops: Mapping[str, np.ndarray]
     space: str
+    constant: float = 0.0
 
     def of_paths(self, paths: Mapping[str, Any]) -> jax.Array:
         """The cost of a cell given as op indices per edge (`none` on dropped edges);
@@ -54,20 +57,23 @@ class CostTable:
 
     def of_genotype(self, genotype: Genotype, space: SearchSpace) -> float:
         """The cost of the network a genotype of `space` deploys as. Parameters count
-        every edge; the other metrics only the edges whose output is used, as XLA drops
-        the rest (a node whose every outgoing edge is `none`, in NAS-Bench-201)."""
+        every edge; the other metrics only the edges that compute (`live_edges`), as
+        XLA drops or folds the rest, and a network whose cells' output does not depend
+        on their input costs `constant` (NAS-Bench-201 cells cut off by `none`)."""
         genotype.validate(space, searched=True)
         total = float(self.fixed)
         for kind, table in self.ops.items():
             nodes = genotype.cell(kind)[0]
-            used = (
-                set(range(space.n_nodes)) if self.metric == "params" else used_nodes(nodes, space)
-            )
+            live = None if self.metric == "params" else live_edges(nodes, space)
+            if live is not None and not live:
+                return float(self.constant)
             for node, pairs in enumerate(nodes):
-                if node not in used:
-                    continue
                 edges = space.node_edges(node)
-                total += sum(float(table[edges[src], space.ops.index(op)]) for op, src in pairs)
+                total += sum(
+                    float(table[edges[src], space.ops.index(op)])
+                    for op, src in pairs
+                    if live is None or (node, src) in live
+                )
         return total
 
     def expected(
@@ -129,24 +135,32 @@ class CostTable:
             "space": self.space,
             "fixed": self.fixed,
             "ops": {k: np.asarray(v).tolist() for k, v in self.ops.items()},
+            "constant": self.constant,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CostTable:
         ops = {k: np.asarray(v, np.float64) for k, v in data["ops"].items()}
-        return cls(data["metric"], float(data["fixed"]), ops, data["space"])
+        return cls(
+            data["metric"], float(data["fixed"]), ops, data["space"], float(data["constant"])
+        )
 
 
-def used_nodes(nodes: tuple, space: SearchSpace, every: bool = False) -> set[int]:
-    """The intermediate nodes whose value reaches the cell's output through edges that
-    are not `none` (every node where `none` is never derived, or with `every`)."""
-    if every:
-        return set(range(space.n_nodes))
-    used = {i - space.n_inputs for i in space.concat}
-    for node in reversed(range(space.n_nodes)):
-        if node in used:
-            used |= {src - space.n_inputs for op, src in nodes[node] if op != "none"}
-    return {n for n in used if n >= 0}
+def live_edges(nodes: tuple, space: SearchSpace) -> set[tuple[int, int]]:
+    """The (node, input) edges of a cell that compute: not `none`, fed by a state that
+    depends on the cell's inputs, and feeding one the output depends on (where `none`
+    is never derived, every edge). Empty when the output depends on no input."""
+    edges = {(n, src) for n, pairs in enumerate(nodes) for op, src in pairs if op != "none"}
+    reached = set(range(space.n_inputs))
+    for n in range(space.n_nodes):
+        if any((n, src) in edges and src in reached for src in range(space.n_inputs + n)):
+            reached.add(space.n_inputs + n)
+    used = set(space.concat) & reached
+    for n in reversed(range(space.n_nodes)):
+        if space.n_inputs + n in used:
+            used |= {src for node, src in edges if node == n and src in reached}
+    live = {(n, src) for n, src in edges if space.n_inputs + n in used and src in reached}
+    return live if used else set()
 
 
 def format_cost(metric: str, value: float) -> str:
