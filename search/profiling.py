@@ -362,7 +362,7 @@ def network_ms(genotype: Genotype, deploy: Deploy, batch_size: int, repeats: int
     return measure_ms(forward, state, x, repeats)
 
 
-CALIBRATION_CELLS = 16
+CALIBRATION_CELLS = 12
 """Whole networks timed to fit the latency table (`latency_profile`)."""
 
 
@@ -432,35 +432,60 @@ def _features(
     return x
 
 
+FITS = ("affine", 0.1, 1.0, 10.0)
+"""The latency models `_fit_table` chooses from: the lone prices scaled and offset, or a
+ridge fit of every price toward them with these strengths."""
+
+
+def _solve(x: np.ndarray, y: np.ndarray, p0: np.ndarray, fit: str | float) -> np.ndarray:
+    """(fixed, prices...) of one model (`FITS`) on features `x` and latencies `y`."""
+    if fit == "affine":
+        (scale, fixed), *_ = np.linalg.lstsq(np.stack([x @ p0, np.ones(len(y))], 1), y, None)
+        return np.concatenate([[fixed], max(scale, 0.0) * p0])
+    weight = np.sqrt(float(fit) * max(float(np.mean(x**2)), 1e-12))
+    design = np.vstack(
+        [
+            np.hstack([np.ones((len(y), 1)), x]),
+            np.hstack([np.zeros((len(p0), 1)), weight * np.eye(len(p0))]),
+        ]
+    )
+    solution, *_ = np.linalg.lstsq(design, np.concatenate([y, weight * p0]), rcond=None)
+    return np.concatenate([solution[:1], np.maximum(solution[1:], 0.0)])
+
+
 def _fit_table(
     space: SearchSpace,
     groups: dict[str, np.ndarray],
     prior: dict[str, np.ndarray],
     cells: Sequence[Genotype],
     measured: np.ndarray,
-    ridge: float = 0.1,
 ) -> CostTable:
-    """The latency table fitted to whole networks: measured ~ fixed + sum of the prices
-    of their used (edge group, op) pairs, by least squares with each price pulled toward
-    its prior (`ridge` times the mean squared feature, per price)."""
+    """The latency table fitted to whole networks: measured ~ fixed + the prices of
+    their computing (edge group, op) pairs. Of the models in `FITS`, the one with the
+    least leave-one-out relative error over the networks is fitted to all of them."""
     n_groups = 1 + max(int(g.max()) for g in groups.values())
-    priced = priced_ops(space)
     p0 = np.zeros((n_groups, space.n_ops))
     for kind in space.cell_kinds:
         for e, g in enumerate(groups[kind]):
             p0[g] = prior[kind][e]
-    columns = [(g, k) for g in range(n_groups) for k in priced]
-    x = np.array([_features(c, space, groups, n_groups)[tuple(zip(*columns))] for c in cells])
-    design = np.hstack([np.ones((len(cells), 1)), x])
-    weight = np.sqrt(ridge * max(float(np.mean(x**2)), 1e-12))
-    penalty = np.hstack([np.zeros((len(columns), 1)), weight * np.eye(len(columns))])
-    target = np.concatenate([measured, weight * p0[tuple(zip(*columns))]])
-    solution, *_ = np.linalg.lstsq(np.vstack([design, penalty]), target, rcond=None)
-    fixed, fitted = float(solution[0]), np.maximum(solution[1:], 0.0)
+    columns = tuple(zip(*[(g, k) for g in range(n_groups) for k in priced_ops(space)]))
+    x = np.array([_features(c, space, groups, n_groups)[columns] for c in cells])
+    y, prior_prices = np.asarray(measured), p0[columns]
+
+    def loo_error(fit: str | float) -> float:
+        errors = []
+        for i in range(len(y)):
+            rest = np.arange(len(y)) != i
+            solution = _solve(x[rest], y[rest], prior_prices, fit)
+            errors.append(abs(solution[0] + x[i] @ solution[1:] - y[i]) / y[i])
+        return float(np.mean(errors))
+
+    best = min(FITS, key=loo_error)
+    solution = _solve(x, y, prior_prices, best)
     prices = np.zeros((n_groups, space.n_ops))
-    prices[tuple(zip(*columns))] = fitted
+    prices[columns] = solution[1:]
     ops = {kind: prices[groups[kind]] for kind in space.cell_kinds}
-    return CostTable("latency", fixed, ops, space.name)
+    return CostTable("latency", float(solution[0]), ops, space.name)
 
 
 def profile_space(
