@@ -4,7 +4,7 @@ takes, and what the cost term adds to a search step. One JSON line per figure.
     python benchmarks/cost.py latency --space nb201 --cells 50 --batch 1
     python benchmarks/cost.py retest --space nb201 --cells 10 --batch 1
     python benchmarks/cost.py profile --space darts --batch 1
-    python benchmarks/cost.py step --target 1e6 --runs 3
+    python benchmarks/cost.py step --target 1e6 --runs 3 --channels 16 --layers 5
 
 Networks are the space's published size (DARTS C36 L20, NAS-Bench-201 C16 N5) on 32x32x3
 images and 10 classes, with zero weights; latency is the fastest of repeated calls.
@@ -35,6 +35,12 @@ def deploy_of(space: str) -> Deploy:
     return Deploy(d["channels"], d["layers"], (32, 32), 3, 10)
 
 
+def _relative(args: argparse.Namespace, difference) -> np.ndarray:
+    """|difference(genotype)| over `args.cells` random cells of `args.space` (fixed seed)."""
+    space, rng = get_space(args.space), np.random.default_rng(args.seed)
+    return np.abs([difference(random_genotype(space, rng)) for _ in range(args.cells)])
+
+
 def latency(args: argparse.Namespace) -> list[dict]:
     """Predicted against measured latency of random cells' networks."""
     space, deploy = get_space(args.space), deploy_of(args.space)
@@ -43,13 +49,13 @@ def latency(args: argparse.Namespace) -> list[dict]:
     profile_s = time.perf_counter() - tick
     out = []
     for batch in args.batch:
-        rng = np.random.default_rng(args.seed)
-        errors = []
-        for _ in range(args.cells):
-            genotype = random_genotype(space, rng)
-            predicted = profile.table("latency", batch).of_genotype(genotype, space)
-            errors.append(predicted / network_ms(genotype, deploy, batch, args.repeats) - 1)
-        errors = np.abs(errors)
+        table = profile.table("latency", batch)
+
+        def error(genotype, table=table, batch=batch) -> float:
+            measured = network_ms(genotype, deploy, batch, args.repeats)
+            return table.of_genotype(genotype, space) / measured - 1
+
+        errors = _relative(args, error)
         out.append(
             {
                 "bench": "cost_latency_prediction",
@@ -67,16 +73,15 @@ def latency(args: argparse.Namespace) -> list[dict]:
 
 def retest(args: argparse.Namespace) -> list[dict]:
     """The same network measured twice (each a fresh compile): the floor of any predictor."""
-    space, deploy = get_space(args.space), deploy_of(args.space)
+    deploy = deploy_of(args.space)
     out = []
     for batch in args.batch:
-        rng = np.random.default_rng(args.seed)
-        spread = []
-        for _ in range(args.cells):
-            genotype = random_genotype(space, rng)
+
+        def twice(genotype, batch=batch) -> float:
             a, b = (network_ms(genotype, deploy, batch, args.repeats) for _ in range(2))
-            spread.append(abs(a / b - 1))
-        spread = np.array(spread)
+            return a / b - 1
+
+        spread = _relative(args, twice)
         out.append(
             {
                 "bench": "cost_latency_retest",
@@ -108,14 +113,17 @@ def profile(args: argparse.Namespace) -> list[dict]:
 
 
 def step(args: argparse.Namespace) -> list[dict]:
-    """DARTS' first-order search step at C16 L8, batch 64, 32x32, with and without a
-    params budget, the two alternating."""
-    data = random_dataset(256, 32, 3, 10, args.seed)
-    pool = batch_pool(data, 64)
+    """DARTS' first-order search step (C16 L5, batch 32, 16x16 by default) with and
+    without a params budget, the two alternating."""
+    data = random_dataset(8 * args.step_batch, args.image, 3, 10, args.seed)
+    pool = batch_pool(data, args.step_batch)
     figures: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(args.runs):
         for mode in ("off", "on"):
-            base = {"search": {"strategy": "darts", "batch_size": 64, "epochs": 1}}
+            base = {
+                "model": {"channels": args.channels, "layers": args.layers},
+                "search": {"strategy": "darts", "batch_size": args.step_batch, "epochs": 1},
+            }
             sets = (
                 []
                 if mode == "off"
@@ -130,9 +138,10 @@ def step(args: argparse.Namespace) -> list[dict]:
                 strategy.step,
                 state,
                 lambda it: (pool[(2 * it) % 4], pool[(2 * it + 1) % 4]),
-                batch=64,
+                batch=args.step_batch,
                 warmup=2,
                 steps=args.steps,
+                execution="auto",
             )
             figures[mode].append(timing["step_ms"])
     off, on = np.median(figures["off"]), np.median(figures["on"])
@@ -159,6 +168,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--target", type=float, default=1e6)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--channels", type=int, default=16)
+    ap.add_argument("--layers", type=int, default=5)
+    ap.add_argument("--image", type=int, default=16)
+    ap.add_argument("--step-batch", type=int, default=32)
     args = ap.parse_args(argv)
     lines = globals()[args.figure](args)
     for line in lines:

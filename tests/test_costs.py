@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,7 @@ from nasax.search.profiling import (
 )
 from nasax.search.single_path import genotype_paths, paths_genotype, sample_paths
 from nasax.search.task import run_search
+from nasax.supernet.genotypes import DARTS_V2
 from nasax.supernet.spaces import get_space
 from tests.test_strategy_runs import STRATEGIES, TINY_NB201
 
@@ -298,3 +300,56 @@ def test_image_classifier_budgets_the_network_final_fit_trains():
     assert (cost.deploy.channels, cost.deploy.layers) == (final.channels, final.layers)
     with pytest.raises(NasaxError, match="not both"):
         ImageClassifier(max_params=1e6, max_latency_ms=3.0)
+
+
+def test_nasax_profile_writes_a_table_a_latency_search_keeps_to(tiny_npz, tmp_path, capsys):
+    from nasax.app.cli import main
+
+    tiny = [
+        f"data.name=npz:{tiny_npz}",
+        "search.cost.metric=latency",
+        "search.cost.target=1000",
+        "search.cost.deploy.channels=4",
+        "search.cost.deploy.layers=1",
+    ]
+    sets = [a for s in tiny for a in ("--set", s)]
+    table = tmp_path / "table.json"
+    assert main(["profile", "darts_nb201_digits", *sets, "--out", str(table), "--fresh"]) == 0
+    assert "profiled space 'nb201' at C4 L1 8x8" in capsys.readouterr().out
+    saved = json.loads(table.read_text())
+    assert saved["device"]["platform"] == jax.devices()[0].platform
+    assert set(saved["tables"]) == {"params", "flops", "bytes", "latency@1"}
+    latency = CostTable.from_json(saved["tables"]["latency@1"])
+    space = get_space("nb201")
+    cheapest, _ = latency.cheapest(space)
+    target = cheapest + 0.3 * (
+        latency.of_genotype(random_genotype(space, np.random.default_rng(0)), space) - cheapest
+    )
+    summary = _budget_search(
+        tiny_npz,
+        tmp_path / "r",
+        "gdas",
+        tiny[1],
+        f"search.cost.target={target}",
+        *tiny[3:],
+        f"search.cost.table={table}",
+    )
+    assert summary["cost"]["latency_ms_predicted"] <= target
+
+
+def test_nasax_show_gives_a_cells_cost_at_the_published_size(capsys, tmp_path):
+    from nasax.app.cli import main
+
+    assert main(["show", "DARTS_V2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"cost at C36 L20 32x32x3, 10 classes: 3\.3\d\d M parameters", out), out
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "genotype.json").write_text(DARTS_V2.to_json())
+    cost = {"metric": "params", "target": 4e6, "deploy": SMALL["darts"].to_json()}
+    cost |= {"params": 1_234_567, "flops": 5e7, "latency_ms_measured": 2.5}
+    (run / "summary.json").write_text(json.dumps({"cost": {**cost, "latency_batch_size": 1}}))
+    assert main(["show", str(run / "genotype.json")]) == 0
+    assert "cost at C8 L5 8x8: 1.235 M parameters, 50.0 MFLOPs per image, 2.50 ms" in (
+        capsys.readouterr().out
+    )

@@ -8,7 +8,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nasax.core.errors import NasaxError, StorageError
 from nasax.engine.compilation_cache import enable_compilation_cache
@@ -89,6 +89,46 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cost_line(genotype: Any, source: str) -> str:
+    """The cell's cost: a budgeted search's figures from the summary.json beside it, else
+    parameters and FLOPs at the space's published network on 32x32x3, 10 classes."""
+    import json
+
+    from nasax.search.costs import format_cost
+
+    summary = Path(source).with_name("summary.json")
+    found = Path(source).is_file() and summary.is_file()
+    cost = json.loads(summary.read_text()).get("cost") if found else None
+    if cost:
+        d = cost["deploy"]
+        where = f"C{d['channels']} L{d['layers']} {d['image_size'][0]}x{d['image_size'][1]}"
+        measured = cost.get("latency_ms_measured")
+        latency = f", {measured:.2f} ms measured at batch {cost['latency_batch_size']}"
+        return (
+            f"cost at {where}: {format_cost('params', cost['params'])}, "
+            f"{format_cost('flops', cost['flops'])} per image"
+            + (latency if measured is not None else "")
+            + f" (budget: {cost['metric']} <= {cost['target']:g})"
+        )
+    from nasax.search.profiling import Deploy, profile_space
+    from nasax.supernet.skeletons import skeleton_of
+
+    space = genotype.resolve_space()
+    try:
+        genotype.validate(space, searched=True)
+    except NasaxError as e:
+        return f"cost: not priced ({e})"
+    defaults = skeleton_of(space).discrete_network.defaults
+    deploy = Deploy(defaults["channels"], defaults["layers"], (32, 32), 3, 10)
+    profile = profile_space(space, deploy, [])
+    params = profile.table("params").of_genotype(genotype, space)
+    flops = profile.table("flops").of_genotype(genotype, space)
+    return (
+        f"cost at C{deploy.channels} L{deploy.layers} 32x32x3, 10 classes: "
+        f"{format_cost('params', params)}, {format_cost('flops', flops)} per image"
+    )
+
+
 def _show(args: argparse.Namespace) -> int:
     from nasax.core.io import atomic_write_text
     from nasax.supernet.drawing import (
@@ -101,6 +141,7 @@ def _show(args: argparse.Namespace) -> int:
 
     genotype = load_genotype(args.genotype)
     print(genotype_text(genotype))
+    print(_cost_line(genotype, args.genotype))
     if args.out:
         try:
             print(f"drew the cells to {draw_genotype(genotype, args.out)}")
