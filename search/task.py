@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -223,7 +224,11 @@ class SearchRun(TaskRun):
         """The step, and the evaluations compiled at their first call; a later run given
         the same program cache (a resume, another trial) reuses them."""
         build = partial(self._build_programs, state)
-        programs = self.cached_programs(build, steps_per_epoch=self.steps_per_epoch)
+        budget = self.plan.budget  # its prices are constants of the step (a measured table)
+        table = None if budget is None else json.dumps(budget.table.to_json(), sort_keys=True)
+        programs = self.cached_programs(
+            build, steps_per_epoch=self.steps_per_epoch, cost_table=table
+        )
         step_fn, self.eval_fn, self.cell_eval_fn = programs
         return step_fn
 

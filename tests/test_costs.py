@@ -353,3 +353,21 @@ def test_nasax_show_gives_a_cells_cost_at_the_published_size(capsys, tmp_path):
     assert "cost at C8 L5 8x8: 1.235 M parameters, 50.0 MFLOPs per image, 2.50 ms" in (
         capsys.readouterr().out
     )
+
+
+def test_a_tuning_studys_front_keeps_the_trials_no_other_beats(tmp_path):
+    from nasax.app.tune import _add_costs, pareto_front
+
+    points = [(3.0, 0.9), (1.0, 0.7), (2.0, 0.95), (2.5, 0.8), (1.0, 0.6)]
+    assert pareto_front(points, maximize=True) == [1, 2]
+    assert pareto_front([(c, -v) for c, v in points], maximize=False) == [1, 2]
+    trials = []
+    for i, (cost, value) in enumerate(points):
+        run = tmp_path / f"trial_{i:03d}"
+        run.mkdir()
+        summary = {"cost": {"metric": "params", "params": cost}}
+        (run / "summary.json").write_text(json.dumps(summary))
+        trials.append({"state": "complete", "value": value, "run_dir": str(run)})
+    _add_costs(trials, True, tmp_path)
+    assert [t["pareto"] for t in trials] == [False, True, True, False, False]
+    assert (tmp_path / "pareto.png").stat().st_size > 0

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from nasax.core.config import Config, TuneConfig, TuneParam, apply_overrides
@@ -236,6 +237,7 @@ def _write_summary(study: Any, base: Config, out: Path) -> dict[str, Any]:
         "trials": trials,
         "best": None,
     }
+    _add_costs(trials, base.tune.direction == "maximize", out)
     if study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
         best = study.best_trial
         summary["best"] = {"number": best.number, "value": best.value, "params": best.params}
@@ -245,4 +247,45 @@ def _write_summary(study: Any, base: Config, out: Path) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["run_tune", "suggest", "trial_config"]
+def trial_cost(run_dir: Path) -> float | None:
+    """A budgeted trial's cost in its budget's metric (latency: measured), or None."""
+    summary = run_dir / "summary.json"
+    cost = json.loads(summary.read_text()).get("cost") if summary.is_file() else None
+    if not cost:
+        return None
+    return cost["latency_ms_measured"] if cost["metric"] == "latency" else cost[cost["metric"]]
+
+
+def pareto_front(points: list[tuple[float, float]], maximize: bool) -> list[int]:
+    """Indices of the (cost, value) points no other point beats on both: as cheap or
+    cheaper and at least as good, better on one."""
+    sign = 1.0 if maximize else -1.0
+    front, best = [], -np.inf
+    for i in sorted(range(len(points)), key=lambda i: (points[i][0], -sign * points[i][1])):
+        if sign * points[i][1] > best:
+            front.append(i)
+            best = sign * points[i][1]
+    return sorted(front)
+
+
+def _add_costs(trials: list[dict[str, Any]], maximize: bool, out: Path) -> None:
+    """Each budgeted trial's cost, which trials are on the accuracy-cost front, and its
+    plot (pareto.png), for a study over budgets."""
+    priced = []
+    for t in trials:
+        cost = trial_cost(Path(t["run_dir"]))
+        if cost is not None and t["state"] == "complete":
+            t["cost"] = cost
+            priced.append(t)
+    if not priced:
+        return
+    points = [(t["cost"], t["value"]) for t in priced]
+    front = set(pareto_front(points, maximize))
+    for i, t in enumerate(priced):
+        t["pareto"] = i in front
+    from nasax.loop.plots import pareto_figure, save_png
+
+    save_png(pareto_figure(points, sorted(front)), out / "pareto.png")
+
+
+__all__ = ["pareto_front", "run_tune", "suggest", "trial_config"]

@@ -138,6 +138,21 @@ def cost_figure(records: Sequence[Mapping[str, Any]], target: float, unit: str) 
     return fig
 
 
+def pareto_figure(points: Sequence[tuple[float, float]], front: Sequence[int]) -> Any:
+    """A tuning study's trials by cost and value, the front of those no other beats."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.scatter(*zip(*points), color="#999", label="trials")
+    line = sorted(points[i] for i in front)
+    ax.plot(*zip(*line), marker="o", color="#a33", label="front")
+    ax.set_xlabel("cost")
+    ax.set_ylabel("value")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def png_bytes(fig: Any, dpi: int = 110) -> bytes:
     """The figure as PNG bytes; the figure is closed."""
     plt = _pyplot()
