@@ -16,7 +16,7 @@ from flax import nnx
 from nasax.core.config import CostConfig
 from nasax.core.errors import ConfigError, NasaxError
 from nasax.search.budget import Budget
-from nasax.search.costs import CostTable
+from nasax.search.costs import CostTable, live_edges
 from nasax.search.discretize import Limit, derive_cell, derive_genotype
 from nasax.search.evolution import mutate_within
 from nasax.search.options import load_config
@@ -167,6 +167,22 @@ def test_the_hard_limit_keeps_darts_cells_under_the_target_and_changes_nothing_u
         assert skips <= 2
     with pytest.raises(ConfigError, match="no cell of space 'darts' costs at most"):
         derive_genotype(weights, space, limit=Limit(table, cheapest * 0.99))
+
+
+def test_the_cheapest_cell_is_never_above_any_cells_cost():
+    """Latency prices of a fit may be negative, and a cell cut off by `none` costs the
+    constant network: `cheapest` bounds every NAS-Bench-201 cell from below, and is the
+    constant network's cost where that is the cheapest."""
+    space = get_space("nb201")
+    rng = np.random.default_rng(3)
+    table = CostTable("latency", 0.09, {"normal": rng.normal(0.01, 0.02, (6, 5))}, "nb201", 0.05)
+    table.ops["normal"][:, space.ops.index("none")] = 0.0
+    cheapest, paths = table.cheapest(space)
+    costs = [table.of_genotype(paths_genotype(p, space), space) for p in _nb201_cells(space)]
+    assert cheapest <= min(costs) + 1e-9
+    positive = CostTable("latency", 0.09, {"normal": np.abs(table.ops["normal"])}, "nb201", 0.05)
+    cheapest, paths = positive.cheapest(space)
+    assert cheapest == 0.05 == positive.of_genotype(paths_genotype(paths, space), space)
 
 
 def test_derive_cell_is_what_the_limit_ranks_first(profiles):
@@ -322,9 +338,11 @@ def test_nasax_profile_writes_a_table_a_latency_search_keeps_to(tiny_npz, tmp_pa
     latency = CostTable.from_json(saved["tables"]["latency@1"])
     space = get_space("nb201")
     cheapest, _ = latency.cheapest(space)
-    target = cheapest + 0.3 * (
-        latency.of_genotype(random_genotype(space, np.random.default_rng(0)), space) - cheapest
-    )
+    rng = np.random.default_rng(0)
+    cell = random_genotype(space, rng)
+    while not live_edges(cell.cell("normal")[0], space):  # a cell that computes
+        cell = random_genotype(space, rng)
+    target = cheapest + 0.3 * (latency.of_genotype(cell, space) - cheapest)
     summary = _budget_search(
         tiny_npz,
         tmp_path / "r",
@@ -371,3 +389,38 @@ def test_a_tuning_studys_front_keeps_the_trials_no_other_beats(tmp_path):
     _add_costs(trials, True, tmp_path)
     assert [t["pareto"] for t in trials] == [False, True, True, False, False]
     assert (tmp_path / "pareto.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("form", ["hinge", "linear", "log"])
+def test_the_budget_term_adds_its_gradient_to_the_losss(form, profiles):
+    """with_budget's gradient is that of the whole objective (loss and cost term)."""
+    from nasax.search.budget import with_budget
+    from nasax.search.strategy import softmax_weights
+    from nasax.supernet.network import ArchParam
+
+    space = get_space("nb201")
+    table = profiles["nb201"].table("params")
+    target = 0.5 * (table.fixed + float(table.expected({"normal": jnp.full((6, 5), 0.2)}, space)))
+    options = CostConfig(metric="params", target=target, form=form, weight=0.7, exponent=0.6)
+    budget = Budget(table, space, options)
+    alphas = jax.random.normal(jax.random.PRNGKey(0), (6, 5))
+    arch = nnx.State({"alpha_normal": ArchParam(alphas)})
+    probe = jax.random.normal(jax.random.PRNGKey(1), (6, 5))
+
+    def loss_of(a):  # a stand-in for the validation loss, through the same alphas
+        return jnp.sum(jax.nn.softmax(a) * probe) ** 2 + 1.0
+
+    def objective(a):
+        cost = budget.expected({"normal": jax.nn.softmax(a)})
+        return loss_of(a) + budget.penalty(cost, loss_of(a))
+
+    loss, grad = jax.value_and_grad(loss_of)(alphas)
+    grads = nnx.State({"alpha_normal": ArchParam(grad)})
+    combined, metrics = with_budget(budget, arch, grads, loss, softmax_weights)
+    np.testing.assert_allclose(
+        nnx.to_pure_dict(combined)["alpha_normal"],
+        jax.grad(objective)(alphas),
+        rtol=2e-4,
+        atol=1e-6,
+    )
+    assert float(metrics["expected_cost"]) > 0
