@@ -40,6 +40,7 @@ from nasax.search.strategy import (
     SupernetState,
     register_strategy,
 )
+from nasax.search.zero_cost import ZeroCostWarmup, ranked_cells
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.network import Forward
 from nasax.supernet.spaces import SearchSpace
@@ -59,6 +60,9 @@ class EvolutionOptions(BaseModel):
     select_batches: int = Field(2, ge=1, description="validation batches that score a cell")
     weights_from: str | None = Field(
         None, description="a search run directory whose supernet weights to start from"
+    )
+    warmup: ZeroCostWarmup | None = Field(
+        None, description="the first population: the best of a pool by a zero-cost proxy"
     )
 
     @property
@@ -174,6 +178,11 @@ def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
         def random_archs(n: int) -> list[Arch]:
             keys = jax.random.split(jax.random.PRNGKey(int(rng.integers(2**31))), n)
             stacked = {k: np.asarray(v) for k, v in sample_many(keys).items()}
+            warm = options.warmup
+            if warm is not None:  # the best n of a ranked pool instead
+                stacked, _ = ranked_cells(
+                    net, state, held_out[0], max(warm.pool, n), warm.proxy, warm.chunk
+                )
             return [{k: v[i] for k, v in stacked.items()} for i in range(n)]
 
         def fitness(archs: Sequence[Arch]) -> np.ndarray:

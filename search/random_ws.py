@@ -8,6 +8,7 @@ with the shared weights on the same validation batches, and keeps the best.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import islice
 
 import jax
 import numpy as np
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from nasax.loop.data import Batch
 from nasax.search.single_path import (
     best_candidate,
+    images_and_labels,
     path_scorer,
     paths_genotype,
     sample_paths,
@@ -29,6 +31,7 @@ from nasax.search.strategy import (
     SupernetState,
     register_strategy,
 )
+from nasax.search.zero_cost import ZeroCostWarmup, ranked_cells
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.network import Forward
 
@@ -43,6 +46,9 @@ class RandomWsOptions(BaseModel):
 
     candidates: int = Field(100, ge=1, description="random architectures ranked at the end")
     select_batches: int = Field(10, ge=1, description="validation batches that score each one")
+    warmup: ZeroCostWarmup | None = Field(
+        None, description="rank a pool by a zero-cost proxy; the best `candidates` are scored"
+    )
 
 
 @register_strategy("random_ws", RandomWsOptions)
@@ -66,10 +72,18 @@ def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
     score = path_scorer(net, setup)
 
     def select(state: SupernetState, batches: Iterable[Batch]) -> Genotype:
-        keys = jax.random.split(jax.random.fold_in(state.rng, state.step), options.candidates)
-        candidates = jax.vmap(lambda key: sample_paths(key, space, space.cell_kinds, budget))(keys)
+        held = list(islice(batches, options.select_batches))
+        warm = options.warmup
+        if warm is None:
+            keys = jax.random.split(jax.random.fold_in(state.rng, state.step), options.candidates)
+            candidates = jax.vmap(lambda k: sample_paths(k, space, space.cell_kinds, budget))(keys)
+        else:
+            pool, _ = ranked_cells(
+                net, state, images_and_labels(held[0]), warm.pool, warm.proxy, warm.chunk
+            )
+            candidates = {k: jax.numpy.asarray(v[: options.candidates]) for k, v in pool.items()}
         return best_candidate(
-            score, state, candidates, batches, options.select_batches, space, budget
+            score, state, candidates, iter(held), options.select_batches, space, budget
         )
 
     def derive(state: SupernetState) -> Genotype:

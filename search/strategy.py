@@ -133,6 +133,7 @@ BUILTIN_STRATEGIES = {
     "random_ws": "nasax.search.random_ws",
     "enas": "nasax.search.enas",
     "evolution": "nasax.search.evolution",
+    "zero_cost": "nasax.search.zero_cost",
 }
 """The strategies nasax ships, by the module whose import registers each; a registry
 imports one the first time its name is asked for, so `import nasax` loads none."""

@@ -183,6 +183,62 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    import time
+
+    import jax
+
+    from nasax.core.errors import ConfigError
+    from nasax.loop.data import load_dataset
+    from nasax.search.options import load_config
+    from nasax.search.scoring import (
+        proxy_list,
+        read_cells,
+        sample_cells,
+        score_batch,
+        score_cells,
+        scoring_network,
+    )
+    from nasax.supernet.spaces import get_space
+
+    if (args.sample is None) == (args.cells is None):
+        raise ConfigError("nasax score: give --sample N or --cells FILE (one of them)")
+    proxies = proxy_list(args.proxy)
+    config = load_config(args.config, args.set)
+    data, model = config.data, config.model
+    dataset = load_dataset(data.name, data.data_dir, data.num_classes)
+    space = get_space(model.space)
+    cells = (
+        read_cells(args.cells, space) if args.cells else sample_cells(space, args.sample, args.seed)
+    )
+    net = scoring_network(
+        space,
+        channels=model.channels,
+        layers=model.layers,
+        image_shape=dataset.image_shape,
+        num_classes=dataset.num_classes,
+        key=jax.random.PRNGKey(args.seed),
+        stem_multiplier=model.stem_multiplier,
+    )
+    batch = score_batch(dataset, args.batch, args.seed)
+    last = [0.0]
+
+    def report(done: int, total: int, rate: float) -> None:
+        if not args.quiet and (time.monotonic() - last[0] > 10 or done == total):
+            last[0] = time.monotonic()
+            print(f"scored {done}/{total} cells, {rate:.2f} cells/s", flush=True)
+
+    tick = time.perf_counter()
+    scored = score_cells(
+        net, cells, proxies, batch, jax.random.PRNGKey(args.seed), Path(args.out), report=report
+    )
+    print(
+        f"scored {scored} cells ({len(cells) - scored} were already in {args.out}) with "
+        f"{', '.join(proxies)} in {time.perf_counter() - tick:.0f} s; wrote {args.out}"
+    )
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from nasax.app.report import write_report
 
@@ -287,6 +343,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--fresh", action="store_true", help="time again instead of reading the kept table"
     )
     profile.set_defaults(run=_profile)
+
+    score = commands.add_parser(
+        "score", help="score cells with zero-cost proxies at initialisation; resumable"
+    )
+    score.add_argument("config", help="a config file, or the name of a shipped config")
+    _add_set_option(score)
+    which = score.add_mutually_exclusive_group()
+    which.add_argument(
+        "--sample", type=int, help="this many distinct random cells (all, if N >= the space)"
+    )
+    which.add_argument(
+        "--cells", help="a file of cells, one per line (NAS-Bench-201 string or JSON)"
+    )
+    score.add_argument(
+        "--proxy", default="synflow,jacob_cov,snip", help="comma-separated proxies to compute"
+    )
+    score.add_argument("--batch", type=int, default=64, help="images in the scoring minibatch")
+    score.add_argument(
+        "--seed", type=int, default=0, help="the weights', batch's and sample's seed"
+    )
+    score.add_argument("--out", required=True, help="the scores, one JSON line per cell")
+    score.add_argument("--quiet", action="store_true", help="no progress lines")
+    score.set_defaults(run=_score)
 
     report = commands.add_parser("report", help="write a run's static HTML report")
     report.add_argument("run_dir", help="a search or retraining run directory")
