@@ -26,6 +26,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from nb201_quality import load_table  # this folder's NB201 table reader (run as a script)
 
 from nasax.loop.data import load_dataset
 from nasax.search.proxies import VOTE, rank_vote
@@ -40,20 +41,6 @@ from nasax.supernet.spaces import get_space
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared"
-
-
-def load_table(path: Path) -> dict[str, tuple[float, float]]:
-    """NB201 arch string -> (CIFAR-10, CIFAR-100) test accuracy after 200 epochs."""
-    import csv
-
-    with open(path, newline="") as f:
-        return {
-            row["ArchitectureString"]: (
-                float(row["CIFAR10TestAccuracy200Epochs"]),
-                float(row["CIFAR100TestAccuracy200Epochs"]),
-            )
-            for row in csv.DictReader(f)
-        }
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -59,6 +59,11 @@ def resolve_search(search: SearchConfig) -> SearchConfig:
             "search.epochs must be at least 1, got 0; 0 (no weight training) needs trained "
             f"weights, e.g. search.evolution.weights_from (strategy: {name})"
         )
+    if search.epochs > 0 and getattr(options, "trains_nothing", False):
+        raise ValueError(
+            f"search.epochs must be 0 for strategy {name!r}, which trains no weight; "
+            f"got {search.epochs}"
+        )
     return search.model_copy(update={"strategy_sections": {name: options.model_dump()}})
 
 

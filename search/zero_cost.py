@@ -64,7 +64,12 @@ class ZeroCostOptions(BaseModel):
 
     @property
     def supplies_weights(self) -> bool:
-        """Scoring trains no weight, so the search runs with search.epochs 0."""
+        """Scoring needs no trained weight, so search.epochs may be 0..."""
+        return True
+
+    @property
+    def trains_nothing(self) -> bool:
+        """...and must be: there is no weight step."""
         return True
 
 
@@ -113,7 +118,7 @@ def make_zero_cost(setup: SearchSetup, options: ZeroCostOptions) -> Strategy:
     space = setup.space
 
     def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
-        raise ValueError("zero_cost trains nothing; run it with search.epochs: 0")
+        raise AssertionError("unreachable: config validation keeps zero_cost at epochs 0")
 
     def select(state: SupernetState, batches: Iterable[Batch]) -> Genotype:
         batch = images_and_labels(next(iter(batches)))

@@ -331,6 +331,8 @@ def test_ranked_cells_are_best_first_and_warm_evolution_starts_from_them(tiny_np
     assert summary["select_calls"] >= 1
     with pytest.raises(ConfigError, match=r"search\.cost"):
         load_config("zero_cost_nb201_digits", ["search.zero_cost.proxy=params"])
+    with pytest.raises(ConfigError, match="must be 0 for strategy 'zero_cost'"):
+        load_config("zero_cost_nb201_digits", ["search.epochs=3"])
     with pytest.raises(ConfigError, match="unknown proxy 'synflo'"):
         load_config("zero_cost_nb201_digits", ["search.zero_cost.proxy=synflo"])
 

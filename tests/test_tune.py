@@ -58,6 +58,7 @@ def test_tune_runs_a_study_and_resumes_it(tmp_path, tiny_npz):
     assert best_config.search.options == {
         "candidates": best["params"]["search.random_ws.candidates"],
         "select_batches": best["params"]["search.random_ws.select_batches"],
+        "warmup": None,
     }
     assert best_config.tune is None
     trial_dir = out / f"trial_{best['number']:03d}"
