@@ -112,10 +112,9 @@ class CostTable:
         return total
 
     def cheapest(self, space: SearchSpace) -> tuple[float, dict[str, np.ndarray]]:
-        """(cost, paths) of the space's cheapest cell: per node its cheapest kept edges,
-        each with its cheapest op a derived cell may hold, or the all-`none` cell where
-        the space derives one and its constant network costs less. A lower bound on every
-        genotype's `of_genotype` (a fit's negative prices count even on dead edges)."""
+        """(cost, paths) of the space's cheapest cell by `of_paths`, the measure the
+        discretizer's limit and the samplers keep to: per node its cheapest kept edges,
+        each with its cheapest op a derived cell may hold."""
         ops = [k for k, op in enumerate(space.ops) if op != "none" or space.derive_none]
         none = space.ops.index("none") if "none" in space.ops else 0
         total, paths = float(self.fixed), {}
@@ -129,9 +128,6 @@ class CostTable:
                     path[e] = best[e]
                     total += float(table[e, best[e]])
             paths[kind] = path
-        if self.metric != "params" and space.derive_none and self.constant < total:
-            none = space.ops.index("none")
-            return float(self.constant), {k: np.full(space.n_edges, none) for k in self.ops}
         return total, paths
 
     def to_json(self) -> dict[str, Any]:

@@ -462,7 +462,8 @@ def _fit_table(
 ) -> CostTable:
     """The latency table fitted to whole networks: measured ~ fixed + the prices of
     their computing (edge group, op) pairs. Of the models in `FITS`, the one with the
-    least leave-one-out relative error over the networks is fitted to all of them."""
+    least leave-one-out relative error over the networks is fitted to all of them, and
+    its prices are clipped at 0."""
     n_groups = 1 + max(int(g.max()) for g in groups.values())
     p0 = np.zeros((n_groups, space.n_ops))
     for kind in space.cell_kinds:
@@ -483,7 +484,9 @@ def _fit_table(
     best = min(FITS, key=loo_error)
     solution = _solve(x, y, prior_prices, best)
     prices = np.zeros((n_groups, space.n_ops))
-    prices[columns] = solution[1:]
+    # No op makes a network faster; a negative price is the fit's noise, and at 0 an edge
+    # that does not compute (of_genotype) never costs more than its price (of_paths).
+    prices[columns] = np.maximum(solution[1:], 0.0)
     ops = {kind: prices[groups[kind]] for kind in space.cell_kinds}
     return CostTable("latency", float(solution[0]), ops, space.name)
 
