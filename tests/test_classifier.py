@@ -23,8 +23,13 @@ def test_fit_stops_at_the_time_limit_with_the_latest_cell(tiny_classifier):
     assert epochs[-1].get("stopped") == "time_limit"
     assert [r for r in epochs if "stopped" in r] == [epochs[-1]]
     assert len(epochs) < 1000 and summary["steps"] == epochs[-1]["step"]
-    if summary["epochs_planned"] is not None:  # two epochs ran before the limit: it ends
-        assert summary["epochs_planned"] == len(epochs) == epochs[-1]["epochs_planned"]
+    if summary["epochs_planned"] is not None:  # two epochs ran before the limit planned
+        planned = [r["epochs_planned"] for r in epochs if "epochs_planned" in r]
+        assert summary["epochs_planned"] == planned[-1]
+        # It ends where the plan ends, or stops inside the plan's last epochs at the limit.
+        assert len(epochs) <= summary["epochs_planned"]
+        if "epochs_planned" in epochs[-1]:
+            assert len(epochs) == summary["epochs_planned"]
     # The cell kept is the one derived from the state the search stopped with.
     assert Genotype.load(clf.search_dir / "genotype.json") == clf.genotype
     assert summary["genotype_text"] == clf.genotype.to_arch_string()
