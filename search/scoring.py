@@ -186,8 +186,9 @@ def _from_path(space: SearchSpace, row: np.ndarray) -> Genotype:
 
 
 def cell_text(genotype: Genotype) -> str:
-    """A cell as one line: NAS-Bench-201's string, or the genotype's compact JSON."""
-    if genotype.resolve_space() == "nb201":
+    """A cell as one line: NAS-Bench-201's string where the space keeps every edge of
+    one cell (as NAS-Bench-201 does), else the genotype's compact JSON."""
+    if space_size(genotype.resolve_space()) is not None:
         return genotype.to_arch_string()
     return json.dumps(genotype.to_dict(), separators=(",", ":"))
 

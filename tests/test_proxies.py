@@ -257,6 +257,10 @@ def test_nasax_score_resumes_after_kill_9(tiny_npz, tmp_path):
     assert main([*_score_args(tiny_npz, whole), "--quiet"]) == 0
     rows = [json.loads(line) for line in whole.read_text().splitlines()]
     assert len(rows) == 48 and set(rows[0]) == {"genotype", "synflow", "snip", "params"}
+    space = get_space("nb201")
+    assert [Genotype.from_arch_string(r["genotype"], "nb201") for r in rows] == sample_cells(
+        space, 48, 0
+    )
     killed = tmp_path / "killed.jsonl"
     cmd = [sys.executable, "-m", "nasax.app.cli", *_score_args(tiny_npz, killed), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
