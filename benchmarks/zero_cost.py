@@ -26,6 +26,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from common import environment
 from nb201_quality import load_table  # this folder's NB201 table reader (run as a script)
 
 from nasax.loop.data import load_dataset
@@ -54,16 +55,6 @@ def bootstrap(a: np.ndarray, b: np.ndarray, n: int = 1000, seed: int = 0) -> lis
     rng = np.random.default_rng(seed)
     draws = [spearman(a[i], b[i]) for i in (rng.integers(0, len(a), len(a)) for _ in range(n))]
     return [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
-
-
-def _versions() -> dict[str, str]:
-    import platform
-
-    return {
-        "backend": jax.default_backend(),
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def rho(args: argparse.Namespace) -> list[dict]:
@@ -114,7 +105,7 @@ def rho(args: argparse.Namespace) -> list[dict]:
                 "rho_cifar10_95": bootstrap(values[ok], truth[ok, 0]),
                 "rho_cifar100": spearman(values[ok], truth[ok, 1]),
                 "cells_per_s": rates.get(name),
-                **_versions(),
+                **environment(),
             }
             print(json.dumps(line), flush=True)
             lines.append(line)
@@ -155,7 +146,7 @@ def search(args: argparse.Namespace) -> list[dict]:
                 "cifar10": found,
                 "cifar10_mean": float(np.mean(found)),
                 "cifar10_min": float(np.min(found)),
-                **_versions(),
+                **environment(),
             }
             print(json.dumps(line), flush=True)
             lines.append(line)

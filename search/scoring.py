@@ -13,7 +13,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,7 +169,8 @@ def sample_cells(space: SearchSpace, n: int, seed: int) -> list[Genotype]:
     size = space_size(space)
     if size is not None and n >= size:
         order = np.indices((len(space.ops),) * space.n_edges).reshape(space.n_edges, -1).T
-        return [_from_path(space, row) for row in order]
+        kind = space.cell_kinds[0]
+        return [reference_genotype(space, {kind: row}) for row in order]
     rng = np.random.default_rng(seed)
     cells, seen = [], set()
     while len(cells) < n:
@@ -179,10 +180,6 @@ def sample_cells(space: SearchSpace, n: int, seed: int) -> list[Genotype]:
             seen.add(text)
             cells.append(genotype)
     return cells
-
-
-def _from_path(space: SearchSpace, row: np.ndarray) -> Genotype:
-    return reference_genotype(space, {space.cell_kinds[0]: np.asarray(row)})
 
 
 def cell_text(genotype: Genotype) -> str:
@@ -244,9 +241,19 @@ def _done_lines(out: Path, cells: Sequence[Genotype], proxies: Sequence[str]) ->
     return len(rows)
 
 
-def _chunks(items: Sequence[Any], size: int, start: int) -> Iterator[tuple[int, list[Any]]]:
-    for begin in range(start, len(items), size):
-        yield begin, list(items[begin : begin + size])
+def _chunk_scores(
+    programs: dict[str, Callable[[Paths, dict[str, jax.Array], jax.Array], np.ndarray]],
+    part: Paths,
+    chunk: int,
+    batch: dict[str, jax.Array],
+    key: jax.Array,
+) -> dict[str, np.ndarray]:
+    """Each proxy's scores of up to `chunk` stacked cells, padded with the last cell to
+    `chunk` so every call has one shape (one compile)."""
+    n = jax.tree.leaves(part)[0].shape[0]
+    idx = np.minimum(np.arange(chunk), n - 1)
+    padded = {k: v[idx] for k, v in part.items()}
+    return {name: program(padded, batch, key)[:n] for name, program in programs.items()}
 
 
 def score_cells(
@@ -272,13 +279,10 @@ def score_cells(
     start = _done_lines(out, cells, proxies)
     programs = {name: proxy_program(net, name) for name in proxies}
     tick, scored = time.perf_counter(), 0
-    for begin, part in _chunks(cells, chunk, start):
-        padded = part + [part[-1]] * (chunk - len(part))  # one shape: one compile
-        stacked = stack_cells(padded, net.space)
-        figures = {
-            name: program(stacked, batch, jax.random.fold_in(key, begin))[: len(part)]
-            for name, program in programs.items()
-        }
+    for begin in range(start, len(cells), chunk):
+        part = list(cells[begin : begin + chunk])
+        stacked = stack_cells(part, net.space)
+        figures = _chunk_scores(programs, stacked, chunk, batch, jax.random.fold_in(key, begin))
         lines = []
         for k, genotype in enumerate(part):
             row: dict[str, Any] = {"genotype": cell_text(genotype)}
@@ -308,15 +312,19 @@ def cell_scores(
     published vote's members (higher is better either way); chunks of `chunk` cells
     share one compiled program."""
     names = list(VOTE) if proxy == "vote" else [proxy]
+    programs = {name: proxy_program(net, name) for name in names}
     n = jax.tree.leaves(cells)[0].shape[0]
-    scores: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for name in names:
-        program = proxy_program(net, name)
-        for begin in range(0, n, chunk):
-            idx = np.minimum(np.arange(begin, begin + chunk), n - 1)  # pad with the last
-            part = {k: v[idx] for k, v in cells.items()}
-            scores[name].append(program(part, batch, jax.random.fold_in(key, begin))[: n - begin])
-    columns = {name: np.concatenate(parts)[:n] for name, parts in scores.items()}
+    parts = [
+        _chunk_scores(
+            programs,
+            {k: v[begin : begin + chunk] for k, v in cells.items()},
+            chunk,
+            batch,
+            jax.random.fold_in(key, begin),
+        )
+        for begin in range(0, n, chunk)
+    ]
+    columns = {name: np.concatenate([p[name] for p in parts]) for name in names}
     if proxy == "vote":
         return rank_vote(columns, names)
     values = columns[proxy]
