@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from nasax.engine import taps
 from nasax.engine.marking import block
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.ops import OPS, BatchNorm, FactorizedReduce, ReLUConvBN, build_op, param_keys
@@ -102,7 +103,7 @@ class MixedEdge(nnx.Module):
                 return lambda edge, x: edge._op(position[k], x, train)
             return lambda edge, x: edge._zeros(x)
 
-        y = nnx.switch(path, [branch(k) for k in range(self.n_ops)], self, x)
+        y = taps.switch(path, [branch(k) for k in range(self.n_ops)], self, x)
         if weights is None:
             return y
         chosen = weights[path]

@@ -19,6 +19,7 @@ from flax import nnx
 from jax import lax
 
 from nasax.engine.marking import block
+from nasax.engine.taps import tap
 from nasax.supernet.cells import PlainCell, fixed_edges
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.network import (
@@ -31,7 +32,7 @@ from nasax.supernet.network import (
     halved,
     linear,
 )
-from nasax.supernet.ops import BatchNorm, Conv, ParamKeys, ReLUConvBN, param_keys
+from nasax.supernet.ops import BatchNorm, Conv, ParamKeys, ReLUConvBN, param_keys, relu
 from nasax.supernet.spaces import SearchSpace
 
 CELL_KIND = "normal"
@@ -73,8 +74,13 @@ class Head(nnx.Module):
         self.classifier = linear(channels, num_classes, rngs)
 
     @block
+    def features(self, x: jax.Array, train: bool) -> jax.Array:
+        """What the global average pool reads: BatchNorm then ReLU."""
+        return relu(self.bn(x, train))
+
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        return self.classifier(jnp.mean(jax.nn.relu(self.bn(x, train)), axis=(1, 2)))
+        pooled = jnp.mean(tap("features", self.features(x, train)), axis=(1, 2))
+        return tap("linear", self.classifier(pooled), pooled.shape[-1])
 
 
 def stage_channels(channels: int, layers: int) -> list[int | None]:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nasax.engine.marking import block
+from nasax.engine.taps import tap
 from nasax.supernet.cells import (
     Cell,
     CellPlan,
@@ -423,7 +424,8 @@ class DartsStack(nnx.Module):
         for i, cell in enumerate(self.cells):
             kind = "reduce" if i in reductions else "normal"
             s0, s1 = s1, run_cell(i, kind, cell, s0, s1)
-        return self.classifier(jnp.mean(s1, axis=(1, 2)))
+        pooled = jnp.mean(tap("features", s1), axis=(1, 2))
+        return tap("linear", self.classifier(pooled), pooled.shape[-1])
 
     def _mixed_cell(
         self, kind: str, plan: CellPlan, space: SearchSpace, make_edge: Callable, rngs: ParamKeys

@@ -20,6 +20,7 @@ from jax import lax
 
 from nasax.core.registry import Registry
 from nasax.engine.marking import block, forward_mode
+from nasax.engine.taps import tap
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -269,8 +270,8 @@ def _depthwise_windows(
     size = kernel.shape[0]
     taps = _windows(x, size, stride, padding, dilation)
     out = taps[0] * kernel[0, 0, 0]
-    for t, tap in enumerate(taps[1:], 1):
-        out = out + tap * kernel[t // size, t % size, 0]
+    for t, window in enumerate(taps[1:], 1):
+        out = out + window * kernel[t // size, t % size, 0]
     return out
 
 
@@ -359,6 +360,10 @@ class Conv(nnx.Module):
         self.depthwise = depthwise
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel.shape
+        return tap("conv", self._conv(x), math.prod(kernel[:-1]))
+
+    def _conv(self, x: jax.Array) -> jax.Array:
         if self.depthwise:
             return depthwise_conv(
                 x,
@@ -400,6 +405,7 @@ class BatchNorm(nnx.Module):
             var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))
             n = x.size // x.shape[-1]
             m = self.momentum
+            var = tap("bn_var", var)
             unbiased = var * (n / max(n - 1, 1))
             self.mean.set_value((1 - m) * self.mean[...] + m * lax.stop_gradient(mean))
             self.var.set_value((1 - m) * self.var[...] + m * lax.stop_gradient(unbiased))
@@ -415,6 +421,11 @@ class BatchNorm(nnx.Module):
 
 
 # ------------------------------------------------------------------ building blocks
+
+
+def relu(x: jax.Array) -> jax.Array:
+    """ReLU, its input reported to a proxy's tap (`nasax.engine.taps`)."""
+    return jax.nn.relu(tap("relu", x))
 
 
 class ReLUConvBN(nnx.Module):
@@ -435,7 +446,7 @@ class ReLUConvBN(nnx.Module):
 
     @block
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        return self.bn(self.conv(jax.nn.relu(x)), train)
+        return self.bn(self.conv(relu(x)), train)
 
 
 class DilConv(nnx.Module):
@@ -466,7 +477,7 @@ class DilConv(nnx.Module):
         self.bn = BatchNorm(c_out, affine)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        return self.bn(self.pointwise(self.depthwise(jax.nn.relu(x))), train)
+        return self.bn(self.pointwise(self.depthwise(relu(x))), train)
 
 
 class FactorizedConv(nnx.Module):
@@ -483,20 +494,20 @@ class FactorizedConv(nnx.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         s, p = self.stride, self.pad
         y = lax.conv_general_dilated(
-            jax.nn.relu(x),
+            relu(x),
             self.row[...].astype(x.dtype),
             window_strides=(1, s),
             padding=((0, 0), (p, p)),
             dimension_numbers=_DIMS,
         )
         y = lax.conv_general_dilated(
-            y,
+            tap("conv", y, math.prod(self.row.shape[:-1])),
             self.column[...].astype(x.dtype),
             window_strides=(s, 1),
             padding=((p, p), (0, 0)),
             dimension_numbers=_DIMS,
         )
-        return self.bn(y, train)
+        return self.bn(tap("conv", y, math.prod(self.column.shape[:-1])), train)
 
 
 class SepConv(nnx.Module):
@@ -535,7 +546,7 @@ class FactorizedReduce(nnx.Module):
 
     @block
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = jax.nn.relu(x)
+        x = relu(x)
         shifted = x[:, 1:, 1:, :]
         height, width = x.shape[1], x.shape[2]
         shifted = jnp.pad(shifted, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
@@ -590,9 +601,9 @@ def _max_pool_first_taps(x: jax.Array, stride: int) -> tuple[jax.Array, jax.Arra
     `_max_pool_taps`' rule, and it also has a forward-mode derivative."""
     taps = _windows(x, 3, stride, 1, 1, fill=-jnp.inf)
     out, first = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
-    for t, tap in enumerate(taps[1:], 1):
-        better = (tap > out) | jnp.isnan(tap)  # NaN wins, as in PyTorch
-        out = jnp.where(better, tap, out)
+    for t, window in enumerate(taps[1:], 1):
+        better = (window > out) | jnp.isnan(window)  # NaN wins, as in PyTorch
+        out = jnp.where(better, window, out)
         first = jnp.where(better, jnp.int8(t), first)
     return out, first
 

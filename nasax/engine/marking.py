@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from nasax.engine import taps
+
 BLOCK_NAME = "nasax_block"
 """The name of every block's jitted call; autodiff keeps it on the transformed calls."""
 
@@ -76,7 +78,7 @@ def forward_differentiable(fn: Callable) -> Callable:
     return _traced_with(_FORWARD_MODE, True, fn)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
 def nasax_block(
     method: Callable,
     graphdef: nnx.GraphDef,
@@ -84,14 +86,17 @@ def nasax_block(
     statics: tuple,
     remat: str,
     forward: bool,
+    the_tap: taps.Tap | None,
     state: Any,
     arrays: tuple,
-) -> tuple[Any, nnx.State]:
+    tap_inputs: dict[str, jax.Array],
+) -> tuple[Any, nnx.State, taps.Totals]:
     """One block call: the module rebuilt from `state`, `method` applied, and the
-    BatchNorm statistics it set returned (the only state a block may change). `remat`
-    and `forward` are the trace settings the method's ops read, so they key the trace."""
+    BatchNorm statistics it set returned (the only state a block may change), with the
+    totals of a tap (`nasax.engine.taps`; none without one). `remat`, `forward` and the
+    tap are the trace settings the method's ops read, so they key the trace."""
 
-    def applied(state: Any, arrays: tuple) -> tuple[Any, nnx.State]:
+    def applied(state: Any, arrays: tuple, tap_inputs: dict) -> tuple[Any, nnx.State, dict]:
         module = nnx.merge(graphdef, state)
         leaves, it = [], iter(arrays)
         for static in statics:
@@ -99,18 +104,23 @@ def nasax_block(
         args, kwargs = jax.tree.unflatten(treedef, leaves)
         stats = nnx.to_flat_state(nnx.state(module, nnx.BatchStat))
         before = {path: v[...] for path, v in stats}
-        out = method(module, *args, **kwargs)
+        if the_tap is None:
+            out, totals = method(module, *args, **kwargs), {}
+        else:
+            out, totals = taps.nested_call(
+                the_tap, tap_inputs, lambda: method(module, *args, **kwargs)
+            )
         after = nnx.to_flat_state(nnx.state(module, nnx.BatchStat))
         # Only the statistics the call set (none in evaluation), so a block that changes
         # nothing changes nothing outside either (and may run inside any control flow).
         changed = [(path, v) for path, v in after if v[...] is not before[path]]
-        return out, nnx.from_flat_state(changed)
+        return out, nnx.from_flat_state(changed), totals
 
     apply = _traced_with(_FORWARD_MODE, forward, applied)
     policy = REMAT_POLICIES[remat]
     if policy is not None:
         apply = jax.checkpoint(apply, policy=policy)
-    return apply(state, arrays)
+    return apply(state, arrays, tap_inputs)
 
 
 class _ArrayLeaf:
@@ -138,9 +148,15 @@ def block(method: Callable) -> Callable:
         statics = tuple(_ARRAY if _is_array(x) else x for x in leaves)
         arrays = tuple(x for x in leaves if _is_array(x))
         remat, forward = _REMAT.get(), _FORWARD_MODE.get()
-        out, stats = nasax_block(method, graphdef, treedef, statics, remat, forward, state, arrays)
+        found = taps.current()
+        the_tap, tap_inputs = found if found is not None else (None, {})
+        out, stats, totals = nasax_block(
+            method, graphdef, treedef, statics, remat, forward, the_tap, state, arrays, tap_inputs
+        )
         if stats:
             nnx.update(self, stats)
+        if the_tap is not None:
+            taps.add_totals(totals)
         return out
 
     return call
