@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -23,6 +24,7 @@ import optax
 
 from nasax.core.registry import Registry
 from nasax.engine.marking import forward_differentiable
+from nasax.engine.taps import Totals, tapped
 
 Apply = Callable[[Any, jax.Array, bool], jax.Array]
 """apply(params, images, train) -> logits of one cell's network (train: BN on the batch)."""
@@ -155,6 +157,158 @@ def jacob_cov(
     v = jnp.linalg.eigvalsh(corr)
     k = 1e-5
     return -jnp.sum(jnp.log(v + k) + 1.0 / (v + k))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _fisher_probe(x: jax.Array, probe: jax.Array, fan_in: int) -> jax.Array:
+    """The identity on `x`; its backward pass gives `probe` the layer's Fisher term."""
+    return x
+
+
+def _fisher_probe_fwd(x: jax.Array, probe: jax.Array, fan_in: int) -> tuple[jax.Array, tuple]:
+    return x, (x, probe)
+
+
+def _fisher_probe_bwd(fan_in: int, res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, probe = res
+    per_channel = jnp.sum(x * g, axis=tuple(range(1, x.ndim - 1)))  # (images, channels)
+    term = 0.5 * fan_in * jnp.sum(jnp.mean(jnp.square(per_channel), axis=0))
+    return g, term.astype(probe.dtype)
+
+
+_fisher_probe.defvjp(_fisher_probe_fwd, _fisher_probe_bwd)
+
+
+@dataclass(frozen=True)
+class _FisherTap:
+    """Every conv and linear output through `_fisher_probe` (the trace's input "probe")."""
+
+    def zeros(self) -> Totals:
+        return {}
+
+    def report(self, site: str, x: jax.Array, inputs: Mapping[str, jax.Array], fan_in: int):
+        if site in ("conv", "linear"):
+            return _fisher_probe(x, inputs["probe"], fan_in), {}
+        return x, {}
+
+
+@register_proxy("fisher", paper="Turner et al. 2020; Abdelfattah et al. 2021")
+def fisher(apply: Apply, params: Any, batch: Mapping[str, jax.Array], key: jax.Array) -> jax.Array:
+    """Σ over the output channels of every conv and linear layer of ½ mean over images of
+    (Σ over positions a ∂L/∂a)², a the channel's output: the Fisher information of
+    removing the channel (Turner et al.). As Abdelfattah et al. score it, each weight
+    takes its channel's value and the weights are summed, so a channel counts its
+    layer's fan-in times; BN on the batch."""
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+
+    def loss(probe: jax.Array) -> jax.Array:
+        run = tapped(_FisherTap(), apply, {"probe": probe})
+        logits, _ = run(params, batch["image"], True)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))
+
+    return jax.grad(loss)(jnp.zeros((), dtype))
+
+
+@dataclass(frozen=True)
+class _CodesTap:
+    """NASWOT's kernel: per ReLU, the images' binary codes c (input > 0) add
+    c cᵀ + (1 - c)(1 - c)ᵀ, the units on which two images agree."""
+
+    images: int
+
+    def zeros(self) -> Totals:
+        return {"kernel": jnp.zeros((self.images, self.images), jnp.float32)}
+
+    def report(self, site: str, x: jax.Array, inputs: Mapping[str, jax.Array], fan_in: int):
+        if site != "relu":
+            return x, {}
+        codes = (x > 0).reshape(x.shape[0], -1).astype(jnp.float32)
+        on = jnp.sum(codes, axis=1)
+        both = codes @ codes.T
+        # (1 - c)(1 - c)ᵀ = units - on_i - on_j + c cᵀ
+        agree = 2 * both + codes.shape[1] - on[:, None] - on[None, :]
+        return x, {"kernel": agree}
+
+
+@register_proxy("nwot", paper="Mellor et al. 2021 (NASWOT, v2)")
+def nwot(apply: Apply, params: Any, batch: Mapping[str, jax.Array], key: jax.Array) -> jax.Array:
+    """log |det K|, K the images' agreement kernel over every ReLU's binary activation
+    codes (`_CodesTap`), BN on the batch: high when the network tells images apart.
+
+    The determinant is taken of K divided by its diagonal (the number of units), with
+    images · log(units) added back, so float32 keeps it precise.
+    """
+    images = batch["image"]
+    _, totals = tapped(_CodesTap(images.shape[0]), apply)(params, images, True)
+    kernel = totals["kernel"]
+    units = kernel[0, 0]
+    _, logdet = jnp.linalg.slogdet(kernel / units)
+    return logdet + images.shape[0] * jnp.log(units)
+
+
+@dataclass(frozen=True)
+class _ZenTap:
+    """Zen-NAS' readings: Σ log σ over the BatchNorms (σ² the batch variance averaged over
+    channels) and the features the global average pool reads."""
+
+    def zeros(self) -> Totals:
+        return {"log_bn": jnp.zeros((), jnp.float32)}
+
+    def report(self, site: str, x: jax.Array, inputs: Mapping[str, jax.Array], fan_in: int):
+        if site == "bn_var":  # a BN on a dead input (variance 0) is left out
+            var = jnp.mean(x).astype(jnp.float32)
+            return x, {"log_bn": jnp.where(var > 0, 0.5 * jnp.log(jnp.maximum(var, 1e-30)), 0.0)}
+        if site == "features":
+            return x, {"features": x}
+        return x, {}
+
+
+ZEN_MIXUP = 0.01
+"""Zen-NAS' perturbation scale (alpha)."""
+
+
+def zen_draws(
+    params: Any, shape: tuple[int, ...], dtype: Any, key: jax.Array
+) -> tuple[Any, jax.Array, jax.Array]:
+    """Zen's random draws: `params` with every weight from N(0, 1), Gaussian images x of
+    `shape`, and x + αε."""
+    weights_key, x_key, eps_key = jax.random.split(key, 3)
+    leaves, treedef = jax.tree.flatten(params)
+    mask = jax.tree.leaves(weight_mask(params))
+    keys = jax.random.split(weights_key, len(leaves))
+    drawn = [
+        jax.random.normal(k, p.shape, p.dtype) if m else p
+        for k, p, m in zip(keys, leaves, mask, strict=True)
+    ]
+    x = jax.random.normal(x_key, shape, dtype)
+    mixed = x + ZEN_MIXUP * jax.random.normal(eps_key, shape, dtype)
+    return jax.tree.unflatten(treedef, drawn), x, mixed
+
+
+def zen_of(apply: Apply, weights: Any, x: jax.Array, mixed: jax.Array) -> jax.Array:
+    """The Zen score of the network at `weights` for the images `x` and `mixed`."""
+    _, first = tapped(_ZenTap(), apply)(weights, x, True)
+    _, second = tapped(_ZenTap(), apply)(weights, mixed, True)
+    diff = jnp.abs(first["features"] - second["features"])
+    gap = jnp.mean(jnp.sum(diff.reshape(x.shape[0], -1), axis=1))
+    return jnp.log(gap) + first["log_bn"]
+
+
+@register_proxy("zen", paper="Lin et al. 2021 (Zen-NAS)")
+def zen(apply: Apply, params: Any, batch: Mapping[str, jax.Array], key: jax.Array) -> jax.Array:
+    """log E ||f(x) - f(x + αε)||₁ + Σ log σ over the BatchNorms, with every weight drawn
+    from N(0, 1), x and ε Gaussian images, f the features before the global average pool
+    and σ each BN's batch deviation (BN on the batch): the network's expressivity. Reads
+    only the batch's shape.
+
+    Departs from the reference code in two ways: σ is the batch's deviation (as the paper
+    defines it), not the running average PyTorch's BN keeps after the two passes; and a
+    BN whose input is dead (variance 0, behind a `none` edge) is left out rather than
+    adding log 0.
+    """
+    images = batch["image"]
+    weights, x, mixed = zen_draws(params, images.shape, images.dtype, key)
+    return zen_of(apply, weights, x, mixed)
 
 
 def rank_vote(scores: Mapping[str, Sequence[float]], members: Sequence[str]) -> np.ndarray:

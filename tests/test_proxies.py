@@ -16,20 +16,28 @@ import pytest
 from flax import nnx
 
 from nasax.core.errors import ConfigError
+from nasax.engine.taps import tap
 from nasax.loop.data import load_dataset
 from nasax.search.options import load_config, validate_config
 from nasax.search.proxies import (
+    PROXIES,
     cross_entropy,
+    fisher,
     get_proxy,
     grad_norm,
     grasp,
     jacob_cov,
+    nwot,
     rank_vote,
     snip,
     synflow,
+    zen,
+    zen_draws,
+    zen_of,
 )
 from nasax.search.scoring import (
     ScoringNetwork,
+    _proxy_scores,
     cell_apply,
     proxy_program,
     read_cells,
@@ -47,7 +55,7 @@ from nasax.supernet.skeletons import skeleton_of
 from nasax.supernet.spaces import get_space
 
 KEY = jax.random.PRNGKey(0)
-NEURAL = ("synflow", "grad_norm", "snip", "grasp", "jacob_cov")
+NEURAL = ("synflow", "grad_norm", "snip", "grasp", "jacob_cov", "fisher", "nwot")
 
 
 def _linear2(params, x, train):
@@ -131,6 +139,68 @@ def test_jacob_cov_is_the_correlation_spectrum_of_per_image_jacobians():
     assert float(jacob_cov(_mlp, params, batch, KEY)) == pytest.approx(expected, rel=1e-4)
 
 
+def _tapped_mlp(params, x, train):
+    """A two-layer ReLU network reporting to taps where the supernet's layers do."""
+    z = tap("linear", x.reshape(x.shape[0], -1) @ params["w1"], params["w1"].shape[0])
+    return tap("linear", jax.nn.relu(tap("relu", z)) @ params["w2"], params["w2"].shape[0])
+
+
+def _softmax(z):
+    p = np.exp(z - z.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
+def test_fisher_is_half_the_mean_squared_activation_gradient_product_per_unit():
+    params, batch = _mlp_params(h=7), _batch()
+    w1, w2 = (np.asarray(params[k], np.float64) for k in ("w1", "w2"))
+    x = np.asarray(batch["image"], np.float64).reshape(8, -1)
+    z1 = x @ w1
+    z2 = np.maximum(z1, 0) @ w2
+    g2 = (_softmax(z2) - np.eye(3)[np.asarray(batch["label"])]) / len(x)
+    g1 = (g2 @ w2.T) * (z1 > 0)
+    # each channel counted once per weight feeding it (fan-in 6, then 7)
+    expected = sum(
+        0.5 * fan_in * np.sum(np.mean((z * g) ** 2, axis=0))
+        for z, g, fan_in in ((z1, g1, 6), (z2, g2, 7))
+    )
+    got = float(fisher(_tapped_mlp, params, batch, KEY))
+    assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_nwot_is_the_log_determinant_of_the_binary_code_kernel():
+    params, batch = _mlp_params(h=40), _batch()
+    x = np.asarray(batch["image"], np.float64).reshape(8, -1)
+    codes = (x @ np.asarray(params["w1"], np.float64) > 0).astype(np.float64)
+    kernel = codes @ codes.T + (1 - codes) @ (1 - codes).T
+    sign, expected = np.linalg.slogdet(kernel)
+    assert sign > 0
+    assert float(nwot(_tapped_mlp, params, batch, KEY)) == pytest.approx(expected, rel=1e-4)
+
+
+def _zen_net(params, x, train):
+    """A linear layer, a BatchNorm on the batch, ReLU features and a classifier."""
+    z = x.reshape(x.shape[0], -1) @ params["w1"]
+    var = tap("bn_var", jnp.var(z, axis=0))
+    features = tap("features", jax.nn.relu((z - jnp.mean(z, axis=0)) / jnp.sqrt(var + 1e-5)))
+    return features @ params["w2"]
+
+
+def test_zen_is_the_feature_gap_under_gaussian_weights_plus_the_bn_log_deviations():
+    params, batch = _mlp_params(h=9), _batch()
+    weights, x, mixed = zen_draws(params, batch["image"].shape, batch["image"].dtype, KEY)
+    assert float(jnp.std(weights["w1"])) == pytest.approx(1.0, abs=0.5)  # redrawn
+    np.testing.assert_array_equal(weights["b1"], params["b1"])  # 1-D leaves kept
+
+    def features(images):
+        z = np.asarray(images, np.float64).reshape(8, -1) @ np.asarray(weights["w1"], np.float64)
+        return np.maximum((z - z.mean(0)) / np.sqrt(z.var(0) + 1e-5), 0), z.var(0)
+
+    (f1, var), (f2, _) = features(x), features(mixed)
+    expected = np.log(np.mean(np.abs(f1 - f2).sum(1))) + 0.5 * np.log(var.mean())
+    assert float(zen(_zen_net, params, batch, KEY)) == pytest.approx(expected, rel=1e-4)
+    assert float(zen_of(_zen_net, weights, x, mixed)) == pytest.approx(expected, rel=1e-4)
+
+
 def test_rank_vote_averages_ranks():
     scores = {"a": [3.0, 1.0, 2.0], "b": [1.0, 2.0, 3.0], "c": [float("nan"), 2.0, 1.0]}
     np.testing.assert_allclose(rank_vote(scores, ["a", "b", "c"]), [(2 + 0 + 0) / 3, 1, 4 / 3])
@@ -181,7 +251,7 @@ def _own_network_apply(space, net, genotype):
 
 def test_the_one_program_scorer_equals_each_cells_own_network(tiny):
     space, net, batch = tiny
-    cells = sample_cells(space, 3, seed=4)
+    cells = sample_cells(space, 2, seed=4)
     for name in NEURAL:
         scored = proxy_program(net, name)(stack_cells(cells, space), batch, KEY)
         for k, genotype in enumerate(cells):
@@ -194,6 +264,15 @@ def test_the_one_program_scorer_equals_each_cells_own_network(tiny):
             else:
                 own = float(get_proxy(name).fn(apply, params, batch, KEY))
             assert scored[k] == pytest.approx(own, rel=2e-3, abs=1e-6), (name, k)
+    # Zen: the same Gaussian draws, mapped onto each cell's own network
+    images = batch["image"]
+    weights, x, mixed = zen_draws(net.params, images.shape, images.dtype, KEY)
+    scored = proxy_program(net, "zen")(stack_cells(cells, space), batch, KEY)
+    drawn = ScoringNetwork(net.space, net.graphdef, net.arch, weights, net.stats)
+    for k, genotype in enumerate(cells):
+        apply, params = _own_network_apply(space, drawn, genotype)
+        own = float(zen_of(apply, params, x, mixed))
+        assert scored[k] == pytest.approx(own, rel=2e-3, abs=1e-5), ("zen", k)
 
 
 def test_scores_do_not_depend_on_the_batchs_order(tiny):
@@ -374,3 +453,17 @@ def test_ranked_cells_sort_the_pool_by_each_cells_own_score(tiny_npz):
         for c in cells["normal"]
     ]
     np.testing.assert_allclose(alone, scores, rtol=1e-3)
+    # A ranking from another state (new weights, another key) reuses the compiled program.
+    compiled = _proxy_scores._cache_size()
+    later = state._replace(rng=jax.random.fold_in(state.rng, 1))
+    ranked_cells(net, later, batch, 10, "snip", chunk=4)
+    assert _proxy_scores._cache_size() == compiled
+
+
+def test_nasax_score_lists_every_proxy_with_its_paper(capsys):
+    from nasax.app.cli import main
+
+    assert main(["score", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(PROXIES.names())
+    assert all(get_proxy(line.split()[0]).paper in line for line in lines)
