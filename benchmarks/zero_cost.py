@@ -90,20 +90,21 @@ def rho(args: argparse.Namespace) -> list[dict]:
         ]
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))
         truth = np.array([table[r["genotype"]] for r in rows])
-        columns = {n: np.array([np.nan if r[n] is None else r[n] for r in rows]) for n in proxies}
+        # a non-finite score (log 0 of a cell whose output ignores its input) ranks lowest
+        columns = {n: np.array([-np.inf if r[n] is None else r[n] for r in rows]) for n in proxies}
         if set(VOTE) <= set(proxies):
             columns["vote"] = rank_vote(columns, VOTE)
         for name, values in columns.items():
-            ok = np.isfinite(values)
             line = {
                 "bench": "zero_cost_rho",
                 "proxy": name,
                 "seed": seed,
-                "cells": int(ok.sum()),
+                "cells": len(values),
+                "not_finite": int(np.sum(~np.isfinite(values))),
                 "batch": args.batch,
-                "rho_cifar10": spearman(values[ok], truth[ok, 0]),
-                "rho_cifar10_95": bootstrap(values[ok], truth[ok, 0]),
-                "rho_cifar100": spearman(values[ok], truth[ok, 1]),
+                "rho_cifar10": spearman(values, truth[:, 0]),
+                "rho_cifar10_95": bootstrap(values, truth[:, 0]),
+                "rho_cifar100": spearman(values, truth[:, 1]),
                 "cells_per_s": rates.get(name),
                 **environment(),
             }

@@ -3,8 +3,9 @@
 The cell is an input of the program (one op index per edge, a `lax.switch` per edge on
 the supernet), so the 15,625 cells of NAS-Bench-201, or any sample of a larger space,
 compile once per proxy and chunk size. Every cell is scored with the same initial
-weights (the supernet's, from one key): the cells differ only in their ops, which makes
-the comparison between them less noisy than a fresh draw per cell.
+weights (the supernet's, from one key) and the same proxy key (Zen's Gaussian weights
+and images): the cells differ only in their ops, which makes the comparison between
+them less noisy than a fresh draw per cell.
 """
 
 from __future__ import annotations
@@ -94,42 +95,69 @@ def scoring_network(
 
 def cell_apply(net: ScoringNetwork, paths: Paths) -> Apply:
     """apply(params, images, train) -> logits of the cell `paths` on the supernet."""
+    return _cell_apply(net.graphdef, net.arch, net.stats, paths)
 
+
+def _cell_apply(graphdef: nnx.GraphDef, arch: Any, stats: Any, paths: Paths) -> Apply:
     def apply(params: Any, images: jax.Array, train: bool) -> jax.Array:
-        model = nnx.merge(net.graphdef, net.arch, params, net.stats, copy=True)
+        model = nnx.merge(graphdef, arch, params, stats, copy=True)
         return model(images, train=train, paths=paths)
 
     return apply
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _proxy_scores(
+    graphdef: nnx.GraphDef,
+    name: str,
+    arch: Any,
+    params: Any,
+    stats: Any,
+    cells: Paths,
+    batch: dict[str, jax.Array],
+    key: jax.Array,
+) -> jax.Array:
+    """Each stacked cell's score under proxy `name`, one cell at a time (`lax.map`), all
+    with the same weights and key. One compile per supernet structure, proxy and chunk
+    shape: the weights are arguments, so a new initialisation reuses it."""
+    fn = get_proxy(name).fn
+
+    def one(paths: Paths) -> jax.Array:
+        return fn(_cell_apply(graphdef, arch, stats, paths), params, batch, key)
+
+    return jax.lax.map(one, cells)
 
 
 def proxy_program(
     net: ScoringNetwork, name: str
 ) -> Callable[[Paths, dict[str, jax.Array], jax.Array], np.ndarray]:
     """score(stacked paths, batch, key) -> each cell's score under proxy `name`, as a
-    float64 host array. Compiles once per number of cells; float64 proxies run with
-    JAX's 64-bit mode on for their trace and their call."""
+    float64 host array. Float64 proxies run with JAX's 64-bit mode on for their trace
+    and their call."""
     proxy = get_proxy(name)
     if proxy.table is not None:
         table = net.table(proxy.table)
         return lambda cells, batch, key: np.asarray(jax.vmap(table.of_paths)(cells), np.float64)
-    fn = proxy.fn
-
-    @jax.jit
-    def scores(params: Any, cells: Paths, batch: dict[str, jax.Array], key: jax.Array):
-        def one(args: tuple[Paths, jax.Array]) -> jax.Array:
-            paths, k = args
-            return fn(cell_apply(net, paths), params, batch, k)
-
-        n = jax.tree.leaves(cells)[0].shape[0]
-        return jax.lax.map(one, (cells, jax.random.split(key, n)))
 
     def run(cells: Paths, batch: dict[str, jax.Array], key: jax.Array) -> np.ndarray:
         if not proxy.x64:
-            return np.asarray(scores(net.params, cells, batch, key), np.float64)
+            out = _proxy_scores(
+                net.graphdef, name, net.arch, net.params, net.stats, cells, batch, key
+            )
+            return np.asarray(out, np.float64)
         with jax.enable_x64(True):
             wide = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), net.params)
             images = jnp.asarray(batch["image"], jnp.float64)
-            out = scores(wide, cells, {**batch, "image": images}, key)
+            out = _proxy_scores(
+                net.graphdef,
+                name,
+                net.arch,
+                wide,
+                net.stats,
+                cells,
+                {**batch, "image": images},
+                key,
+            )
             return np.asarray(out, np.float64)
 
     return run
@@ -282,7 +310,7 @@ def score_cells(
     for begin in range(start, len(cells), chunk):
         part = list(cells[begin : begin + chunk])
         stacked = stack_cells(part, net.space)
-        figures = _chunk_scores(programs, stacked, chunk, batch, jax.random.fold_in(key, begin))
+        figures = _chunk_scores(programs, stacked, chunk, batch, key)
         lines = []
         for k, genotype in enumerate(part):
             row: dict[str, Any] = {"genotype": cell_text(genotype)}
@@ -320,7 +348,7 @@ def cell_scores(
             {k: v[begin : begin + chunk] for k, v in cells.items()},
             chunk,
             batch,
-            jax.random.fold_in(key, begin),
+            key,
         )
         for begin in range(0, n, chunk)
     ]

@@ -201,8 +201,20 @@ def _score(args: argparse.Namespace) -> int:
     )
     from nasax.supernet.spaces import get_space
 
+    if args.list:
+        from nasax.search.proxies import get_proxy, proxy_names
+
+        for name in proxy_names():
+            proxy = get_proxy(name)
+            kind = "cost table" if proxy.table else "float64" if proxy.x64 else "float32"
+            print(f"{name:<10} {kind:<10} {proxy.paper}")
+        return 0
+    if args.config is None:
+        raise ConfigError("nasax score: give a config (a file, or a shipped config's name)")
     if (args.sample is None) == (args.cells is None):
         raise ConfigError("nasax score: give --sample N or --cells FILE (one of them)")
+    if args.out is None:
+        raise ConfigError("nasax score: give --out FILE.jsonl for the scores")
     proxies = proxy_list(args.proxy)
     config = load_config(args.config, args.set)
     data, model = config.data, config.model
@@ -347,8 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser(
         "score", help="score cells with zero-cost proxies at initialisation; resumable"
     )
-    score.add_argument("config", help="a config file, or the name of a shipped config")
+    score.add_argument("config", nargs="?", help="a config file, or the name of a shipped config")
     _add_set_option(score)
+    score.add_argument(
+        "--list", action="store_true", help="list the proxies and their papers, and exit"
+    )
     which = score.add_mutually_exclusive_group()
     which.add_argument(
         "--sample", type=int, help="this many distinct random cells (all, if N >= the space)"
@@ -363,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--seed", type=int, default=0, help="the weights', batch's and sample's seed"
     )
-    score.add_argument("--out", required=True, help="the scores, one JSON line per cell")
+    score.add_argument("--out", help="the scores, one JSON line per cell (required)")
     score.add_argument("--quiet", action="store_true", help="no progress lines")
     score.set_defaults(run=_score)
 
