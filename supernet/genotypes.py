@@ -304,7 +304,10 @@ def _check_cell(
     else:
         from nasax.supernet.skeletons import skeleton_of  # its networks import this module
 
-        ops = skeleton_of(space).ops
+        try:
+            ops = skeleton_of(space).ops
+        except KeyError as e:
+            raise GenotypeError(f"space {space.name!r}: {e.args[0]}") from None
         allowed = [o for o in ops.names() if space.derive_none or o != "none"]
         where = f"an op cells of space {space.name!r} can hold"
     for n, node in enumerate(nodes):

@@ -67,6 +67,11 @@ def genotype_path(genotype: Genotype, space: SearchSpace) -> NodePath:
             f"a path of space {space.name!r} has {space.n_nodes} nodes of one input each; "
             f"the genotype has {[len(node) for node in nodes]} inputs per node"
         )
+    foreign = sorted({node[0][0] for node in nodes} - set(space.ops))
+    if foreign:
+        raise GenotypeError(
+            f"genotype ops {foreign} are not ops of space {space.name!r} ({', '.join(space.ops)})"
+        )
     sources = jnp.array([node[0][1] for node in nodes], jnp.int32)
     return NodePath(sources, jnp.array([space.ops.index(node[0][0]) for node in nodes], jnp.int32))
 

@@ -31,6 +31,7 @@ from nasax.supernet import (
     load_genotype,
     skeleton_of,
 )
+from nasax.supernet.rnn_cells import genotype_path
 from tests.tolerance import assert_close
 
 
@@ -60,6 +61,8 @@ def test_published_recurrent_genotypes():
     assert ENAS_RNN.recurrent_concat == (2, 5, 6, 9, 10, 11)
     with pytest.raises(GenotypeError, match="has 11 nodes; space 'enas_rnn' has 8"):
         ENAS_RNN.validate(searched=True)
+    with pytest.raises(GenotypeError, match="has 8 nodes of one input each"):
+        genotype_path(ENAS_RNN, ENAS_RNN_SPACE)  # no single path of the space
     for name, genotype in [("DARTS_RNN", DARTS_RNN_V2), ("ENAS_RNN", ENAS_RNN)]:
         assert load_genotype(name) == genotype
         assert Genotype.from_json(genotype.to_json()) == genotype
