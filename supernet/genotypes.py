@@ -94,8 +94,11 @@ class Genotype:
         """
         space = self.resolve_space() if space is None else space
         if self.space != space.name:
+            published = [name for name, g in PUBLISHED.items() if g.space == space.name]
+            hint = f" (published: {', '.join(published)})" if published else ""
             raise GenotypeError(
-                f"genotype is for space {self.space!r}, but the search space is {space.name!r}"
+                f"genotype is for space {self.space!r}, but the search space is {space.name!r}; "
+                f"use a genotype of space {space.name!r}{hint}"
             )
         for kind in space.cell_kinds:
             if kind not in self.cells:
@@ -299,9 +302,13 @@ def _check_cell(
         allowed = [o for o in space.ops if space.derive_none or o != "none"]
         where = f"in space {space.name!r}"
     else:
-        from nasax.supernet.ops import OPS
+        from nasax.supernet.skeletons import skeleton_of  # its networks import this module
 
-        allowed = [o for o in OPS.names() if space.derive_none or o != "none"]
+        try:
+            ops = skeleton_of(space).ops
+        except KeyError as e:
+            raise GenotypeError(f"space {space.name!r}: {e.args[0]}") from None
+        allowed = [o for o in ops.names() if space.derive_none or o != "none"]
         where = f"an op cells of space {space.name!r} can hold"
     for n, node in enumerate(nodes):
         want = space.edges_per_node or space.n_inputs + n
@@ -460,6 +467,61 @@ NB201_RESNET = Genotype.from_arch_string(
 NB201_LARGEST = Genotype.from_arch_string(
     "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 )
+
+
+def _recurrent(space: str, nodes: list[tuple[str, int]], concat: range | list[int]) -> Genotype:
+    """A recurrent genotype from the DARTS reference's form: one (op, input) per node."""
+    return Genotype({"recurrent": (tuple((pair,) for pair in nodes), tuple(concat))}, space)
+
+
+# Recurrent cells searched on Penn Treebank. DARTS' first- and second-order cells average
+# all 8 nodes (input 0 is the cell's first state); the ENAS cell (Pham et al., ICML 2018),
+# as the DARTS reference lists it, has 11 nodes and averages the 6 no other node reads.
+DARTS_RNN_V1 = _recurrent(
+    "darts_rnn",
+    [
+        ("relu", 0),
+        ("relu", 1),
+        ("tanh", 2),
+        ("relu", 3),
+        ("relu", 4),
+        ("identity", 1),
+        ("relu", 5),
+        ("relu", 1),
+    ],
+    range(1, 9),
+)
+DARTS_RNN_V2 = _recurrent(
+    "darts_rnn",
+    [
+        ("sigmoid", 0),
+        ("relu", 1),
+        ("relu", 1),
+        ("identity", 1),
+        ("tanh", 2),
+        ("sigmoid", 5),
+        ("tanh", 3),
+        ("relu", 5),
+    ],
+    range(1, 9),
+)
+ENAS_RNN = _recurrent(
+    "enas_rnn",
+    [
+        ("tanh", 0),
+        ("tanh", 1),
+        ("relu", 1),
+        ("tanh", 3),
+        ("tanh", 3),
+        ("relu", 3),
+        ("relu", 4),
+        ("relu", 7),
+        ("relu", 8),
+        ("relu", 8),
+        ("relu", 8),
+    ],
+    [2, 5, 6, 9, 10, 11],
+)
 PUBLISHED = {
     "DARTS_V1": DARTS_V1,
     "DARTS_V2": DARTS_V2,
@@ -470,6 +532,10 @@ PUBLISHED = {
     "AmoebaNet": AMOEBANET,
     "NB201_RESNET": NB201_RESNET,
     "NB201_LARGEST": NB201_LARGEST,
+    "DARTS_RNN_V1": DARTS_RNN_V1,
+    "DARTS_RNN_V2": DARTS_RNN_V2,
+    "DARTS_RNN": DARTS_RNN_V2,
+    "ENAS_RNN": ENAS_RNN,
 }
 
 

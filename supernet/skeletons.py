@@ -8,7 +8,7 @@ so the search and training loops build any space's networks without knowing it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from flax import nnx
 
@@ -18,7 +18,10 @@ from nasax.core.registry import Registry
 from nasax.supernet.discrete import DiscreteNetwork
 from nasax.supernet.nb201 import NB201Network, NB201SearchNetwork
 from nasax.supernet.network import GenotypeNetwork, SearchNetwork, Supernet
-from nasax.supernet.spaces import SearchSpace, get_space, space_name
+from nasax.supernet.ops import OPS
+from nasax.supernet.rnn_network import RNNModel, RNNSearchModel
+from nasax.supernet.rnn_ops import RNN_OPS
+from nasax.supernet.spaces import SPACES, SearchSpace, get_space, space_name
 
 
 class Skeleton(NamedTuple):
@@ -33,12 +36,19 @@ class Skeleton(NamedTuple):
             interface.
         stem_multiplier: the only stem multiplier it builds (None: any).
         auxiliary: its discrete network can have an auxiliary head.
+        ops: the registry of the ops its edges hold (a genotype may use any of them).
+        data: what its networks read: "images" (the image search and training tasks
+            build them) or "text" (language models: the rnn skeleton, whose networks
+            take ``(space | genotype, *, vocab_size, embed_size, hidden_size, dropouts,
+            rngs)``, see `nasax.supernet.rnn_network`).
     """
 
     search_network: Callable[..., nnx.Module]
     discrete_network: Callable[..., nnx.Module]
     stem_multiplier: int | None = None
     auxiliary: bool = True
+    ops: Registry[Any] = OPS
+    data: str = "images"
 
     @classmethod
     def of(
@@ -55,10 +65,13 @@ class Skeleton(NamedTuple):
 
 
 SKELETONS: Registry[Skeleton] = Registry(
-    "macro skeleton", {"darts": "nasax.supernet.skeletons", "nb201": "nasax.supernet.skeletons"}
+    "macro skeleton", dict.fromkeys(("darts", "nb201", "rnn"), "nasax.supernet.skeletons")
 )
 SKELETONS.register("darts", Skeleton.of(SearchNetwork, DiscreteNetwork))
 SKELETONS.register("nb201", Skeleton.of(NB201SearchNetwork, NB201Network))
+SKELETONS.register(
+    "rnn", Skeleton(RNNSearchModel, RNNModel, auxiliary=False, ops=RNN_OPS, data="text")
+)
 
 
 def skeleton_of(space: SearchSpace | str) -> Skeleton:
@@ -75,6 +88,13 @@ def resolve_model(model: ModelConfig) -> ModelConfig:
         space = get_space(name)
     except KeyError as e:  # an unknown space (a definition that does not fit its base
         raise ValueError(f"model.space: {e.args[0]}") from None  # raises ValueError itself)
+    if skeleton_of(space).data != "images":
+        images = [n for n in SPACES.names() if skeleton_of(n).data == "images"]
+        raise ValueError(
+            f"model.space: space {space.name!r} builds language models (the "
+            f"{space.skeleton} skeleton reads text); image search and training take "
+            f"{', '.join(images)}"
+        )
     fixed = skeleton_of(space).stem_multiplier
     if fixed is not None and model.stem_multiplier != fixed:
         raise ValueError(

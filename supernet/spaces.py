@@ -32,7 +32,8 @@ class SearchSpace:
         cell_kinds: the kinds of searched cell, each with its own architecture parameters
             (DARTS: normal and reduction cells; NAS-Bench-201 has one kind).
         cell_output: "concat": a cell outputs the concatenation of its intermediate
-            nodes (DARTS); "last": it outputs its last node (NAS-Bench-201).
+            nodes (DARTS); "last": it outputs its last node (NAS-Bench-201); "mean": it
+            outputs the mean of its intermediate nodes (DARTS' recurrent cell).
         derive_none: the discretizer may put `none` on an edge (NAS-Bench-201 takes the
             argmax over every op); DARTS never picks it.
         skeleton: name of the macro skeleton that stacks the cells into networks
@@ -46,7 +47,7 @@ class SearchSpace:
     edges_per_node: int | None = 2
     pool_norms: bool = True
     cell_kinds: tuple[str, ...] = ("normal", "reduce")
-    cell_output: Literal["concat", "last"] = "concat"
+    cell_output: Literal["concat", "last", "mean"] = "concat"
     derive_none: bool = False
     skeleton: str = "darts"
 
@@ -68,7 +69,7 @@ class SearchSpace:
     @property
     def concat(self) -> tuple[int, ...]:
         """Indices (counting inputs) of the nodes that form a cell's output."""
-        first = self.n_inputs if self.cell_output == "concat" else self.n_inputs + self.n_nodes - 1
+        first = self.n_inputs + self.n_nodes - 1 if self.cell_output == "last" else self.n_inputs
         return tuple(range(first, self.n_inputs + self.n_nodes))
 
     def node_edges(self, node: int) -> range:
@@ -78,7 +79,8 @@ class SearchSpace:
 
 
 SPACES: Registry[SearchSpace] = Registry(
-    "search space", {"darts": "nasax.supernet.spaces", "nb201": "nasax.supernet.spaces"}
+    "search space",
+    dict.fromkeys(("darts", "nb201", "darts_rnn", "enas_rnn"), "nasax.supernet.spaces"),
 )
 
 DARTS_OPS = (
@@ -112,6 +114,38 @@ NB201_SPACE = SPACES.register(
         skeleton="nb201",
     ),
 )
+
+DARTS_RNN_OPS = ("none", "tanh", "relu", "sigmoid", "identity")
+"""The DARTS recurrent cell's ops, in its order (Liu et al., ICLR 2019)."""
+
+DARTS_RNN_SPACE = SPACES.register(
+    "darts_rnn",
+    SearchSpace(
+        name="darts_rnn",
+        ops=DARTS_RNN_OPS,
+        n_inputs=1,
+        n_nodes=8,
+        edges_per_node=1,
+        pool_norms=False,
+        cell_kinds=("recurrent",),
+        cell_output="mean",
+        skeleton="rnn",
+    ),
+)
+"""DARTS' recurrent space: input 0 is the first state (from x and the previous hidden
+state through a highway), every node reads each earlier state (36 edges), a derived node
+keeps one input and one op, and the cell outputs the mean of its 8 nodes."""
+
+ENAS_RNN_OPS = ("tanh", "relu", "identity", "sigmoid")
+"""ENAS' recurrent activations, in its order (Pham et al., ICML 2018)."""
+
+ENAS_RNN_SPACE = SPACES.register(
+    "enas_rnn",
+    dataclasses.replace(DARTS_RNN_SPACE, name="enas_rnn", ops=ENAS_RNN_OPS),
+)
+"""ENAS' recurrent space on DARTS' cell: each node picks one earlier state and one
+activation, with no `none` op (ENAS' own cell averages only the nodes no other node reads;
+its published cell, `ENAS_RNN`, keeps that concat)."""
 
 
 class SpaceDefinition(BaseModel):

@@ -129,6 +129,23 @@ def _load_tfds(arg: str, data_dir: str | None) -> dict[str, Any]:
     return load_tfds(arg, data_dir)
 
 
+def _text_source(prefix: str) -> Callable[[str, str | None], dict[str, Any]]:
+    """`text:PATH` and `text-words:DIR` name corpora for language models, not images."""
+
+    def load(arg: str, data_dir: str | None) -> dict[str, Any]:
+        raise DataError(
+            f"data.name '{prefix}:{arg}' is a text corpus for language models "
+            "(nasax.loop.text.load_corpus); image search and training read digits, "
+            "npz:PATH or tfds:NAME"
+        )
+
+    return load
+
+
+for _prefix in ("text", "text-words"):
+    SOURCES.register(_prefix, _text_source(_prefix))
+
+
 def dataset_from_arrays(name: str, **arrays: Any) -> Dataset:
     """A dataset of numpy arrays x_train, y_train, x_test, y_test (and optionally
     num_classes), checked like any other, for `run(..., data=...)`; its name is the
