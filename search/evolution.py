@@ -27,6 +27,7 @@ from nasax.search.single_path import (
     images_and_labels,
     load_supernet_weights,
     none_index,
+    path_sampler,
     path_scorer,
     paths_genotype,
     sample_paths,
@@ -153,7 +154,7 @@ def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
     kinds = list(space.cell_kinds)
     score = path_scorer(net, setup)
     budget = setup.budget
-    sample_many = jax.jit(jax.vmap(lambda key: sample_paths(key, space, kinds, budget)))
+    sample_many = path_sampler(space, budget)
 
     def init(rng: jax.Array) -> SupernetState:
         state = net.init(rng)
@@ -181,7 +182,7 @@ def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
             warm = options.warmup
             if warm is not None:  # the best n of a ranked pool instead
                 stacked, _ = ranked_cells(
-                    net, state, held_out[0], max(warm.pool, n), warm.proxy, warm.chunk
+                    net, state, held_out[0], max(warm.pool, n), warm.proxy, warm.chunk, sample_many
                 )
             return [{k: v[i] for k, v in stacked.items()} for i in range(n)]
 

@@ -18,6 +18,7 @@ from nasax.loop.data import Batch
 from nasax.search.single_path import (
     best_candidate,
     images_and_labels,
+    path_sampler,
     path_scorer,
     paths_genotype,
     sample_paths,
@@ -70,16 +71,23 @@ def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
         return net.evaluate(state, batch, Forward(paths=eval_paths(state)))
 
     score = path_scorer(net, setup)
+    sample_many = path_sampler(space, budget)
 
     def select(state: SupernetState, batches: Iterable[Batch]) -> Genotype:
         held = list(islice(batches, options.select_batches))
         warm = options.warmup
         if warm is None:
             keys = jax.random.split(jax.random.fold_in(state.rng, state.step), options.candidates)
-            candidates = jax.vmap(lambda k: sample_paths(k, space, space.cell_kinds, budget))(keys)
+            candidates = sample_many(keys)
         else:
             pool, _ = ranked_cells(
-                net, state, images_and_labels(held[0]), warm.pool, warm.proxy, warm.chunk
+                net,
+                state,
+                images_and_labels(held[0]),
+                warm.pool,
+                warm.proxy,
+                warm.chunk,
+                sample_many,
             )
             candidates = {k: jax.numpy.asarray(v[: options.candidates]) for k, v in pool.items()}
         return best_candidate(

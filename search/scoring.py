@@ -140,24 +140,13 @@ def proxy_program(
         return lambda cells, batch, key: np.asarray(jax.vmap(table.of_paths)(cells), np.float64)
 
     def run(cells: Paths, batch: dict[str, jax.Array], key: jax.Array) -> np.ndarray:
-        if not proxy.x64:
-            out = _proxy_scores(
-                net.graphdef, name, net.arch, net.params, net.stats, cells, batch, key
-            )
-            return np.asarray(out, np.float64)
-        with jax.enable_x64(True):
-            wide = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), net.params)
-            images = jnp.asarray(batch["image"], jnp.float64)
-            out = _proxy_scores(
-                net.graphdef,
-                name,
-                net.arch,
-                wide,
-                net.stats,
-                cells,
-                {**batch, "image": images},
-                key,
-            )
+        with jax.enable_x64(proxy.x64):
+            params, images = net.params, batch["image"]
+            if proxy.x64:
+                params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+                images = jnp.asarray(images, jnp.float64)
+            batch = {**batch, "image": images}
+            out = _proxy_scores(net.graphdef, name, net.arch, params, net.stats, cells, batch, key)
             return np.asarray(out, np.float64)
 
     return run

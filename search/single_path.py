@@ -70,6 +70,12 @@ def sample_cell(rng: jax.Array, space: SearchSpace) -> jax.Array:
     return jnp.where(jnp.concatenate(kept), ops, none_index(space))
 
 
+def path_sampler(space: SearchSpace, budget: Budget | None = None) -> Callable[[jax.Array], Paths]:
+    """keys (n, 2) -> n random cells of every kind stacked (`sample_paths`), compiled:
+    build it once per strategy, so a sampling at each selection does not recompile."""
+    return jax.jit(jax.vmap(lambda key: sample_paths(key, space, space.cell_kinds, budget)))
+
+
 SAMPLE_TRIES = 256
 """Draws a budgeted sample makes before it settles for the space's cheapest cell."""
 

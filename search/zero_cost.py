@@ -9,7 +9,7 @@ a warm-up (Abdelfattah et al., 2021).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import numpy as np
@@ -18,7 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from nasax.loop.data import Batch
 from nasax.search.proxies import get_proxy, proxy_names
 from nasax.search.scoring import ScoringNetwork, cell_scores
-from nasax.search.single_path import images_and_labels, paths_genotype, sample_paths
+from nasax.search.single_path import (
+    images_and_labels,
+    path_sampler,
+    paths_genotype,
+    sample_paths,
+)
 from nasax.search.strategy import (
     FunctionalSupernet,
     Metrics,
@@ -92,17 +97,17 @@ def ranked_cells(
     n: int,
     proxy: str,
     chunk: int,
+    sample_many: Callable[[jax.Array], dict[str, jax.Array]],
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """`n` random cells (within the setup's budget), stacked and sorted best first by
-    `proxy` at freshly initialised weights, and their scores."""
+    """`n` random cells drawn by `sample_many` (`path_sampler` of the setup's space and
+    budget), stacked and sorted best first by `proxy` at freshly initialised weights,
+    and their scores."""
     setup, space = net.setup, net.setup.space
     key = jax.random.fold_in(state.rng, _SCORE_KEY)
     init_key, cells_key, score_key = jax.random.split(key, 3)
     fresh = net.init(init_key)
     keys = jax.random.split(cells_key, n)
-    cells = jax.jit(jax.vmap(lambda k: sample_paths(k, space, space.cell_kinds, setup.budget)))(
-        keys
-    )
+    cells = sample_many(keys)
     scoring = ScoringNetwork(space, net.graphdef, fresh.arch, fresh.params, fresh.batch_stats)
     images = setup.preprocess(batch["image"], score_key, False)
     minibatch = {"image": images, "label": batch["label"]}
@@ -116,13 +121,16 @@ def make_zero_cost(setup: SearchSetup, options: ZeroCostOptions) -> Strategy:
     """Builds zero-cost search over the cells of `setup`'s space."""
     net = FunctionalSupernet.create(setup)
     space = setup.space
+    sample_many = path_sampler(space, setup.budget)
 
     def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
         raise AssertionError("unreachable: config validation keeps zero_cost at epochs 0")
 
     def select(state: SupernetState, batches: Iterable[Batch]) -> Genotype:
         batch = images_and_labels(next(iter(batches)))
-        cells, _ = ranked_cells(net, state, batch, options.cells, options.proxy, options.chunk)
+        cells, _ = ranked_cells(
+            net, state, batch, options.cells, options.proxy, options.chunk, sample_many
+        )
         return paths_genotype({k: v[0] for k, v in cells.items()}, space)
 
     def derive(state: SupernetState) -> Genotype:

@@ -46,7 +46,7 @@ from nasax.search.scoring import (
     scoring_network,
     stack_cells,
 )
-from nasax.search.single_path import genotype_paths
+from nasax.search.single_path import genotype_paths, path_sampler
 from nasax.search.strategy import FunctionalSupernet
 from nasax.search.task import build_setup, run_search
 from nasax.search.zero_cost import _SCORE_KEY, ranked_cells
@@ -433,7 +433,8 @@ def test_ranked_cells_sort_the_pool_by_each_cells_own_score(tiny_npz):
     net = FunctionalSupernet.create(setup)
     state = net.init(KEY)
     batch = {"image": jnp.asarray(dataset.x_train[:16]), "label": jnp.asarray(dataset.y_train[:16])}
-    cells, scores = ranked_cells(net, state, batch, 10, "snip", chunk=4)
+    sample_many = path_sampler(setup.space)
+    cells, scores = ranked_cells(net, state, batch, 10, "snip", 4, sample_many)
     assert list(scores) == sorted(scores, reverse=True) and len(set(scores)) > 1
     assert len({tuple(c) for c in cells["normal"]}) > 1
     # Scored again one at a time, on the same fresh weights and batch: the same order.
@@ -456,7 +457,7 @@ def test_ranked_cells_sort_the_pool_by_each_cells_own_score(tiny_npz):
     # A ranking from another state (new weights, another key) reuses the compiled program.
     compiled = _proxy_scores._cache_size()
     later = state._replace(rng=jax.random.fold_in(state.rng, 1))
-    ranked_cells(net, later, batch, 10, "snip", chunk=4)
+    ranked_cells(net, later, batch, 10, "snip", 4, sample_many)
     assert _proxy_scores._cache_size() == compiled
 
 
