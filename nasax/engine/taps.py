@@ -66,6 +66,8 @@ def tap(site: str, x: jax.Array, fan_in: int = 1) -> jax.Array:
     state = _TAPPING.get()
     if state is None:
         return x
+    if site not in SITES:
+        raise ValueError(f"tap site {site!r} is not one of {', '.join(SITES)}")
     x, parts = state.tap.report(site, x, state.inputs, fan_in)
     for name, value in parts.items():
         if name in state.totals:
