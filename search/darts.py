@@ -82,8 +82,8 @@ def make_darts(setup: SearchSetup, options: DartsOptions) -> Strategy:
     def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
         rng = jax.random.fold_in(state.rng, state.step)
         train_rng, val_rng = jax.random.split(rng)
-        x_train = setup.preprocess(train["image"], train_rng, True)
-        x_val = setup.preprocess(val["image"], val_rng, True)
+        x_train = setup.preprocess(train, train_rng, True)
+        x_val = setup.preprocess(val, val_rng, True)
 
         if options.order == 1:
             arch_grad_fn = jax.value_and_grad(net.loss, argnums=2, has_aux=True)

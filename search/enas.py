@@ -26,9 +26,9 @@ from nasax.search.controller import Controller, ControllerOutput, Tokens, tokens
 from nasax.search.discretize import derive_genotype
 from nasax.search.single_path import (
     best_candidate,
-    images_and_labels,
     path_scorer,
     paths_genotype,
+    scored_part,
     train_path_step,
 )
 from nasax.search.strategy import (
@@ -169,7 +169,7 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
         keys = jax.random.split(jax.random.fold_in(rng, _CONTROLLER), options.aggregate)
         samples = jax.vmap(lambda k: run_controller(state.controller, k))(keys)
         paths = jax.vmap(cell_paths)(samples.tokens)
-        rewards = score(state.net, paths, batch) / batch["label"].shape[0]
+        rewards = score(state.net, paths, batch) / net.count(batch)
         if budget is not None:  # MnasNet's reward: accuracy * (cost / target)^w
             rewards = budget.reward(rewards, jax.vmap(budget.table.of_paths)(paths))
         advantages, baseline = moving_baseline(state.baseline, rewards, options.baseline_decay)
@@ -209,7 +209,7 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
     def after_epoch(state: EnasState, batches: Iterator[Batch]) -> tuple[EnasState, list[Metrics]]:
         records = []
         for batch in islice(batches, options.controller_steps):
-            state, metrics = compiled_controller_step(state, images_and_labels(batch))
+            state, metrics = compiled_controller_step(state, scored_part(batch))
             records.append(metrics)
         return state, records
 

@@ -24,13 +24,13 @@ from nasax.loop.data import Batch
 from nasax.search.budget import Budget
 from nasax.search.single_path import (
     derivable_ops,
-    images_and_labels,
     load_supernet_weights,
     none_index,
     path_sampler,
     path_scorer,
     paths_genotype,
     sample_paths,
+    scored_part,
     uniform_path_step,
 )
 from nasax.search.strategy import (
@@ -172,7 +172,7 @@ def make_evolution(setup: SearchSetup, options: EvolutionOptions) -> Strategy:
         return uniform_path_step(net, state, train, val)
 
     def evolve(state: SupernetState, batches: Iterable[Batch]) -> list[Member]:
-        held_out = [images_and_labels(b) for b in islice(batches, options.select_batches)]
+        held_out = [scored_part(b) for b in islice(batches, options.select_batches)]
         seed = np.asarray(jax.random.key_data(jax.random.fold_in(state.rng, state.step)))
         rng = np.random.default_rng(seed.ravel().tolist())
 

@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from nasax.loop.data import Batch
 from nasax.search.single_path import (
     best_candidate,
-    images_and_labels,
     path_sampler,
     path_scorer,
     paths_genotype,
     sample_paths,
+    scored_part,
     uniform_path_step,
 )
 from nasax.search.strategy import (
@@ -83,7 +83,7 @@ def make_random_ws(setup: SearchSetup, options: RandomWsOptions) -> Strategy:
             pool, _ = ranked_cells(
                 net,
                 state,
-                images_and_labels(held[0]),
+                scored_part(held[0]),
                 warm.pool,
                 warm.proxy,
                 warm.chunk,

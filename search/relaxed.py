@@ -220,7 +220,7 @@ def relaxed_strategy(
     def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
         rng = jax.random.fold_in(state.rng, state.step)
         train_rng, val_rng, train_sample, val_sample = jax.random.split(rng, 4)
-        x_train = setup.preprocess(train["image"], train_rng, True)
+        x_train = setup.preprocess(train, train_rng, True)
         batch_args = (state.batch_stats, x_train, train["label"], train_sample, state.clock)
         if joint:
             grad_fn = jax.value_and_grad(regularised, argnums=(0, 1), has_aux=True)
@@ -233,7 +233,7 @@ def relaxed_strategy(
             arch, arch_opt = arch_update(setup, state, arch_grads)
             val_loss, val_acc = train_loss, train_acc
         else:
-            x_val = setup.preprocess(val["image"], val_rng, True)
+            x_val = setup.preprocess(val, val_rng, True)
             args = (state, x_val, val["label"], val_sample)
             if arch_warmup_epochs:
                 arch, arch_opt, stats, val_loss, val_acc = lax.cond(

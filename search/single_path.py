@@ -24,7 +24,6 @@ from nasax.search.strategy import (
     FunctionalSupernet,
     SearchSetup,
     SupernetState,
-    cross_entropy,
     step_metrics,
     weight_update,
 )
@@ -144,7 +143,7 @@ def path_scorer(
 
     @setup.jit
     def score(state: SupernetState, candidates: Paths, batch: Batch) -> jax.Array:
-        x = setup.preprocess(batch["image"], state.rng, False)
+        x = setup.preprocess(batch, state.rng, False)
 
         def correct(paths: Paths) -> jax.Array:
             logits, _ = net.apply(
@@ -155,16 +154,17 @@ def path_scorer(
                 train=True,
                 forward=Forward(paths=paths),
             )
-            return jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+            return net.hits(logits, x, batch["label"])
 
         return jax.lax.map(correct, candidates)
 
     return score
 
 
-def images_and_labels(batch: Batch) -> Batch:
-    """The part of a batch the scorer reads (so padded eval batches and masks don't matter)."""
-    return {"image": batch["image"], "label": batch["label"]}
+def scored_part(batch: Batch) -> Batch:
+    """A batch without the padding mask of evaluation batches, which scorers do not read
+    (so padded and full batches share one program)."""
+    return {k: v for k, v in batch.items() if k != "mask"}
 
 
 def train_path_step(
@@ -179,17 +179,17 @@ def train_path_step(
     the loss of the cell `val_paths` on the validation batch with the new weights."""
     setup = net.setup
     train_rng, val_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    x_train = setup.preprocess(train["image"], train_rng, True)
+    x_train = setup.preprocess(train, train_rng, True)
     grad_fn = jax.value_and_grad(net.loss, has_aux=True)
     (train_loss, (train_acc, stats)), grads = grad_fn(
         state.params, state.batch_stats, state.arch, x_train, train["label"], Forward(paths=paths)
     )
     params, weight_opt = weight_update(setup, state, grads)
-    x_val = setup.preprocess(val["image"], val_rng, True)
+    x_val = setup.preprocess(val, val_rng, True)
     logits, _ = net.apply(
         params, state.batch_stats, state.arch, x_val, train=True, forward=Forward(paths=val_paths)
     )
-    val_loss, val_acc = cross_entropy(logits, val["label"])
+    val_loss, val_acc = net.batch_metrics(logits, x_val, val["label"])
     metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
     new_state = state._replace(
         step=state.step + 1, params=params, batch_stats=stats, weight_opt=weight_opt
@@ -257,7 +257,7 @@ def best_candidate(
         if not fits.any():
             return paths_genotype(budget.table.cheapest(space)[1], space)
     totals = sum(
-        np.asarray(score(state, candidates, images_and_labels(b)), np.float64)
+        np.asarray(score(state, candidates, scored_part(b)), np.float64)
         for b in islice(batches, n_batches)
     )
     if budget is not None:

@@ -40,7 +40,8 @@ class SearchSetup(NamedTuple):
         weight_optimizer: optax transformation for the network weights.
         arch_optimizer: optax transformation for the architecture parameters.
         learning_rate: weight learning rate as a function of the step (for logging).
-        preprocess: preprocess(images, rng, train) -> normalised float images.
+        preprocess: preprocess(batch, rng, train) -> the network's input (normalised float
+            images; a language model's tokens and what they carry).
         max_skip_connect: discretizer cap on skip connections in the normal cell.
         epochs: search epochs (for schedules such as temperature annealing).
         steps_per_epoch: search steps per epoch.
@@ -60,7 +61,7 @@ class SearchSetup(NamedTuple):
     weight_optimizer: optax.GradientTransformation
     arch_optimizer: optax.GradientTransformation
     learning_rate: Callable[[jax.Array], jax.Array]
-    preprocess: Callable[[jax.Array, jax.Array, bool], jax.Array]
+    preprocess: Callable[[Batch, jax.Array, bool], Any]
     max_skip_connect: int | None = None
     epochs: int = 1
     steps_per_epoch: int = 1
@@ -68,6 +69,9 @@ class SearchSetup(NamedTuple):
     arch_lr_ratio: Callable[[jax.Array], jax.Array] | None = None
     weight_lr_ratio: Callable[[jax.Array, jax.Array], jax.Array] | None = None
     budget: Budget | None = None
+    functional: type[FunctionalSupernet] | None = None
+    """The functional view of the network (None: `FunctionalSupernet`, image classifiers);
+    a language model's view carries its hidden state and masks its windows."""
 
     def weight_lr(self, state: SupernetState) -> jax.Array:
         """The weights' learning rate at `state`'s step, over the epochs it spans."""
@@ -226,7 +230,7 @@ class FunctionalSupernet:
         def build(rngs: nnx.Rngs) -> SearchNetwork:
             return setup.network(rngs, **network_options)
 
-        return cls(setup, build)
+        return (setup.functional or cls)(setup, build)
 
     @property
     def graphdef(self) -> nnx.GraphDef:
@@ -278,8 +282,22 @@ class FunctionalSupernet:
     ) -> tuple[jax.Array, tuple[jax.Array, nnx.State]]:
         """Training-mode cross-entropy with (accuracy, updated BN statistics) as aux."""
         logits, stats = self.apply(params, batch_stats, arch, x, train=True, forward=forward)
-        loss, accuracy = cross_entropy(logits, labels)
+        loss, accuracy = self.batch_metrics(logits, x, labels)
         return loss, (accuracy, stats)
+
+    def batch_metrics(
+        self, logits: jax.Array, x: Any, labels: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """Mean cross-entropy and accuracy of a pass's logits on input `x`."""
+        return cross_entropy(logits, labels)
+
+    def hits(self, logits: jax.Array, x: Any, labels: jax.Array) -> jax.Array:
+        """Correct predictions of a pass on input `x` (a candidate cell's score)."""
+        return jnp.sum(jnp.argmax(logits, -1) == labels)
+
+    def count(self, batch: Batch) -> jax.Array | int:
+        """The predictions `batch` asks for (what `hits` counts out of)."""
+        return batch["label"].shape[0]
 
     def evaluate(
         self, state: SupernetState, batch: Batch, forward: Forward = PLAIN_FORWARD
@@ -290,7 +308,7 @@ class FunctionalSupernet:
         the candidate scorers do: the running statistics were gathered under whichever
         paths training sampled, fit none of them, and put a random cell at chance level.
         """
-        x = self.setup.preprocess(batch["image"], state.rng, False)
+        x = self.setup.preprocess(batch, state.rng, False)
         batch_statistics = forward.paths is not None
         logits, _ = self.apply(
             state.params, state.batch_stats, state.arch, x, train=batch_statistics, forward=forward

@@ -20,6 +20,7 @@ from nasax.engine.blocks import compile_program, jit_for
 from nasax.loop.data import (
     Batch,
     Dataset,
+    batch_images,
     batches,
     check_batch_size,
     epoch_order,
@@ -84,7 +85,9 @@ def build_setup(
         arch_lr_ratio=arch_lr_ratio(config.optim.arch, steps_per_epoch, epochs),
         weight_lr_ratio=weight_lr_ratio(config.optim.weights, epochs, steps_per_epoch),
         learning_rate=weight_schedule(config.optim.weights, epochs, steps_per_epoch),
-        preprocess=make_preprocess(dataset.mean, dataset.std, augment.crop_padding, augment.flip),
+        preprocess=batch_images(
+            make_preprocess(dataset.mean, dataset.std, augment.crop_padding, augment.flip)
+        ),
         max_skip_connect=config.search.discretizer.max_skip_connect,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,

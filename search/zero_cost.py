@@ -19,10 +19,10 @@ from nasax.loop.data import Batch
 from nasax.search.proxies import get_proxy, proxy_names
 from nasax.search.scoring import ScoringNetwork, cell_scores
 from nasax.search.single_path import (
-    images_and_labels,
     path_sampler,
     paths_genotype,
     sample_paths,
+    scored_part,
 )
 from nasax.search.strategy import (
     FunctionalSupernet,
@@ -109,7 +109,7 @@ def ranked_cells(
     keys = jax.random.split(cells_key, n)
     cells = sample_many(keys)
     scoring = ScoringNetwork(space, net.graphdef, fresh.arch, fresh.params, fresh.batch_stats)
-    images = setup.preprocess(batch["image"], score_key, False)
+    images = setup.preprocess(batch, score_key, False)
     minibatch = {"image": images, "label": batch["label"]}
     scores = cell_scores(scoring, cells, minibatch, score_key, proxy, chunk)
     order = np.argsort(-scores, kind="stable")
@@ -127,7 +127,7 @@ def make_zero_cost(setup: SearchSetup, options: ZeroCostOptions) -> Strategy:
         raise AssertionError("unreachable: config validation keeps zero_cost at epochs 0")
 
     def select(state: SupernetState, batches: Iterable[Batch]) -> Genotype:
-        batch = images_and_labels(next(iter(batches)))
+        batch = scored_part(next(iter(batches)))
         cells, _ = ranked_cells(
             net, state, batch, options.cells, options.proxy, options.chunk, sample_many
         )

@@ -261,8 +261,8 @@ def test_second_order_architecture_gradient_is_the_same_under_every_remat(tiny_n
     state = net.init(jax.random.PRNGKey(0))
 
     def hypergradient(state, train, val):
-        x_train = setup.preprocess(train["image"], state.rng, True)
-        x_val = setup.preprocess(val["image"], state.rng, True)
+        x_train = setup.preprocess(train, state.rng, True)
+        x_val = setup.preprocess(val, state.rng, True)
         grad, _ = unrolled_arch_grad(
             net, setup, state, x_train, train["label"], x_val, val["label"], hessian="exact"
         )

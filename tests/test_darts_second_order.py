@@ -134,8 +134,8 @@ def oracle(tiny):
         each direction (point 0 is the alphas themselves)."""
         with jax.enable_x64(True):
             rngs = rngs or (state.rng, state.rng)
-            x_train = setup.preprocess(jnp.asarray(train["image"]), rngs[0], True)
-            x_val = setup.preprocess(jnp.asarray(val["image"]), rngs[1], True)
+            x_train = setup.preprocess(train, rngs[0], True)
+            x_val = setup.preprocess(val, rngs[1], True)
             state = to64(state)
             moved = [state.arch]
             for d in directions:

@@ -441,7 +441,7 @@ def test_ranked_cells_sort_the_pool_by_each_cells_own_score(tiny_npz):
     init_key, _, score_key = jax.random.split(jax.random.fold_in(state.rng, _SCORE_KEY), 3)
     fresh = net.init(init_key)
     scoring = ScoringNetwork(setup.space, net.graphdef, fresh.arch, fresh.params, fresh.batch_stats)
-    x = setup.preprocess(batch["image"], score_key, False)
+    x = setup.preprocess(batch, score_key, False)
     alone = [
         float(
             snip(

@@ -55,7 +55,7 @@ def test_search_loss_gradients_match_finite_differences(darts):
     with jax.enable_x64(True):
         to64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
         params, stats, arch = to64(state.params), to64(state.batch_stats), to64(state.arch)
-        x = setup.preprocess(jnp.asarray(b["image"]), state.rng, False).astype(jnp.float64)
+        x = setup.preprocess(b, state.rng, False).astype(jnp.float64)
 
         def loss(params, arch):
             logits, _ = net.apply(params, stats, arch, x, train=True)
@@ -131,7 +131,7 @@ def test_alpha_step_is_an_adam_step_on_the_validation_gradient(darts):
     val = batch(1)
     # recompute what the step does to the alphas: grad of the val loss, then Adam + L2
     val_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))[1]
-    x_val = setup.preprocess(jnp.asarray(val["image"]), val_rng, True)
+    x_val = setup.preprocess(val, val_rng, True)
 
     def arch_loss(arch):
         logits, _ = net.apply(state.params, state.batch_stats, arch, x_val, train=True)

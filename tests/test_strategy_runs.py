@@ -249,8 +249,8 @@ def make_alternate(setup, options):
 
     def step(state, train, val):
         rng = jax.random.fold_in(state.rng, state.step)
-        x_train = setup.preprocess(train["image"], rng, True)
-        x_val = setup.preprocess(val["image"], rng, True)
+        x_train = setup.preprocess(train, rng, True)
+        x_val = setup.preprocess(val, rng, True)
         (val_loss, (val_acc, _)), arch_grad = grad_of(2)(
             state.params, state.batch_stats, state.arch, x_val, val["label"]
         )

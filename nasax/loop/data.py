@@ -41,6 +41,17 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
+    @property
+    def signature(self) -> list[Any]:
+        """What compiled programs depend on in the data: shapes, dtype, classes, statistics."""
+        return [
+            list(self.image_shape),
+            str(self.x_train.dtype),
+            self.num_classes,
+            np.asarray(self.mean).tolist(),
+            np.asarray(self.std).tolist(),
+        ]
+
 
 SOURCES: Registry[Callable[[str, str | None], dict[str, Any]]] = Registry("data source")
 """Source prefix (`digits`, `npz`, `tfds`) -> loader(argument, data_dir) -> raw arrays."""
@@ -367,3 +378,15 @@ def make_preprocess(
         return normalize(x, mean, std)
 
     return preprocess
+
+
+def batch_images(
+    preprocess: Callable[[jax.Array, jax.Array, bool], jax.Array],
+) -> Callable[[Batch, jax.Array, bool], jax.Array]:
+    """A preprocess of images as the search reads it: from a whole batch (whose network
+    input is its `image`)."""
+
+    def of_batch(batch: Batch, rng: jax.Array, train: bool) -> jax.Array:
+        return preprocess(batch["image"], rng, train)
+
+    return of_batch

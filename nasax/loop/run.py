@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Protocol, TypedDict
 
 import jax
-import numpy as np
 
 from nasax.core.checkpoint import Checkpoints
 from nasax.core.config import Config
@@ -59,13 +58,7 @@ def program_key(config: Config, dataset: Dataset, dp: DataParallel, **extra: Any
             "nonfinite": config.run.nonfinite,
             "execution": resolve_execution(config.run.execution),
             "remat": resolve_remat(config.run.remat, config.run.execution),
-            "data": [
-                list(dataset.image_shape),
-                str(dataset.x_train.dtype),
-                dataset.num_classes,
-                np.asarray(dataset.mean).tolist(),
-                np.asarray(dataset.std).tolist(),
-            ],
+            "data": dataset.signature,
             "devices": [str(d) for d in dp.mesh.devices.flat],
             **extra,
         },
@@ -166,6 +159,11 @@ class Task:
     def label(self, config: Config) -> str:
         """The progress bar's label."""
         return self.kind
+
+    def load_data(self, config: Config) -> Dataset:
+        """The data `config.data` names, when the caller passed none; a task of another
+        kind of data (text) returns its own, with `name` and `signature` as `Dataset`."""
+        return load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
 
     def prepare(self, config: Config, dataset: Dataset, workdir: Path, resume: bool) -> Sizes:
         """The run's sizes, once what can fail before the run directory is touched has
@@ -386,9 +384,7 @@ def run(
     wall_start = time.perf_counter()
     config = task.resolve(config)
     rc = config.run
-    dataset = data
-    if dataset is None:
-        dataset = load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
+    dataset = task.load_data(config) if data is None else data
     plan = task.prepare(config, dataset, Path(workdir), resume)
     with open_run_dir(workdir, resume=resume, overwrite=overwrite, command=task.kind) as run_dir:
         plan = task.open(config, run_dir, resume, plan)
