@@ -13,6 +13,7 @@ Weights start uniform in ±0.04, as in the reference.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -319,7 +320,12 @@ def check_recurrent_space(space: SearchSpace) -> None:
 
 
 def scan_cell(
-    cell: nnx.Module, xs: jax.Array, h: jax.Array, **step_args: Any
+    cell: nnx.Module,
+    xs: jax.Array,
+    h: jax.Array,
+    *,
+    valid: jax.Array | None = None,
+    **step_args: Any,
 ) -> tuple[jax.Array, jax.Array]:
     """Steps `cell(x_t, h, **step_args)` along axis 1 of `xs` in one `lax.scan`.
 
@@ -331,6 +337,9 @@ def scan_cell(
         cell: a recurrent cell (`DiscreteRNNCell`, `RNNSearchCell`).
         xs: (batch, time, input) inputs.
         h: (batch, hidden) initial hidden state.
+        valid: optional (batch, time) mask of real steps: where it is 0 (the padding of a
+            shorter window) the state stays as it was, so the last state is the one after
+            the last real step. One padded length then serves windows of any length.
         step_args: passed to every step (weights, path, masks, train), the same each step.
 
     Returns:
@@ -338,13 +347,19 @@ def scan_cell(
     """
     graphdef, stats, rest = nnx.split(cell, nnx.BatchStat, ...)
 
-    def step(carry: tuple[nnx.State, jax.Array], x: jax.Array) -> tuple[tuple, jax.Array]:
+    def step(carry: tuple[nnx.State, jax.Array], inputs: tuple) -> tuple[tuple, jax.Array]:
         stats, h = carry
+        x, real = inputs
         module = nnx.merge(graphdef, stats, rest)
-        h = module(x, h, **step_args)
-        return (nnx.state(module, nnx.BatchStat), h), h
+        new = module(x, h, **step_args)
+        new_stats = nnx.state(module, nnx.BatchStat)
+        if real is not None:  # a padded step changes neither the state nor BN statistics
+            new = jnp.where(real[:, None] > 0, new, h)
+            new_stats = jax.tree.map(partial(jnp.where, jnp.any(real > 0)), new_stats, stats)
+        return (new_stats, new), new
 
-    (stats, h), hs = lax.scan(step, (stats, h), jnp.swapaxes(xs, 0, 1))
+    real = None if valid is None else jnp.swapaxes(valid, 0, 1)
+    (stats, h), hs = lax.scan(step, (stats, h), (jnp.swapaxes(xs, 0, 1), real))
     nnx.update(cell, stats)
     return jnp.swapaxes(hs, 0, 1), h
 

@@ -170,9 +170,10 @@ class LanguageModel(nnx.Module):
         train: bool,
         rng: jax.Array | None,
         step_args: dict[str, Any],
+        valid: jax.Array | None = None,
     ) -> LMOutput:
         """Embeds `tokens` (batch, time), runs the cell from `hidden` with `step_args`
-        besides the dropout masks, decodes."""
+        besides the dropout masks (holding the state at steps `valid` marks 0), decodes."""
         batch_size = tokens.shape[0]
         hidden = self.init_hidden(batch_size) if hidden is None else hidden
         masks = self._masks(train, rng, batch_size)
@@ -182,7 +183,13 @@ class LanguageModel(nnx.Module):
             x = x * masks.words[tokens]
         x = masked(x, masks.embedding)
         raw, last = scan_cell(
-            self.cell, x, hidden, x_mask=masks.cell_input, h_mask=masks.hidden, **step_args
+            self.cell,
+            x,
+            hidden,
+            valid=valid,
+            x_mask=masks.cell_input,
+            h_mask=masks.hidden,
+            **step_args,
         )
         out = masked(raw, masks.output)
         kernel = table.T if self.decoder is None else self.decoder[...]
@@ -252,6 +259,7 @@ class RNNSearchModel(LanguageModel):
         rng: jax.Array | None = None,
         weights: dict[str, jax.Array] | None = None,
         paths: dict[str, jax.Array | NodePath] | None = None,
+        valid: jax.Array | None = None,
     ) -> LMOutput:
         """Next-token logits for `tokens` (batch, time).
 
@@ -263,6 +271,8 @@ class RNNSearchModel(LanguageModel):
             weights: {"recurrent": (edges, ops)} op weights; default: the softmax of the
                 alphas, unless `paths`.
             paths: {"recurrent": path}: a single path, as `RNNSearchCell` takes it.
+            valid: optional (batch, time) mask of real steps; padded steps (0) leave the
+                hidden state as it was (`scan_cell`).
         """
         if weights is None and paths is None:
             weights = {CELL_KIND: jax.nn.softmax(self.alpha_recurrent[...], axis=-1)}
@@ -271,7 +281,7 @@ class RNNSearchModel(LanguageModel):
             "path": None if paths is None else paths[CELL_KIND],
             "train": train,
         }
-        return self._forward(tokens, hidden, train, rng, step_args)
+        return self._forward(tokens, hidden, train, rng, step_args, valid)
 
 
 class RNNModel(LanguageModel):
@@ -320,10 +330,12 @@ class RNNModel(LanguageModel):
         *,
         train: bool = False,
         rng: jax.Array | None = None,
+        valid: jax.Array | None = None,
     ) -> LMOutput:
         """Next-token logits for `tokens` (batch, time) from `hidden` (default: zeros);
-        dropout only with `train`, drawn from `rng`."""
-        return self._forward(tokens, hidden, train, rng, {})
+        dropout only with `train`, drawn from `rng`; padded steps (`valid` 0) leave the
+        hidden state as it was."""
+        return self._forward(tokens, hidden, train, rng, {}, valid)
 
 
 __all__ = [

@@ -251,6 +251,49 @@ class RunConfig(Section):
     process_id: int | None = Field(None, ge=0, description="else JAX_PROCESS_ID")
 
 
+class DropoutConfig(Section):
+    """A language model's dropout rates (the DARTS reference's names in brackets); the
+    defaults are its search's, and retraining uses words 0.1."""
+
+    output: float = Field(0.75, ge=0, lt=1, description="(dropout) locked, on the cell's outputs")
+    hidden: float = Field(0.25, ge=0, lt=1, description="(dropouth) on every state a node reads")
+    cell_input: float = Field(0.75, ge=0, lt=1, description="(dropoutx) on the cell's input")
+    embedding: float = Field(0.2, ge=0, lt=1, description="(dropouti) locked, on the embeddings")
+    words: float = Field(0.0, ge=0, lt=1, description="(dropoute) whole words of the embedding")
+
+
+class TextConfig(Section):
+    """Language models of a recurrent space (`model.space: darts_rnn`), on `text:` and
+    `text-words:` data; image runs ignore it."""
+
+    embed_size: int = Field(300, ge=1, description="embedding size (850 in the papers' retraining)")
+    hidden_size: int = Field(
+        300, ge=1, description="hidden state size (equal to embed_size when tied)"
+    )
+    tie_weights: bool = Field(True, description="decode with the embedding matrix")
+    batch_norm: bool = Field(
+        True, description="search: normalise the cell's states (the reference)"
+    )
+    dropout: DropoutConfig = Field(default_factory=DropoutConfig)
+    bptt: int = Field(35, ge=2, description="mean tokens per truncated-BPTT window")
+    variable_length: bool = Field(
+        True, description="training windows of random length around bptt (AWD-LSTM); off: all bptt"
+    )
+    eval_batch_size: int = Field(10, ge=1, description="rows of the validation and test batches")
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="text:PATH: the validation share")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="text:PATH: the test share (0: none)")
+    activation_reg: float = Field(0.0, ge=0, description="AR: weight of the mean squared output")
+    temporal_reg: float = Field(
+        1e-3, ge=0, description="TAR: weight of the mean squared change of the cell's outputs"
+    )
+    nonmono: int = Field(
+        5,
+        ge=1,
+        description="retraining: switch SGD to averaged SGD when validation loss has "
+        "not improved on the best of all but the last `nonmono` evaluations (NT-ASGD)",
+    )
+
+
 class TuneParam(Section):
     """One knob of a tuning search space: a float or int range, or a list of choices."""
 
@@ -300,6 +343,7 @@ class Config(Section):
     search: SearchConfig = Field(default_factory=SearchConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     tune: TuneConfig | None = Field(None, description="how `nasax tune` tunes this config")
 

@@ -47,6 +47,11 @@ class TextCorpus:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    @property
+    def signature(self) -> list[object]:
+        """What compiled programs depend on in the corpus (the run loop's program key)."""
+        return [self.level, self.vocab_size]
+
     @cached_property
     def ids(self) -> dict[str, int]:
         """Token -> id."""
@@ -263,8 +268,40 @@ def window_batch(data: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarr
     return data[:, start : start + length], data[:, start + 1 : start + 1 + length]
 
 
+LENGTH_BUCKET = 8
+"""Training windows are padded to a multiple of this many steps, so variable-length BPTT
+compiles a handful of programs (one per padded length) instead of one per length."""
+
+
+def padded_length(length: int, bucket: int = LENGTH_BUCKET) -> int:
+    """The padded length of a window of `length` steps: the next multiple of `bucket`."""
+    return -(-length // bucket) * bucket
+
+
+def padded_window(
+    data: np.ndarray, window: Window, length: int | None = None
+) -> dict[str, np.ndarray]:
+    """A window as a batch: `tokens` and `label` (its targets), (batch, length) each, and
+    `valid`, 1.0 at real steps and 0.0 at the padding that fills the window up to `length`
+    (default: `padded_length` of its own)."""
+    tokens, targets = window_batch(data, window)
+    rows, real = tokens.shape
+    length = padded_length(real) if length is None else length
+    if length < real:
+        raise ValueError(f"a window of {real} steps does not fit a padded length of {length}")
+    pad = ((0, 0), (0, length - real))
+    valid = np.zeros((rows, length), np.float32)
+    valid[:, :real] = 1.0
+    return {
+        "tokens": np.pad(tokens, pad),
+        "label": np.pad(targets, pad),
+        "valid": valid,
+    }
+
+
 __all__ = [
     "EOS",
+    "LENGTH_BUCKET",
     "UNK",
     "TextCorpus",
     "Window",
@@ -274,6 +311,8 @@ __all__ = [
     "load_corpus",
     "load_text",
     "load_text_words",
+    "padded_length",
+    "padded_window",
     "token_ids",
     "window_batch",
 ]
