@@ -390,8 +390,18 @@ def betas_of(arch: nnx.State) -> dict[str, jax.Array]:
 
 
 def _by_kind(arch: nnx.State, prefix: str) -> dict[str, jax.Array]:
-    pure = nnx.to_pure_dict(arch)
-    return {k.removeprefix(prefix): v for k, v in pure.items() if k.startswith(prefix)}
+    """The arrays named `prefix<kind>` anywhere in `arch` (a wrapper nests them), by kind."""
+    found: dict[str, jax.Array] = {}
+
+    def walk(tree: Any) -> None:
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                walk(v)
+            elif isinstance(k, str) and k.startswith(prefix):
+                found[k.removeprefix(prefix)] = v
+
+    walk(nnx.to_pure_dict(arch))
+    return found
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:

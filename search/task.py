@@ -56,7 +56,7 @@ from nasax.search.options import resolve_config, strategy_options
 from nasax.search.single_path import genotype_paths
 from nasax.search.strategy import STRATEGIES, SearchSetup, Strategy, SupernetState
 from nasax.supernet.genotypes import Genotype
-from nasax.supernet.skeletons import skeleton_of
+from nasax.supernet.skeletons import data_kind, skeleton_of
 from nasax.supernet.spaces import get_space
 
 
@@ -187,7 +187,7 @@ class SearchRun(TaskRun):
 
     def __init__(self, task: SearchTask, ctx: RunContext, plan: SearchPlan) -> None:
         super().__init__(task, ctx, plan)
-        self.setup = build_setup(self.config, ctx.dataset, plan.steps_per_epoch, plan.budget)
+        self.setup = self.build_setup()
         self.strategy: Strategy = STRATEGIES.get(self.config.search.strategy)(
             self.setup, strategy_options(self.config.search)
         )
@@ -198,6 +198,11 @@ class SearchRun(TaskRun):
         self.selection = {"seconds": 0.0, "calls": 0}
         self.eval_fn: Callable | None = None  # set with the step (`compile`)
         self.cell_eval_fn: Callable | None = None
+
+    def build_setup(self) -> SearchSetup:
+        """The space, supernet and optimizers of this run's strategy (`build_setup`)."""
+        plan = self.plan
+        return build_setup(self.config, self.data, plan.steps_per_epoch, plan.budget)
 
     def init(self, key: jax.Array) -> Any:
         return self.strategy.init(key)
@@ -395,7 +400,17 @@ def run_search(config: Config, run_dir: str | Path, **options: Unpack[RunOptions
     checkpoints/ and summary.json. `options` are `nasax.loop.run.run`'s (resume,
     overwrite, on_epoch, programs, data).
     """
-    return cast(SearchSummary, run(SearchTask(), config, run_dir, **options).summary)
+    return cast(SearchSummary, run(search_task(config), config, run_dir, **options).summary)
+
+
+def search_task(config: Config) -> SearchTask:
+    """The search task of `config`'s data: image cells, or recurrent cells of language
+    models on text (`nasax.search.language`)."""
+    if data_kind(config.data.name) == "text":
+        from nasax.search.language import LanguageSearchTask
+
+        return LanguageSearchTask()
+    return SearchTask()
 
 
 def _with_paths(cell_eval_fn: Callable, paths: dict[str, jax.Array], state: Any, batch: Batch):
@@ -420,4 +435,5 @@ __all__ = [
     "SearchTask",
     "build_setup",
     "run_search",
+    "search_task",
 ]

@@ -171,12 +171,14 @@ class LanguageModel(nnx.Module):
         rng: jax.Array | None,
         step_args: dict[str, Any],
         valid: jax.Array | None = None,
+        dropout: bool | None = None,
     ) -> LMOutput:
         """Embeds `tokens` (batch, time), runs the cell from `hidden` with `step_args`
-        besides the dropout masks (holding the state at steps `valid` marks 0), decodes."""
+        besides the dropout masks (holding the state at steps `valid` marks 0), decodes.
+        Dropout applies when `dropout` says (default: in training)."""
         batch_size = tokens.shape[0]
         hidden = self.init_hidden(batch_size) if hidden is None else hidden
-        masks = self._masks(train, rng, batch_size)
+        masks = self._masks(train if dropout is None else dropout, rng, batch_size)
         table = self.embedding[...]
         x = table[tokens]
         if masks.words is not None:
@@ -260,6 +262,7 @@ class RNNSearchModel(LanguageModel):
         weights: dict[str, jax.Array] | None = None,
         paths: dict[str, jax.Array | NodePath] | None = None,
         valid: jax.Array | None = None,
+        dropout: bool | None = None,
     ) -> LMOutput:
         """Next-token logits for `tokens` (batch, time).
 
@@ -273,6 +276,8 @@ class RNNSearchModel(LanguageModel):
             paths: {"recurrent": path}: a single path, as `RNNSearchCell` takes it.
             valid: optional (batch, time) mask of real steps; padded steps (0) leave the
                 hidden state as it was (`scan_cell`).
+            dropout: whether dropout applies (default: `train`); a candidate scored with
+                batch statistics runs without it.
         """
         if weights is None and paths is None:
             weights = {CELL_KIND: jax.nn.softmax(self.alpha_recurrent[...], axis=-1)}
@@ -281,7 +286,66 @@ class RNNSearchModel(LanguageModel):
             "path": None if paths is None else paths[CELL_KIND],
             "train": train,
         }
-        return self._forward(tokens, hidden, train, rng, step_args, valid)
+        return self._forward(tokens, hidden, train, rng, step_args, valid, dropout)
+
+
+class HiddenCarry(nnx.BatchStat):
+    """Hidden states carried from one BPTT window to the next, one per stream of windows
+    (the weight and the architecture step's): state a step updates but never
+    differentiates, so it travels with the BN statistics."""
+
+
+class CarriedSearchModel(nnx.Module):
+    """The language-model supernet as a search strategy calls a supernet: ``logits =
+    model(x, train=..., weights=..., paths=...)``, where `x` holds one window.
+
+    `x` is a dict: `tokens` (batch, time); `valid` (batch, time), 1 at real steps;
+    `stream` (batch,) the window's stream (all rows alike); `reset` (batch,) 1 where the
+    stream starts afresh (an epoch's first window); `rng`, a dropout key (None: no
+    dropout). The window starts from its stream's carried hidden state and leaves its
+    last one there, as the DARTS reference carries `hidden` and `hidden_valid`.
+
+    Args:
+        model: the supernet language model.
+        batch_size: rows of the training windows.
+        streams: how many streams carry a hidden state.
+    """
+
+    def __init__(self, model: RNNSearchModel, *, batch_size: int, streams: int = 2) -> None:
+        self.lm = model
+        self.carry = HiddenCarry(jnp.zeros((streams, batch_size, model.hidden_size), jnp.float32))
+
+    def alphas(self) -> dict[str, jax.Array]:
+        return self.lm.alphas()
+
+    def __call__(
+        self,
+        x: dict[str, Any],
+        *,
+        train: bool = False,
+        weights: dict[str, jax.Array] | None = None,
+        paths: dict[str, jax.Array] | None = None,
+        edge_weights: dict[str, jax.Array] | None = None,
+    ) -> jax.Array:
+        """Next-token logits of the window `x`; the stream's hidden state moves on."""
+        if edge_weights is not None:
+            raise ValueError("a recurrent supernet has no edge weights (PC-DARTS' betas)")
+        stream = x["stream"][0]
+        carry = self.carry[...]
+        hidden = carry[stream] * (1.0 - x["reset"][:, None])
+        rng = x.get("rng")
+        out = self.lm(
+            x["tokens"],
+            hidden,
+            train=train,
+            rng=rng,
+            weights=weights,
+            paths=paths,
+            valid=x["valid"],
+            dropout=train and rng is not None,
+        )
+        self.carry[...] = carry.at[stream].set(out.hidden)
+        return out.logits
 
 
 class RNNModel(LanguageModel):
@@ -341,8 +405,10 @@ class RNNModel(LanguageModel):
 __all__ = [
     "SEARCH_DROPOUTS",
     "TRAIN_DROPOUTS",
+    "CarriedSearchModel",
     "DropoutMasks",
     "Dropouts",
+    "HiddenCarry",
     "LMOutput",
     "LanguageModel",
     "RNNModel",

@@ -80,20 +80,37 @@ def skeleton_of(space: SearchSpace | str) -> Skeleton:
     return SKELETONS.get(space.skeleton)
 
 
-def resolve_model(model: ModelConfig) -> ModelConfig:
+TEXT_SOURCES = ("text:", "text-words:")
+"""The data name prefixes of text corpora (`nasax.loop.text.load_corpus`)."""
+
+
+def data_kind(data_name: str) -> str:
+    """What a data name holds: "text" (`text:`, `text-words:`) or "images"."""
+    return "text" if data_name.startswith(TEXT_SOURCES) else "images"
+
+
+def resolve_model(model: ModelConfig, data_name: str = "digits") -> ModelConfig:
     """The `model` section with its space as a name (a mapping defines one), once the
-    space is known and its skeleton accepts the section; ValueError naming the key."""
+    space is known, its skeleton reads the kind of data `data_name` names and accepts
+    the section; ValueError naming the key."""
     name = space_name(model.space)
     try:
         space = get_space(name)
     except KeyError as e:  # an unknown space (a definition that does not fit its base
         raise ValueError(f"model.space: {e.args[0]}") from None  # raises ValueError itself)
-    if skeleton_of(space).data != "images":
-        images = [n for n in SPACES.names() if skeleton_of(n).data == "images"]
+    reads, given = skeleton_of(space).data, data_kind(data_name)
+    if reads != given:
+        fitting = [n for n in SPACES.names() if skeleton_of(n).data == given]
+        if reads == "text":
+            raise ValueError(
+                f"model.space: space {space.name!r} builds language models (the "
+                f"{space.skeleton} skeleton reads text), but data.name {data_name!r} holds "
+                f"images; image search and training take {', '.join(fitting)}, and language "
+                "models data.name text:PATH or text-words:DIR"
+            )
         raise ValueError(
-            f"model.space: space {space.name!r} builds language models (the "
-            f"{space.skeleton} skeleton reads text); image search and training take "
-            f"{', '.join(images)}"
+            f"model.space: space {space.name!r} builds image networks, but data.name "
+            f"{data_name!r} is text; language models take model.space {' or '.join(fitting)}"
         )
     fixed = skeleton_of(space).stem_multiplier
     if fixed is not None and model.stem_multiplier != fixed:
@@ -109,9 +126,17 @@ def resolve_model_config(config: Config, source: str = "config") -> Config:
     """`config` with its `model` section resolved (`resolve_model`); a one-line
     ConfigError if the section does not fit its space."""
     try:
-        return config.model_copy(update={"model": resolve_model(config.model)})
+        return config.model_copy(update={"model": resolve_model(config.model, config.data.name)})
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from None
 
 
-__all__ = ["SKELETONS", "Skeleton", "resolve_model", "resolve_model_config", "skeleton_of"]
+__all__ = [
+    "SKELETONS",
+    "TEXT_SOURCES",
+    "Skeleton",
+    "data_kind",
+    "resolve_model",
+    "resolve_model_config",
+    "skeleton_of",
+]
