@@ -44,10 +44,14 @@ def derivable_ops(space: SearchSpace) -> np.ndarray:
 
 
 def none_index(space: SearchSpace) -> int:
-    """The index of the `none` op, which marks dropped edges; spaces that drop edges need it."""
-    if "none" not in space.ops:
-        raise ValueError(f"space {space.name!r} keeps some edges only, so it needs a 'none' op")
-    return space.ops.index("none")
+    """The op index that marks a dropped edge: the `none` op's. A recurrent space without
+    one (`enas_rnn`) marks it one past its last op, which its cell runs as no edge; an
+    image space that drops edges needs `none`."""
+    if "none" in space.ops:
+        return space.ops.index("none")
+    if space.skeleton == "rnn":
+        return space.n_ops
+    raise ValueError(f"space {space.name!r} keeps some edges only, so it needs a 'none' op")
 
 
 def sample_cell(rng: jax.Array, space: SearchSpace) -> jax.Array:
@@ -113,7 +117,8 @@ def sample_paths(
 
 def paths_genotype(paths: dict[str, np.ndarray], space: SearchSpace) -> Genotype:
     """The genotype a path sample stands for (its one-hot weights through the discretizer)."""
-    weights = {k: np.eye(space.n_ops)[np.asarray(p)] for k, p in paths.items()}
+    one_hot = np.eye(space.n_ops + 1)[:, : space.n_ops]  # a dropped-edge mark past the ops: 0
+    weights = {k: one_hot[np.asarray(p)] for k, p in paths.items()}
     return derive_genotype(weights, space)
 
 
@@ -122,7 +127,7 @@ def genotype_paths(genotype: Genotype, space: SearchSpace) -> dict[str, np.ndarr
     genotype.validate(space, searched=True)
     paths = {}
     for kind in space.cell_kinds:
-        path = np.full(space.n_edges, none_index(space) if "none" in space.ops else 0)
+        path = np.full(space.n_edges, 0 if space.edges_per_node is None else none_index(space))
         for node, pairs in enumerate(genotype.cell(kind)[0]):
             edges = space.node_edges(node)
             for op, src in pairs:

@@ -234,8 +234,9 @@ class RNNSearchCell(RecurrentCell):
         path: jax.Array,
         h_mask: jax.Array | None,
     ) -> jax.Array:
-        """Sum over the node's edges of each edge's one op (`lax.switch`)."""
-        branches = self._branches(node, h_mask)
+        """Sum over the node's edges of each edge's one op (`lax.switch`); an index past the
+        ops (a dropped edge of a space without `none`) adds nothing."""
+        branches = [*self._branches(node, h_mask), jnp.zeros_like]
         out = jnp.zeros_like(states[0])
         for src, e in enumerate(self.space.node_edges(node)):
             y = lax.switch(path[e], branches, states[src])

@@ -201,10 +201,16 @@ def test_the_second_order_hypergradient_of_a_tiny_rnn_matches_finite_differences
             np.testing.assert_allclose(float(np.sum(g * d)), numeric, rtol=1e-5, atol=1e-9)
 
 
-@pytest.mark.parametrize("strategy", ["darts", "random_ws", "enas"])
-def test_a_search_on_text_finds_a_recurrent_cell(strategy, tmp_path):
+@pytest.mark.parametrize(
+    "strategy, space", [("darts", "darts_rnn"), ("random_ws", "darts_rnn"), ("enas", "enas_rnn")]
+)
+def test_a_search_on_text_finds_a_recurrent_cell(strategy, space, tmp_path):
+    """Each required strategy; ENAS in its own space, which has no `none` op."""
     corpus = write_corpus(tmp_path / "c.txt")
-    sections = {"search": {"strategy": strategy, "epochs": 1}}
+    sections = {
+        "search": {"strategy": strategy, "epochs": 1},
+        "model": {"space": {"base": space, "nodes": 2}},
+    }
     if strategy != "darts":
         sections["search"][strategy] = {"select_batches": 2, "candidates": 4}
     if strategy == "enas":
