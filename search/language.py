@@ -12,7 +12,8 @@ an epoch's start; unlike it, the two streams are the two halves of the training 
 (`search.train_portion`, the image search's protocol), so the validation split stays
 untouched by the search and reports it. Departures: the learning rate is not rescaled by
 each window's length, and the search step has no temporal activation regularisation (the
-reference's weight 1e-3); windows are padded to a multiple of `LENGTH_BUCKET` steps.
+reference's weight 1e-3); windows are padded to
+`bptt` plus a multiple of `LENGTH_BUCKET` steps.
 """
 
 from __future__ import annotations
@@ -285,7 +286,7 @@ class LanguageSearchRun(SearchRun):
     def _window(self, stream: int, window: Window, which: int, reset: bool) -> Batch:
         """A training window of a stream as a host batch."""
         data = self.plan.weight_stream if stream == WEIGHT_STREAM else self.plan.arch_stream
-        batch = padded_window(data, window)
+        batch = padded_window(data, window, anchor=self.config.text.bptt)
         rows = data.shape[0]
         batch["stream"] = np.full(rows, which, np.int32)
         batch["reset"] = np.full(rows, float(reset), np.float32)
@@ -316,12 +317,12 @@ class LanguageSearchRun(SearchRun):
         return steps
 
     def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch, Batch]]:
-        put = self.ctx.dp.put_batch
+        put, text = self.ctx.dp.put_batch, self.config.text
 
         def pairs() -> Iterator[Batch]:
             for i, (w, a, w_reset, a_reset) in enumerate(self.epoch_windows(epoch)):
                 if i >= first:
-                    length = padded_length(max(w.length, a.length))
+                    length = padded_length(max(w.length, a.length), anchor=text.bptt)
                     train = self._window(WEIGHT_STREAM, w, WEIGHT_STREAM, w_reset)
                     val = self._window(ARCH_STREAM, a, ARCH_STREAM, a_reset)
                     train, val = (_pad_to(b, length) for b in (train, val))

@@ -18,7 +18,7 @@ from flax import nnx
 
 from nasax.app.cli import main
 from nasax.core.errors import ConfigError
-from nasax.loop.text import TextCorpus, Window, padded_window
+from nasax.loop.text import TextCorpus, Window, padded_length, padded_window
 from nasax.search.language import LanguageSupernet, language_setup, window_input
 from nasax.search.options import validate_config
 from nasax.search.strategy import STRATEGIES, FunctionalSupernet, alphas_of
@@ -277,3 +277,9 @@ def test_kill_9_mid_bptt_resumes_bit_exact(tmp_path):
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert main(search_argv(config, tmp_path, out, "--resume")) == 0
     assert_same_run(reference, out)
+
+
+def test_windows_pad_to_bptt_plus_a_multiple_of_the_bucket():
+    """A window of the mean length is not padded; others round up by steps of 8 from it."""
+    assert [padded_length(n, anchor=35) for n in (35, 36, 43, 28, 27, 1)] == [35, 43, 43, 35, 27, 3]
+    assert [padded_length(n) for n in (1, 8, 9)] == [8, 8, 16]

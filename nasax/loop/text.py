@@ -273,20 +273,23 @@ LENGTH_BUCKET = 8
 compiles a handful of programs (one per padded length) instead of one per length."""
 
 
-def padded_length(length: int, bucket: int = LENGTH_BUCKET) -> int:
-    """The padded length of a window of `length` steps: the next multiple of `bucket`."""
-    return -(-length // bucket) * bucket
+def padded_length(length: int, bucket: int = LENGTH_BUCKET, anchor: int = 0) -> int:
+    """The padded length of a window of `length` steps: the shortest `anchor` plus a
+    multiple (maybe negative) of `bucket` that holds it. With `anchor` the mean BPTT
+    length, windows of exactly that length are not padded at all."""
+    shortest = anchor - (anchor - 1) // bucket * bucket  # the smallest such length >= 1
+    return max(shortest, anchor + -(-(length - anchor) // bucket) * bucket)
 
 
 def padded_window(
-    data: np.ndarray, window: Window, length: int | None = None
+    data: np.ndarray, window: Window, length: int | None = None, *, anchor: int = 0
 ) -> dict[str, np.ndarray]:
     """A window as a batch: `tokens` and `label` (its targets), (batch, length) each, and
     `valid`, 1.0 at real steps and 0.0 at the padding that fills the window up to `length`
-    (default: `padded_length` of its own)."""
+    (default: `padded_length` of its own, around `anchor`)."""
     tokens, targets = window_batch(data, window)
     rows, real = tokens.shape
-    length = padded_length(real) if length is None else length
+    length = padded_length(real, anchor=anchor) if length is None else length
     if length < real:
         raise ValueError(f"a window of {real} steps does not fit a padded length of {length}")
     pad = ((0, 0), (0, length - real))
