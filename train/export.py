@@ -9,6 +9,13 @@
     inference.jax      `jax.export` of images -> logits, weights included; runs with plain
                        JAX (`jax.export.deserialize(data).call(images)`) and no nasax code
 
+A language-model retraining (a run with a vocab.json) exports as a folder of the same
+shape, with `kind: language_model` in model.json, `vocab.json` (its tokens), the weights
+it evaluates with (NT-ASGD's average once on) under params/, and an inference.jax of
+(tokens (batch, time) int32, hidden (batch, hidden) float32) -> (logits (batch, time,
+vocab), hidden), batch and time symbolic: `call(tokens, hidden)` at any sizes; zeros
+start a text.
+
 The folder is built next to OUT_DIR and renamed into place, so it is whole or absent.
 """
 
@@ -17,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,14 +42,19 @@ from nasax.core.storage import storage_errors
 from nasax.loop.data import Dataset, normalize
 from nasax.loop.progress import TaskProgress
 from nasax.supernet.genotypes import Genotype
+from nasax.supernet.rnn_network import Dropouts, RNNModel
 from nasax.supernet.skeletons import skeleton_of
 from nasax.train.evaluate import load_train_run, reading_run
+from nasax.train.language import LanguageRunFiles, is_language_run, load_language_run
+from nasax.train.lm_trainer import Vocabulary
 from nasax.train.trainer import Trainer, TrainState
 
 FORMAT = "nasax-model"
 VERSION = 1
 EXPORT_PLATFORMS = ("cpu", "cuda", "tpu")
 """Platforms the StableHLO artifact is lowered for (it runs on any of them)."""
+LANGUAGE_MODEL = "language_model"
+"""model.json's `kind` of an exported language model (an image network has none)."""
 
 
 def _network_kwargs(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +75,26 @@ def export_inference(
     (batch,) = jax.export.symbolic_shape("batch")
     spec = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
     exported = jax.export.export(jax.jit(predict), platforms=EXPORT_PLATFORMS)(spec)
+    return bytes(exported.serialize())
+
+
+def export_language_inference(module: RNNModel) -> bytes:
+    """Serialises (tokens (batch, time) int32, hidden (batch, hidden) float32) -> (logits
+    (batch, time, vocab), last hidden) with the weights inside; batch and time are
+    symbolic, so one artifact serves any batch and window (a prompt, then one token at a
+    time)."""
+    graphdef, state = nnx.split(module)
+
+    def predict(tokens: jax.Array, hidden: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = nnx.merge(graphdef, state)(tokens, hidden)
+        return out.logits, out.hidden
+
+    batch, time = jax.export.symbolic_shape("batch, time")
+    specs = (
+        jax.ShapeDtypeStruct((batch, time), jnp.int32),
+        jax.ShapeDtypeStruct((batch, module.hidden_size), jnp.float32),
+    )
+    exported = jax.export.export(jax.jit(predict), platforms=EXPORT_PLATFORMS)(*specs)
     return bytes(exported.serialize())
 
 
@@ -111,6 +144,10 @@ def export_run(
         TaskProgress(4, enabled=progress, label="export", unit="stages") as bar,
     ):
         bar.advance(0, "restoring the checkpoint")
+        if is_language_run(run_dir):
+            files = load_language_run(run_dir)
+            bar.advance(1, "writing the weights")
+            return _write_language(files, _test_figures(run_dir), out_dir, bar)
         model = load_trained(run_dir)
         bar.advance(1, "writing the weights")
         return _write(model, out_dir, bar)
@@ -138,7 +175,7 @@ def _check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def _write(model: TrainedModel, out_dir: Path, bar: TaskProgress) -> Path:
-    """The folder, built beside `out_dir` and renamed into place."""
+    """The folder of an image network, built beside `out_dir` and renamed into place."""
     config, dataset, state = model.config, model.dataset, model.state
     module = model.trainer.module(state)
     manifest = {
@@ -159,22 +196,80 @@ def _write(model: TrainedModel, out_dir: Path, bar: TaskProgress) -> Path:
         "test_accuracy": model.test_accuracy,
         "inference": "inference.jax: raw float32 NHWC images in the data set's units -> logits",
     }
+
+    def fill(tmp: Path) -> None:
+        atomic_write_json(tmp / "model.json", manifest)
+        model.genotype.save(tmp / "genotype.json")
+        atomic_write_text(tmp / "config.yaml", config.to_yaml())
+        _save_weights(tmp / "params", {"params": state.params, "batch_stats": state.batch_stats})
+        bar.advance(1, f"lowering to StableHLO for {', '.join(EXPORT_PLATFORMS)}")
+        blob = export_inference(module, dataset.image_shape, dataset.mean, dataset.std)
+        atomic_write_bytes(tmp / "inference.jax", blob)
+
+    return _build_folder(out_dir, bar, fill)
+
+
+def _test_figures(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The test figures of a finished run's summary.json (none before it finishes)."""
+    path = Path(run_dir) / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    keys = ("test_loss", "test_accuracy", "test_ppl", "test_bpc", "test_split")
+    return {k: summary.get(k) for k in keys}
+
+
+def _write_language(
+    files: LanguageRunFiles, test: dict[str, Any], out_dir: Path, bar: TaskProgress
+) -> Path:
+    """The folder of a language model, built beside `out_dir` and renamed into place."""
+    config, text, meta = files.config, files.config.text, files.meta
+    module = files.module()
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": LANGUAGE_MODEL,
+        "vocab_size": len(files.vocab),
+        "level": files.vocab.level,
+        "embed_size": text.embed_size,
+        "hidden_size": text.hidden_size,
+        "tie_weights": text.tie_weights,
+        "dropouts": text.dropout.model_dump(),
+        "dataset": config.data.name,
+        "epoch": meta["epoch"],
+        "step": meta["step"],
+        "averaged": int(jax.device_get(files.state.averaging.count)) > 0,
+        **test,
+        "inference": "inference.jax: (tokens (batch, time) int32, hidden (batch, hidden) "
+        "float32) -> (logits (batch, time, vocab), hidden); batch and time symbolic; zeros "
+        "start a text",
+    }
+
+    def fill(tmp: Path) -> None:
+        atomic_write_json(tmp / "model.json", manifest)
+        files.genotype.save(tmp / "genotype.json")
+        files.vocab.save(tmp / "vocab.json")
+        atomic_write_text(tmp / "config.yaml", config.to_yaml())
+        _save_weights(tmp / "params", {"params": nnx.state(module, nnx.Param)})
+        bar.advance(1, f"lowering to StableHLO for {', '.join(EXPORT_PLATFORMS)}")
+        atomic_write_bytes(tmp / "inference.jax", export_language_inference(module))
+
+    return _build_folder(out_dir, bar, fill)
+
+
+def _save_weights(path: Path, weights: dict[str, Any]) -> None:
+    with orbax_writes(path, "write the weights to"):
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(path, flatten_state(jax.device_get(weights)))
+        checkpointer.wait_until_finished()
+
+
+def _build_folder(out_dir: Path, bar: TaskProgress, fill: Callable[[Path], None]) -> Path:
+    """A folder `fill` writes into a temporary one beside `out_dir`, renamed into place."""
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with storage_errors(tmp, "create"):
             tmp.mkdir(parents=True)
-        atomic_write_json(tmp / "model.json", manifest)
-        model.genotype.save(tmp / "genotype.json")
-        atomic_write_text(tmp / "config.yaml", config.to_yaml())
-        weights = {"params": state.params, "batch_stats": state.batch_stats}
-        with orbax_writes(tmp / "params", "write the weights to"):
-            checkpointer = ocp.StandardCheckpointer()
-            checkpointer.save(tmp / "params", flatten_state(jax.device_get(weights)))
-            checkpointer.wait_until_finished()
-        bar.advance(1, f"lowering to StableHLO for {', '.join(EXPORT_PLATFORMS)}")
-        blob = export_inference(module, dataset.image_shape, dataset.mean, dataset.std)
-        atomic_write_bytes(tmp / "inference.jax", blob)
+        fill(tmp)
         bar.advance(1, "moving into place")
         with storage_errors(out_dir, "move the exported model to"):
             if out_dir.exists():
@@ -211,11 +306,14 @@ def load_model(model_dir: str | os.PathLike) -> nnx.Module:
     a `DiscreteNetwork`, or the discrete network of the genotype space's skeleton.
 
     It takes images normalised with the folder's `model.json` mean and std; see
-    `read_manifest`, or `preprocess_for` for a ready function.
+    `read_manifest`, or `preprocess_for` for a ready function. A language model's folder
+    gives its `RNNModel` (tokens and hidden state in; `read_vocabulary` for the tokens).
     """
     model_dir = Path(model_dir).absolute()
     manifest = read_manifest(model_dir)
     genotype = Genotype.load(model_dir / "genotype.json")
+    if manifest.get("kind") == LANGUAGE_MODEL:
+        return _load_language_model(model_dir, manifest, genotype)
     kwargs = _network_kwargs(manifest)
     network = skeleton_of(genotype.resolve_space()).discrete_network
     abstract = nnx.eval_shape(lambda: network(genotype, **kwargs, rngs=nnx.Rngs(0)))
@@ -225,6 +323,32 @@ def load_model(model_dir: str | os.PathLike) -> nnx.Module:
     restored = ocp.StandardCheckpointer().restore(model_dir / "params", target)
     weights = unflatten_state(dict(restored), like)
     return nnx.merge(graphdef, weights["params"], weights["batch_stats"])
+
+
+def _load_language_model(model_dir: Path, manifest: dict[str, Any], genotype: Genotype) -> RNNModel:
+    """The `RNNModel` of an exported language model with its weights."""
+
+    def network() -> RNNModel:
+        return RNNModel(
+            genotype,
+            vocab_size=manifest["vocab_size"],
+            embed_size=manifest["embed_size"],
+            hidden_size=manifest["hidden_size"],
+            dropouts=Dropouts(**manifest["dropouts"]),
+            tie_weights=manifest["tie_weights"],
+            rngs=nnx.Rngs(0),
+        )
+
+    graphdef, params = nnx.split(nnx.eval_shape(network), nnx.Param)
+    like = {"params": params}
+    target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flatten_state(like).items()}
+    restored = ocp.StandardCheckpointer().restore(model_dir / "params", target)
+    return nnx.merge(graphdef, unflatten_state(dict(restored), like)["params"])
+
+
+def read_vocabulary(model_dir: str | os.PathLike) -> Vocabulary:
+    """The vocabulary of an exported language model (its vocab.json)."""
+    return Vocabulary.load(Path(model_dir) / "vocab.json")
 
 
 def preprocess_for(model_dir: str | os.PathLike) -> Any:
@@ -237,10 +361,12 @@ def preprocess_for(model_dir: str | os.PathLike) -> Any:
 __all__ = [
     "TrainedModel",
     "export_inference",
+    "export_language_inference",
     "export_model",
     "export_run",
     "load_model",
     "load_trained",
     "preprocess_for",
     "read_manifest",
+    "read_vocabulary",
 ]
