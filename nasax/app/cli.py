@@ -46,11 +46,17 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from nasax.core.config import read_config
+    from nasax.core.config import validate_config as validate_core
     from nasax.core.rundir import default_run_dir
-    from nasax.search.options import load_config
+    from nasax.search.options import validate_config
+    from nasax.train.language import trains_language
     from nasax.train.task import run_train
 
-    config = load_config(args.config, args.set)
+    data, source = read_config(args.config, args.set)
+    if trains_language(validate_core(data, source), args.genotype):
+        return _train_language(args, data, source)
+    config = validate_config(data, source)
     initialize(config.run)
     if args.genotype:
         config.train.genotype = args.genotype
@@ -67,9 +73,47 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_language(args: argparse.Namespace, data: dict[str, Any], source: str) -> int:
+    """`nasax train` of a recurrent genotype: a language model on text data."""
+    from nasax.core.config import validate_config
+    from nasax.core.rundir import default_run_dir
+    from nasax.train.language import resolve_language_config, run_language
+
+    config = resolve_language_config(validate_config(data, source), source)
+    initialize(config.run)
+    if args.genotype:
+        config.train.genotype = args.genotype
+    run_dir = args.out = args.out or default_run_dir(config.run.out_dir, config.name)
+    if args.quiet:
+        config.run.progress = False
+    summary = run_language(
+        config, run_dir, genotype=args.genotype, resume=args.resume, overwrite=args.overwrite
+    )
+    bpc = summary["test_bpc"]
+    print(
+        f"training finished: {summary['test_split']} perplexity {summary['test_ppl']:.2f}"
+        + (f", {bpc:.4f} bits per character" if bpc is not None else "")
+        + f", {summary['params']:,} parameters, {summary['wall_seconds']:.0f} s; run in {run_dir}"
+    )
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from nasax.train.evaluate import evaluate_run
+    from nasax.train.language import evaluate_language_run, is_language_run
 
+    if is_language_run(args.run_dir):
+        found = evaluate_language_run(args.run_dir)
+        state = "finished" if found["finished"] else "interrupted"
+        bpc = found["test_bpc"]
+        print(
+            f"{args.run_dir} ({state} after {found['epochs_done']} of {found['epochs']} epochs, "
+            f"step {found['step']}): {found['split']} perplexity {found['test_ppl']:.2f}"
+            + (f", {bpc:.4f} bits per character" if bpc is not None else "")
+            + f", loss {found['test_loss']:.4f}, next-token accuracy "
+            f"{found['test_accuracy']:.4f} on {found['tokens']:,} tokens"
+        )
+        return 0
     result = evaluate_run(args.run_dir, progress=not args.quiet)
     state = "finished" if result["finished"] else "interrupted"
     print(
@@ -86,6 +130,16 @@ def _export(args: argparse.Namespace) -> int:
 
     out = export_run(args.run_dir, args.out_dir, overwrite=args.overwrite, progress=not args.quiet)
     print(f"exported to {out}; load with nasax.load_model({str(out)!r})")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from nasax.train.generate import generate_text
+
+    out = generate_text(
+        args.run_dir, args.prompt, args.length, temperature=args.temperature, seed=args.seed
+    )
+    print(out.joined)
     return 0
 
 
@@ -332,6 +386,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     export.add_argument("--quiet", action="store_true", help="no progress bar")
     export.set_defaults(run=_export)
+
+    generate = commands.add_parser(
+        "generate", help="sample text from a retrained language model after a prompt"
+    )
+    generate.add_argument(
+        "run_dir",
+        metavar="RUN",
+        help="a language-model run directory written by nasax train, or its export",
+    )
+    generate.add_argument("--prompt", required=True, help="the text to continue")
+    generate.add_argument(
+        "--length", type=int, default=200, help="tokens to generate (characters or words)"
+    )
+    generate.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)"
+    )
+    generate.add_argument("--seed", type=int, default=0, help="the draws' seed")
+    generate.set_defaults(run=_generate)
 
     show = commands.add_parser("show", help="print a genotype's cells and draw them")
     show.add_argument(
