@@ -229,7 +229,7 @@ def test_the_switch_fires_at_the_epoch_the_rule_names_and_averages_from_there(
 # ------------------------------------------------------------------ a run
 
 
-def test_a_run_ends_with_finite_perplexity_and_bits_per_character(trained_lm):
+def test_a_run_ends_with_finite_perplexity_and_bits_per_character(trained_lm, capsys):
     summary = json.loads((trained_lm / "summary.json").read_text())
     assert summary["level"] == "char" and summary["test_split"] == "test"
     loss = summary["test_loss"]
@@ -249,6 +249,10 @@ def test_a_run_ends_with_finite_perplexity_and_bits_per_character(trained_lm):
     assert vocab.level == "char" and "".join(sorted(vocab.tokens)) == "".join(
         sorted(set(corpus_text()[: int(len(corpus_text()) * 0.8)]))
     )
+    assert main(["evaluate", str(trained_lm)]) == 0  # the latest checkpoint, evaluated again
+    printed = capsys.readouterr().out
+    assert "finished after 3 of 3 epochs" in printed
+    assert f"test perplexity {summary['test_ppl']:.2f}, {summary['test_bpc']:.4f} bits" in printed
 
 
 KILL_AT_STEP = """
