@@ -331,7 +331,7 @@ class LanguageSearchRun(SearchRun):
         for both in prefetch(pairs(), put=lambda b: {k: put(v) for k, v in b.items()}):
             yield both["train"], both["val"]
 
-    def test(self, state: Any) -> dict[str, float]:
+    def test(self, state: Any) -> dict[str, float]:  # type: ignore[override]
         """Loss (nats per token) and next-token accuracy on the validation split, windows
         of `bptt` in order with the hidden state carried: of the selected cell where the
         strategy runs one cell, else of the supernet."""
@@ -343,12 +343,12 @@ class LanguageSearchRun(SearchRun):
         result = evaluate_stream(
             fn, state, self.plan.valid_stream, self.config.text.bptt, hidden_size
         )
+        result |= _figures(result["loss"], self.corpus.level)
         self.last_test = result
         return result
 
     def test_line(self, test: dict[str, float]) -> str:
-        figures = _figures(test["loss"], self.corpus.level)
-        shown = "  ".join(f"{k} {v:.3f}" for k, v in figures.items())
+        shown = ", ".join(f"{k} {test[k]:.3f}" for k in ("ppl", "bpc") if k in test)
         return f", {shown}" + super().test_line(test)
 
     def _select_batches(self) -> Iterator[Batch]:
@@ -377,7 +377,9 @@ class LanguageSearchRun(SearchRun):
     def summary(self, state: Any) -> SearchFields:
         fields = dict(super().summary(state))
         test = self.last_test or self.test(state)
-        fields.update(_figures(test["loss"], self.corpus.level))
+        fields.update(
+            {f"test_{k}": v for k, v in _figures(test["loss"], self.corpus.level).items()}
+        )
         fields["vocab_size"] = self.corpus.vocab_size
         return fields  # type: ignore[return-value]
 
@@ -395,9 +397,9 @@ def _pad_to(batch: Batch, length: int) -> Batch:
 
 def _figures(loss: float, level: str) -> dict[str, float]:
     """Perplexity, and bits per character for a character corpus, of a loss in nats."""
-    figures = {"perplexity": math.exp(min(loss, 700.0))}
+    figures = {"ppl": math.exp(loss) if loss < 700 else math.inf}
     if level == "char":
-        figures["bits_per_char"] = loss / math.log(2)
+        figures["bpc"] = loss / math.log(2)
     return figures
 
 

@@ -222,8 +222,10 @@ def test_a_search_on_text_finds_a_recurrent_cell(strategy, space, tmp_path):
     assert len(nodes) == 2 and all(len(node) == 1 for node in nodes)
     assert all(node[0][1] <= i for i, node in enumerate(nodes))  # node i reads state 0..i
     assert math.isfinite(summary["test_loss"])
-    assert summary["bits_per_char"] == pytest.approx(summary["test_loss"] / math.log(2))
-    assert summary["perplexity"] == pytest.approx(math.exp(summary["test_loss"]))
+    assert summary["test_bpc"] == pytest.approx(summary["test_loss"] / math.log(2))
+    assert summary["test_ppl"] == pytest.approx(math.exp(summary["test_loss"]))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert records[-1]["test_bpc"] == pytest.approx(summary["test_bpc"])
     if strategy == "darts":
         with np.load(tmp_path / "run" / "alphas.npz") as alphas:
             assert alphas["alpha_recurrent"].shape == (1, 3, 5)

@@ -332,14 +332,18 @@ class LanguageRun(TaskRun):
             return new._replace(val_losses=state.val_losses), metrics
 
         usual = Window(0, min(self.config.text.bptt, self.plan.windows.n_steps - 1))
-        sample = self.ctx.dp.put_batch(padded_window(self.streams["train"], usual))
+        anchor = self.config.text.bptt  # windows of the mean length run unpadded
+        sample = self.ctx.dp.put_batch(padded_window(self.streams["train"], usual, anchor=anchor))
         jax.block_until_ready(step(jax.tree.map(jnp.copy, state), sample))  # compiles
         return step, jax.jit(self.trainer.evaluate)
 
     def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch]]:
         data = self.streams["train"]
         windows = self.plan.windows.windows(epoch)[first:]
-        stream = prefetch((padded_window(data, w) for w in windows), put=self.ctx.dp.put_batch)
+        bptt = self.config.text.bptt
+        stream = prefetch(
+            (padded_window(data, w, anchor=bptt) for w in windows), put=self.ctx.dp.put_batch
+        )
         return ((batch,) for batch in stream)
 
     def figures(self, split: str, state: LMState) -> Figures:

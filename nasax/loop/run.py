@@ -346,7 +346,8 @@ def _epoch_end(
         test.update(task_run.test(state))
         line = task_run.test_line(test)
         progress.log(f"epoch {epoch + 1}: test accuracy {test['accuracy']:.4f}{line}")
-        return {"test_loss": test["loss"], "test_acc": test["accuracy"]}
+        extra = {f"test_{k}": v for k, v in test.items() if k not in ("loss", "accuracy")}
+        return {"test_loss": test["loss"], "test_acc": test["accuracy"], **extra}
 
     return end_epoch
 
