@@ -195,7 +195,11 @@ def nasax_windows(data: np.ndarray, which: int, bptt: int, pad: str) -> list[dic
 
     out = []
     for k in range(WINDOWS):
-        batch = padded_window(data, Window(k * bptt, bptt), None if pad == "bucket" else bptt)
+        window = Window(k * bptt, bptt)
+        if pad == "bucket":  # the search's padding (bptt plus multiples of 8 around it)
+            batch = padded_window(data, window, anchor=bptt)
+        else:
+            batch = padded_window(data, window, bptt)
         rows = data.shape[0]
         batch["stream"] = np.full(rows, which, np.int32)
         batch["reset"] = np.full(rows, float(k == 0), np.float32)

@@ -360,7 +360,17 @@ def scan_cell(
         return (new_stats, new), new
 
     real = None if valid is None else jnp.swapaxes(valid, 0, 1)
-    (stats, h), hs = lax.scan(step, (stats, h), (jnp.swapaxes(xs, 0, 1), real))
+    inputs = (jnp.swapaxes(xs, 0, 1), real)
+
+    def loop(body: Callable) -> Callable[..., tuple]:
+        return lambda stats, h: lax.scan(body, (stats, h), inputs)
+
+    # On CPU, reverse mode through the scan with every step's intermediates kept ran 3x
+    # slower than recomputing each step's forward in the backward pass (17.9 s against
+    # 5.9 s for a gradient of the 300-wide search cell over 35 steps of 256 rows; see
+    # benchmarks/README.md); elsewhere the plain scan keeps them.
+    remat = jax.checkpoint(step, policy=jax.checkpoint_policies.dots_saveable)
+    (stats, h), hs = lax.platform_dependent(stats, h, cpu=loop(remat), default=loop(step))
     nnx.update(cell, stats)
     return jnp.swapaxes(hs, 0, 1), h
 
