@@ -12,8 +12,8 @@ an epoch's start; unlike it, the two streams are the two halves of the training 
 (`search.train_portion`, the image search's protocol), so the validation split stays
 untouched by the search and reports it. Departures: the learning rate is not rescaled by
 each window's length, and the search step has no temporal activation regularisation (the
-reference's weight 1e-3); windows are padded to
-`bptt` plus a multiple of `LENGTH_BUCKET` steps.
+reference's weight 1e-3); every training window is
+padded to the longest a draw can be (`window_capacity`), the padded steps skipped.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from nasax.loop.text import (
     batchify,
     bptt_windows,
     load_corpus,
-    padded_length,
     padded_window,
+    window_capacity,
 )
 from nasax.search.single_path import genotype_paths
 from nasax.search.strategy import (
@@ -278,15 +278,24 @@ class LanguageSearchRun(SearchRun):
         step = None
         if self.epochs:
             step = ByLength(jax.jit(guard_step(self.strategy.step, rc), donate_argnums=0))
-            sample = self._window(0, Window(0, self.config.text.bptt), WEIGHT_STREAM, True)
+            bptt = min(self.config.text.bptt, self.plan.weight_stream.shape[1] - 1)
+            sample = _pad_to(
+                self._window(0, Window(0, bptt), WEIGHT_STREAM, True), self.window_length
+            )
             step.compile(state, sample, sample)
         cell = self.strategy.evaluate_cell
         return step, jax.jit(self.strategy.evaluate), None if cell is None else jax.jit(cell)
 
+    @property
+    def window_length(self) -> int:
+        """The padded length of every training window (`window_capacity`)."""
+        text = self.config.text
+        return window_capacity(text.bptt, text.variable_length)
+
     def _window(self, stream: int, window: Window, which: int, reset: bool) -> Batch:
         """A training window of a stream as a host batch."""
         data = self.plan.weight_stream if stream == WEIGHT_STREAM else self.plan.arch_stream
-        batch = padded_window(data, window, anchor=self.config.text.bptt)
+        batch = padded_window(data, window, window.length)
         rows = data.shape[0]
         batch["stream"] = np.full(rows, which, np.int32)
         batch["reset"] = np.full(rows, float(reset), np.float32)
@@ -317,12 +326,11 @@ class LanguageSearchRun(SearchRun):
         return steps
 
     def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch, Batch]]:
-        put, text = self.ctx.dp.put_batch, self.config.text
+        put, length = self.ctx.dp.put_batch, self.window_length
 
         def pairs() -> Iterator[Batch]:
             for i, (w, a, w_reset, a_reset) in enumerate(self.epoch_windows(epoch)):
                 if i >= first:
-                    length = padded_length(max(w.length, a.length), anchor=text.bptt)
                     train = self._window(WEIGHT_STREAM, w, WEIGHT_STREAM, w_reset)
                     val = self._window(ARCH_STREAM, a, ARCH_STREAM, a_reset)
                     train, val = (_pad_to(b, length) for b in (train, val))

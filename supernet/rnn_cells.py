@@ -13,7 +13,6 @@ Weights start uniform in ±0.04, as in the reference.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -340,7 +339,8 @@ def scan_cell(
         h: (batch, hidden) initial hidden state.
         valid: optional (batch, time) mask of real steps: where it is 0 (the padding of a
             shorter window) the state stays as it was, so the last state is the one after
-            the last real step. One padded length then serves windows of any length.
+            the last real step, and a step no row needs is skipped (`lax.cond`). One
+            padded length then serves windows of any length at the cost of the real ones.
         step_args: passed to every step (weights, path, masks, train), the same each step.
 
     Returns:
@@ -348,16 +348,21 @@ def scan_cell(
     """
     graphdef, stats, rest = nnx.split(cell, nnx.BatchStat, ...)
 
-    def step(carry: tuple[nnx.State, jax.Array], inputs: tuple) -> tuple[tuple, jax.Array]:
+    def cell_step(carry: tuple[nnx.State, jax.Array], inputs: tuple) -> tuple[tuple, jax.Array]:
         stats, h = carry
         x, real = inputs
         module = nnx.merge(graphdef, stats, rest)
         new = module(x, h, **step_args)
-        new_stats = nnx.state(module, nnx.BatchStat)
-        if real is not None:  # a padded step changes neither the state nor BN statistics
+        if real is not None:  # rows whose window ended keep their state
             new = jnp.where(real[:, None] > 0, new, h)
-            new_stats = jax.tree.map(partial(jnp.where, jnp.any(real > 0)), new_stats, stats)
-        return (new_stats, new), new
+        return (nnx.state(module, nnx.BatchStat), new), new
+
+    def step(carry: tuple[nnx.State, jax.Array], inputs: tuple) -> tuple[tuple, jax.Array]:
+        real = inputs[1]
+        if real is None:
+            return cell_step(carry, inputs)
+        # a padded step changes neither the state nor BN statistics, and costs nothing
+        return lax.cond(jnp.any(real > 0), cell_step, lambda c, _: (c, c[1]), carry, inputs)
 
     real = None if valid is None else jnp.swapaxes(valid, 0, 1)
     inputs = (jnp.swapaxes(xs, 0, 1), real)

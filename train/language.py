@@ -32,7 +32,14 @@ from nasax.core.errors import ConfigError, DataError, GenotypeError, RunDirError
 from nasax.loop.data import Batch
 from nasax.loop.run import RunContext, RunOptions, RunSummary, Task, TaskRun, run
 from nasax.loop.runloop import guard_step, is_eval_epoch, prefetch
-from nasax.loop.text import TextCorpus, Window, batchify, load_corpus, padded_window
+from nasax.loop.text import (
+    TextCorpus,
+    Window,
+    batchify,
+    load_corpus,
+    padded_window,
+    window_capacity,
+)
 from nasax.supernet.genotypes import Genotype, load_genotype
 from nasax.supernet.rnn_cells import recurrent_space
 from nasax.supernet.rnn_network import RNNModel
@@ -332,17 +339,18 @@ class LanguageRun(TaskRun):
             return new._replace(val_losses=state.val_losses), metrics
 
         usual = Window(0, min(self.config.text.bptt, self.plan.windows.n_steps - 1))
-        anchor = self.config.text.bptt  # windows of the mean length run unpadded
-        sample = self.ctx.dp.put_batch(padded_window(self.streams["train"], usual, anchor=anchor))
+        length = window_capacity(self.config.text.bptt, self.config.text.variable_length)
+        sample = self.ctx.dp.put_batch(padded_window(self.streams["train"], usual, length))
         jax.block_until_ready(step(jax.tree.map(jnp.copy, state), sample))  # compiles
         return step, jax.jit(self.trainer.evaluate)
 
     def epoch_batches(self, epoch: int, first: int) -> Iterator[tuple[Batch]]:
         data = self.streams["train"]
         windows = self.plan.windows.windows(epoch)[first:]
-        bptt = self.config.text.bptt
+        # every window padded to the longest a draw can be: one program, padding skipped
+        length = window_capacity(self.config.text.bptt, self.config.text.variable_length)
         stream = prefetch(
-            (padded_window(data, w, anchor=bptt) for w in windows), put=self.ctx.dp.put_batch
+            (padded_window(data, w, length) for w in windows), put=self.ctx.dp.put_batch
         )
         return ((batch,) for batch in stream)
 

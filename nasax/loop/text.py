@@ -215,6 +215,17 @@ def batchify(tokens: np.ndarray, batch_size: int) -> np.ndarray:
     return np.asarray(tokens[: steps * batch_size], np.int32).reshape(batch_size, steps)
 
 
+MAX_EXTRA = 20
+"""How far beyond `bptt` a drawn training window may reach (AWD-LSTM's cap)."""
+
+
+def window_capacity(bptt: int, variable: bool = True) -> int:
+    """The length every training window is padded to: the longest a draw around `bptt`
+    can be (or `bptt` itself for fixed windows). One compiled step then serves every
+    window, and the cell skips the padded steps (`scan_cell`)."""
+    return bptt + MAX_EXTRA if variable else bptt
+
+
 class Window(NamedTuple):
     """A BPTT window over a (batch, steps) array: inputs at [start, start + length),
     targets one step later."""
@@ -228,7 +239,7 @@ def bptt_windows(
     bptt: int,
     rng: np.random.Generator | None = None,
     *,
-    max_extra: int = 20,
+    max_extra: int = MAX_EXTRA,
     min_length: int = 5,
 ) -> list[Window]:
     """The windows one pass over `n_steps` columns takes, in order.
@@ -305,6 +316,7 @@ def padded_window(
 __all__ = [
     "EOS",
     "LENGTH_BUCKET",
+    "MAX_EXTRA",
     "UNK",
     "TextCorpus",
     "Window",
@@ -318,4 +330,5 @@ __all__ = [
     "padded_window",
     "token_ids",
     "window_batch",
+    "window_capacity",
 ]
