@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -193,3 +194,30 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, digits_arrays):
     clf.fit(digits_arrays["x_train"], digits_arrays["y_train"])
     clf.final_fit(digits_arrays["x_train"], digits_arrays["y_train"])
     return clf
+
+
+KILL_AT_STEP = """
+import importlib, os, signal, sys
+from nasax.app.cli import main
+
+module = importlib.import_module(sys.argv[1])
+step, real_prefetch, count = int(sys.argv[2]), module.prefetch, [0]
+
+def prefetch_then_kill(it, size=2, **kw):
+    for batch in real_prefetch(it, size, **kw):
+        count[0] += 1
+        if count[0] == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield batch
+
+module.prefetch = prefetch_then_kill
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def kill_at_step(tmp: Path, module: str, step: int, argv: list[str]) -> list[str]:
+    """A command that runs `nasax argv` and SIGKILLs itself as its step `step` starts (when
+    `module`'s `prefetch`, which feeds the steps, yields that step's batch)."""
+    script = tmp / "kill_at_step.py"
+    script.write_text(KILL_AT_STEP)
+    return [sys.executable, str(script), module, str(step), *argv]

@@ -7,7 +7,6 @@ import json
 import math
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -27,6 +26,7 @@ from nasax.search.unrolled import unrolled_arch_grad, virtual_weight_step
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.rnn_network import CarriedSearchModel, Dropouts, RNNSearchModel
 from nasax.supernet.spaces import get_space
+from tests.conftest import kill_at_step
 from tests.test_reliability import assert_same_run
 
 WORDS = ("to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis")
@@ -243,25 +243,6 @@ def test_recurrent_searches_refuse_what_they_cannot_do(tmp_path):
         assert expected in str(info.value) and "\n" not in str(info.value)
 
 
-KILL_AT_STEP = """
-import os, signal, sys
-from nasax.app.cli import main
-from nasax.search import language
-
-step, real_prefetch, count = int(sys.argv[1]), language.prefetch, [0]
-
-def prefetch_then_kill(it, size=2, **kw):
-    for batch in real_prefetch(it, size, **kw):
-        count[0] += 1
-        if count[0] == step:
-            os.kill(os.getpid(), signal.SIGKILL)
-        yield batch
-
-language.prefetch = prefetch_then_kill
-sys.exit(main(sys.argv[2:]))
-"""
-
-
 def test_kill_9_mid_bptt_resumes_bit_exact(tmp_path):
     """SIGKILL in the middle of an epoch's windows (variable lengths, hidden states carried),
     checkpointing after every step: the resumed search ends as an uninterrupted one."""
@@ -272,9 +253,9 @@ def test_kill_9_mid_bptt_resumes_bit_exact(tmp_path):
     steps = json.loads((reference / "summary.json").read_text())["steps"]
     kill_at = steps // 2 + 2  # inside the second epoch
     out = tmp_path / "killed"
-    script = tmp_path / "kill.py"
-    script.write_text(KILL_AT_STEP)
-    cmd = [sys.executable, str(script), str(kill_at), *search_argv(config, tmp_path, out)]
+    cmd = kill_at_step(
+        tmp_path, "nasax.search.language", kill_at, [*search_argv(config, tmp_path, out)]
+    )
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert main(search_argv(config, tmp_path, out, "--resume")) == 0

@@ -8,7 +8,6 @@ import json
 import math
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -34,6 +33,7 @@ from nasax.train.lm_trainer import (
     split_longest,
     window_loss,
 )
+from tests.conftest import kill_at_step
 from tests.test_reliability import assert_same_run, metrics_without_timing
 from tests.tolerance import assert_close
 
@@ -255,25 +255,6 @@ def test_a_run_ends_with_finite_perplexity_and_bits_per_character(trained_lm, ca
     assert f"test perplexity {summary['test_ppl']:.2f}, {summary['test_bpc']:.4f} bits" in printed
 
 
-KILL_AT_STEP = """
-import os, signal, sys
-from nasax.app.cli import main
-from nasax.train import language
-
-step, real_prefetch, count = int(sys.argv[1]), language.prefetch, [0]
-
-def prefetch_then_kill(it, size=2, **kw):
-    for batch in real_prefetch(it, size, **kw):
-        count[0] += 1
-        if count[0] == step:
-            os.kill(os.getpid(), signal.SIGKILL)
-        yield batch
-
-language.prefetch = prefetch_then_kill
-sys.exit(main(sys.argv[2:]))
-"""
-
-
 def test_kill_9_mid_epoch_resumes_to_the_uninterrupted_run(trained_lm, corpus, tmp_path):
     """SIGKILL in the middle of the second epoch, checkpointing after every step: the
     resumed run (hidden state, windows, dropout keys, NT-ASGD state) ends bit-equal to the
@@ -281,10 +262,10 @@ def test_kill_9_mid_epoch_resumes_to_the_uninterrupted_run(trained_lm, corpus, t
     steps = json.loads((trained_lm / "summary.json").read_text())["steps"] // 3
     kill_at = steps + steps // 2
     out = tmp_path / "killed"
-    script = tmp_path / "kill_at_step.py"
-    script.write_text(KILL_AT_STEP)
     every_step = ["--set", "run.checkpoint_minutes=1e-9", "--quiet"]
-    cmd = [sys.executable, str(script), str(kill_at), *lm_args(corpus, out, *every_step)]
+    cmd = kill_at_step(
+        tmp_path, "nasax.train.language", kill_at, [*lm_args(corpus, out, *every_step)]
+    )
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert Checkpoints(out / "checkpoints").latest_step() == kill_at - 1

@@ -22,7 +22,7 @@ from nasax.core.checkpoint import Checkpoints
 from nasax.core.errors import ConfigError, GenotypeError
 from nasax.search.options import load_config, validate_config
 from nasax.train import task as train_task
-from tests.conftest import TINY_TRAIN, search_args, train_args
+from tests.conftest import TINY_TRAIN, kill_at_step, search_args, train_args
 
 
 def last_checkpoint_arrays(run: Path) -> tuple[int, dict[str, np.ndarray]]:
@@ -165,35 +165,16 @@ def test_sigint_at_an_epochs_last_search_step_resumes_to_the_uninterrupted_run(
     )
 
 
-KILL_AT_STEP = """
-import os, signal, sys
-from nasax.app.cli import main
-from nasax.train import task
-
-step, real_prefetch, count = int(sys.argv[1]), task.prefetch, [0]
-
-def prefetch_then_kill(it, size=2, **kw):
-    for batch in real_prefetch(it, size, **kw):
-        count[0] += 1
-        if count[0] == step:
-            os.kill(os.getpid(), signal.SIGKILL)
-        yield batch
-
-task.prefetch = prefetch_then_kill
-sys.exit(main(sys.argv[2:]))
-"""
-
-
 @pytest.mark.parametrize("step", [1, 6, 8, 12])
 def test_kill_9_at_a_step_resumes_to_the_uninterrupted_run(reference, tiny_npz, tmp_path, step):
     """SIGKILL as step `step` starts (the first step; the middle and the last step of the
     second epoch; the run's last step), checkpointing after every step: the resume ends
     where an uninterrupted run ends."""
     out = tmp_path / "killed"
-    script = tmp_path / "kill_at_step.py"
-    script.write_text(KILL_AT_STEP)
     every_step = ["--set", "run.checkpoint_minutes=1e-9", "--quiet"]
-    cmd = [sys.executable, str(script), str(step), *train_args(tiny_npz, out, *every_step)]
+    cmd = kill_at_step(
+        tmp_path, "nasax.train.task", step, [*train_args(tiny_npz, out, *every_step)]
+    )
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert (Checkpoints(out / "checkpoints").latest_step() or 0) == step - 1

@@ -60,6 +60,7 @@ from nasax.train.lm_trainer import (
     evaluate_stream,
     nonmono_switch,
 )
+from nasax.train.task import resolve_genotype
 
 # ------------------------------------------------------------------ the task
 
@@ -121,23 +122,9 @@ def _resolve_genotype(
 ) -> Genotype:
     """The recurrent genotype to train: given, named in the config, or (resuming) the
     run's own; GenotypeError for an image cell or one of another recurrent space."""
-    if isinstance(genotype, str):
-        genotype = load_genotype(genotype)
+    genotype = resolve_genotype(config, genotype, run_dir, resume, example="DARTS_RNN_V2")
     if resume:
-        saved = Genotype.load(run_dir / "genotype.json")
-        if genotype is not None and genotype != saved:
-            raise RunDirError(
-                f"cannot resume {run_dir}: it trains a different genotype than the one given; "
-                "resume without --genotype or with the same one"
-            )
-        return saved
-    if genotype is None and config.train.genotype is not None:
-        genotype = load_genotype(config.train.genotype)
-    if genotype is None:
-        raise GenotypeError(
-            "no genotype to train: pass --genotype PATH_OR_NAME (a genotype.json, a search run "
-            "directory, or a published name such as DARTS_RNN_V2) or set train.genotype"
-        )
+        return genotype
     try:
         space = recurrent_space(genotype)
     except GenotypeError as e:

@@ -72,10 +72,15 @@ def build_trainer(config: Config, genotype: Genotype, dataset: Dataset) -> Train
     )
 
 
-def _resolve_genotype(
-    config: Config, genotype: Genotype | str | None, run_dir: Path, resume: bool
+def resolve_genotype(
+    config: Config,
+    genotype: Genotype | str | None,
+    run_dir: Path,
+    resume: bool,
+    example: str = "DARTS_V2",
 ) -> Genotype:
-    """The genotype to train: given, named in the config, or (resuming) the run's own."""
+    """The genotype to train: given, named in the config, or (resuming) the run's own;
+    the error without one names a published `example`."""
     if isinstance(genotype, str):
         genotype = load_genotype(genotype)
     if resume:
@@ -91,7 +96,7 @@ def _resolve_genotype(
     if genotype is None:
         raise GenotypeError(
             "no genotype to train: pass --genotype PATH_OR_NAME (a genotype.json, a search run "
-            "directory, or a published name such as DARTS_V2) or set train.genotype"
+            f"directory, or a published name such as {example}) or set train.genotype"
         )
     return genotype.validate()
 
@@ -156,14 +161,14 @@ class TrainTask(Task):
         check_batch_size(dataset, t.batch_size, len(dataset.x_train), "training set")
         genotype = None
         if not resume:
-            genotype = _resolve_genotype(config, self.genotype, workdir, resume=False)
+            genotype = resolve_genotype(config, self.genotype, workdir, resume=False)
             genotype.validate(get_space(config.model.space))
         steps = len(dataset.x_train) // t.batch_size
         return TrainPlan(t.epochs, t.batch_size, steps, t.eval_every, genotype)
 
     def open(self, config: Config, run_dir: Path, resume: bool, plan: TrainPlan) -> TrainPlan:
         if resume:
-            genotype = _resolve_genotype(config, self.genotype, run_dir, resume=True)
+            genotype = resolve_genotype(config, self.genotype, run_dir, resume=True)
             return plan._replace(genotype=genotype)
         assert plan.genotype is not None
         plan.genotype.save(run_dir / "genotype.json")
