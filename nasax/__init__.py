@@ -10,8 +10,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS: dict[str, str] = {
+    "DARTS_RNN_V1": "nasax.supernet",
+    "DARTS_RNN_V2": "nasax.supernet",
     "DARTS_V1": "nasax.supernet",
     "DARTS_V2": "nasax.supernet",
+    "DiscreteRNNCell": "nasax.supernet",
+    "ENAS_RNN": "nasax.supernet",
+    "RNNModel": "nasax.supernet",
+    "RNNSearchModel": "nasax.supernet",
+    "generate_text": "nasax.train.generate",
     "Config": "nasax.core.config",
     "ConfigError": "nasax.core.errors",
     "DataError": "nasax.core.errors",
@@ -37,10 +44,24 @@ if TYPE_CHECKING:
     from nasax.core.errors import ConfigError, DataError, GenotypeError, NasaxError
     from nasax.loop.data import Dataset, load_dataset
     from nasax.search.options import load_config
-    from nasax.supernet import DARTS_V1, DARTS_V2, Genotype, SearchNetwork, SearchSpace, genotypes
+    from nasax.supernet import (
+        DARTS_RNN_V1,
+        DARTS_RNN_V2,
+        DARTS_V1,
+        DARTS_V2,
+        ENAS_RNN,
+        DiscreteRNNCell,
+        Genotype,
+        RNNModel,
+        RNNSearchModel,
+        SearchNetwork,
+        SearchSpace,
+        genotypes,
+    )
     from nasax.supernet.discrete import DiscreteCell, DiscreteNetwork
     from nasax.supernet.genotypes import load_genotype
     from nasax.train.export import load_model
+    from nasax.train.generate import generate_text
 
 
 def __getattr__(name: str) -> Any:
@@ -58,20 +79,27 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "DARTS_RNN_V1",
+    "DARTS_RNN_V2",
     "DARTS_V1",
     "DARTS_V2",
+    "ENAS_RNN",
     "Config",
     "ConfigError",
     "DataError",
     "Dataset",
     "DiscreteCell",
     "DiscreteNetwork",
+    "DiscreteRNNCell",
     "Genotype",
     "GenotypeError",
     "ImageClassifier",
     "NasaxError",
+    "RNNModel",
+    "RNNSearchModel",
     "SearchNetwork",
     "SearchSpace",
+    "generate_text",
     "genotypes",
     "load_config",
     "load_dataset",

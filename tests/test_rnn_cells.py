@@ -133,3 +133,22 @@ def test_the_search_cell_batch_norm_over_time():
     assert not np.allclose(scanned.bn.var[...], 1.0)  # the statistics moved
     evaluated = scanned(xs[:, 0], h, weights)  # evaluation: running statistics, no update
     assert not np.allclose(evaluated.mean(0), 0.0, atol=1e-3)
+
+
+def test_user_code_steps_a_published_cell_with_nnx_scan():
+    """`nasax.DiscreteRNNCell` is a plain module: flax's own `nnx.scan` steps it as its
+    `scan` does."""
+    import nasax
+
+    cell = nasax.DiscreteRNNCell(nasax.DARTS_RNN_V2, input_size=4, hidden_size=5, rngs=nnx.Rngs(0))
+    xs = jax.random.normal(jax.random.key(0), (3, 6, 4))
+    h0 = jnp.zeros((3, 5))
+
+    def step(cell, h, x):
+        h = cell(x, h)
+        return h, h
+
+    h, hs = nnx.scan(step, in_axes=(None, nnx.Carry, 1), out_axes=(nnx.Carry, 1))(cell, h0, xs)
+    ref_hs, ref_h = cell.scan(xs, h0)
+    np.testing.assert_allclose(hs, ref_hs, atol=1e-6)
+    np.testing.assert_allclose(h, ref_h, atol=1e-6)
