@@ -44,14 +44,20 @@ def load_train_run(
     genotype = Genotype.load(genotype_path)
     dataset = load_dataset(config.data.name, config.data.data_dir, config.data.num_classes)
     trainer = build_trainer(config, genotype, dataset)
+    state, meta = restore_latest(run_dir, config, trainer.init(jax.random.PRNGKey(config.seed)))
+    return config, genotype, dataset, trainer, state, meta
+
+
+def restore_latest(run_dir: Path, config: Config, template: Any) -> tuple[Any, Any]:
+    """The latest checkpoint of a run, restored into `template`'s structure, and its
+    metadata; RunDirError when the run holds none yet."""
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=config.run.checkpoint_keep)
     try:
         if checkpoints.latest_step() is None:
             raise RunDirError(f"{run_dir}/checkpoints holds no checkpoint yet")
-        state, meta = checkpoints.restore(trainer.init(jax.random.PRNGKey(config.seed)))
+        return checkpoints.restore(template)
     finally:
         checkpoints.close()
-    return config, genotype, dataset, trainer, state, meta
 
 
 def reading_run(run_dir: str | Path) -> RunLock:

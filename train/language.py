@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from nasax.core.checkpoint import Checkpoints
 from nasax.core.config import Config, validate_config
 from nasax.core.errors import ConfigError, DataError, GenotypeError, RunDirError
 from nasax.loop.data import Batch
@@ -45,7 +44,7 @@ from nasax.supernet.rnn_cells import recurrent_space
 from nasax.supernet.rnn_network import RNNModel
 from nasax.supernet.skeletons import data_kind, skeleton_of
 from nasax.supernet.spaces import SPACES, get_space, space_name
-from nasax.train.evaluate import reading_run
+from nasax.train.evaluate import reading_run, restore_latest
 from nasax.train.lm_trainer import (
     Averaging,
     Figures,
@@ -500,13 +499,7 @@ def load_language_run(run_dir: str | Path) -> LanguageRunFiles:
     trainer = build_language_trainer(config, genotype, len(vocab), 1)
     if not (run_dir / "checkpoints").is_dir():
         raise RunDirError(f"{run_dir} has no checkpoints/ yet")
-    checkpoints = Checkpoints(run_dir / "checkpoints", keep=config.run.checkpoint_keep)
-    try:
-        if checkpoints.latest_step() is None:
-            raise RunDirError(f"{run_dir}/checkpoints holds no checkpoint yet")
-        state, meta = checkpoints.restore(trainer.init(jax.random.PRNGKey(config.seed)))
-    finally:
-        checkpoints.close()
+    state, meta = restore_latest(run_dir, config, trainer.init(jax.random.PRNGKey(config.seed)))
     state = jax.device_put(state)  # restored as host arrays; a traced program indexes them
     return LanguageRunFiles(config, genotype, vocab, trainer, state, meta)
 

@@ -48,7 +48,6 @@ def _search(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from nasax.core.config import read_config
     from nasax.core.config import validate_config as validate_core
-    from nasax.core.rundir import default_run_dir
     from nasax.search.options import validate_config
     from nasax.train.language import trains_language
     from nasax.train.task import run_train
@@ -57,12 +56,7 @@ def _train(args: argparse.Namespace) -> int:
     if trains_language(validate_core(data, source), args.genotype):
         return _train_language(args, data, source)
     config = validate_config(data, source)
-    initialize(config.run)
-    if args.genotype:
-        config.train.genotype = args.genotype
-    run_dir = args.out = args.out or default_run_dir(config.run.out_dir, config.name)
-    if args.quiet:
-        config.run.progress = False
+    run_dir = _start_training(config, args)
     summary = run_train(
         config, run_dir, genotype=args.genotype, resume=args.resume, overwrite=args.overwrite
     )
@@ -73,19 +67,27 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_language(args: argparse.Namespace, data: dict[str, Any], source: str) -> int:
-    """`nasax train` of a recurrent genotype: a language model on text data."""
-    from nasax.core.config import validate_config
+def _start_training(config: Any, args: argparse.Namespace) -> Path:
+    """What `nasax train` settles before a run: the runtime, the genotype and progress the
+    flags give, and the run directory (also kept in `args.out`)."""
     from nasax.core.rundir import default_run_dir
-    from nasax.train.language import resolve_language_config, run_language
 
-    config = resolve_language_config(validate_config(data, source), source)
     initialize(config.run)
     if args.genotype:
         config.train.genotype = args.genotype
     run_dir = args.out = args.out or default_run_dir(config.run.out_dir, config.name)
     if args.quiet:
         config.run.progress = False
+    return run_dir
+
+
+def _train_language(args: argparse.Namespace, data: dict[str, Any], source: str) -> int:
+    """`nasax train` of a recurrent genotype: a language model on text data."""
+    from nasax.core.config import validate_config
+    from nasax.train.language import resolve_language_config, run_language
+
+    config = resolve_language_config(validate_config(data, source), source)
+    run_dir = _start_training(config, args)
     summary = run_language(
         config, run_dir, genotype=args.genotype, resume=args.resume, overwrite=args.overwrite
     )
