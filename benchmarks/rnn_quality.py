@@ -32,7 +32,7 @@ from flax import nnx
 
 from nasax.core.config import validate_config
 from nasax.loop.optim import weight_optimizer, weight_schedule
-from nasax.loop.text import batchify, load_text, padded_window
+from nasax.loop.text import batchify, evaluate_stream, load_text, padded_window
 from nasax.supernet.genotypes import Genotype, load_genotype
 from nasax.supernet.rnn_cells import INIT_RANGE, masked, uniform_init
 from nasax.supernet.rnn_network import Dropouts, LMOutput, RNNModel, dropout_mask
@@ -41,7 +41,6 @@ from nasax.train.lm_trainer import (
     LanguageTrainer,
     WindowPlan,
     eval_params,
-    evaluate_stream,
     nonmono_switch,
 )
 

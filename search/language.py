@@ -18,8 +18,6 @@ padded to the longest a draw can be (`window_capacity`), the padded steps skippe
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,6 +45,7 @@ from nasax.loop.text import (
     Window,
     batchify,
     bptt_windows,
+    evaluate_stream,
     load_corpus,
     padded_window,
     window_capacity,
@@ -272,17 +271,15 @@ class LanguageSearchRun(SearchRun):
         )
 
     def _build_programs(self, state: Any, key: str) -> tuple[Any, Any, Any]:
-        """(step, evaluate, evaluate one cell), each one XLA program per padded window
-        length; the step is compiled now for the usual length (`bptt` padded)."""
+        """(step, evaluate, evaluate one cell); the step compiled now, for the one padded
+        length of every training window."""
         rc = self.config.run
         step = None
         if self.epochs:
-            step = ByLength(jax.jit(guard_step(self.strategy.step, rc), donate_argnums=0))
+            jitted = jax.jit(guard_step(self.strategy.step, rc), donate_argnums=0)
             bptt = min(self.config.text.bptt, self.plan.weight_stream.shape[1] - 1)
-            sample = _pad_to(
-                self._window(0, Window(0, bptt), WEIGHT_STREAM, True), self.window_length
-            )
-            step.compile(state, sample, sample)
+            sample = self._window(WEIGHT_STREAM, Window(0, bptt), True, self.window_length)
+            step = jitted.lower(state, sample, sample).compile()
         cell = self.strategy.evaluate_cell
         return step, jax.jit(self.strategy.evaluate), None if cell is None else jax.jit(cell)
 
@@ -292,12 +289,12 @@ class LanguageSearchRun(SearchRun):
         text = self.config.text
         return window_capacity(text.bptt, text.variable_length)
 
-    def _window(self, stream: int, window: Window, which: int, reset: bool) -> Batch:
-        """A training window of a stream as a host batch."""
+    def _window(self, stream: int, window: Window, reset: bool, length: int | None = None) -> Batch:
+        """A window of a stream as a host batch, padded to `length` steps (default: none)."""
         data = self.plan.weight_stream if stream == WEIGHT_STREAM else self.plan.arch_stream
-        batch = padded_window(data, window, window.length)
+        batch = padded_window(data, window, length or window.length)
         rows = data.shape[0]
-        batch["stream"] = np.full(rows, which, np.int32)
+        batch["stream"] = np.full(rows, stream, np.int32)
         batch["reset"] = np.full(rows, float(reset), np.float32)
         return batch
 
@@ -331,9 +328,8 @@ class LanguageSearchRun(SearchRun):
         def pairs() -> Iterator[Batch]:
             for i, (w, a, w_reset, a_reset) in enumerate(self.epoch_windows(epoch)):
                 if i >= first:
-                    train = self._window(WEIGHT_STREAM, w, WEIGHT_STREAM, w_reset)
-                    val = self._window(ARCH_STREAM, a, ARCH_STREAM, a_reset)
-                    train, val = (_pad_to(b, length) for b in (train, val))
+                    train = self._window(WEIGHT_STREAM, w, w_reset, length)
+                    val = self._window(ARCH_STREAM, a, a_reset, length)
                     yield {"train": train, "val": val}
 
         for both in prefetch(pairs(), put=lambda b: {k: put(v) for k, v in b.items()}):
@@ -347,16 +343,20 @@ class LanguageSearchRun(SearchRun):
         if self.cell_eval_fn is not None and self.genotype is not None:
             paths = genotype_paths(self.genotype, self.setup.space)
             fn = partial_paths(self.cell_eval_fn, paths)
-        hidden_size = self.config.text.hidden_size
+        text = self.config.text
         result = evaluate_stream(
-            fn, state, self.plan.valid_stream, self.config.text.bptt, hidden_size
+            with_hidden(fn),
+            state,
+            self.plan.valid_stream,
+            text.bptt,
+            text.hidden_size,
+            self.corpus.level,
         )
-        result |= _figures(result["loss"], self.corpus.level)
-        self.last_test = result
-        return result
+        self.last_test = dict(result)
+        return self.last_test
 
     def test_line(self, test: dict[str, float]) -> str:
-        shown = ", ".join(f"{k} {test[k]:.3f}" for k in ("ppl", "bpc") if k in test)
+        shown = ", ".join(f"{k} {test[k]:.3f}" for k in ("ppl", "bpc") if test.get(k) is not None)
         return f", {shown}" + super().test_line(test)
 
     def _select_batches(self) -> Iterator[Batch]:
@@ -364,7 +364,7 @@ class LanguageSearchRun(SearchRun):
         bptt, n = self.config.text.bptt, self.plan.arch_stream.shape[1]
         for window in bptt_windows(n, bptt):
             if window.length == bptt:
-                yield self.ctx.dp.put_batch(self._window(ARCH_STREAM, window, ARCH_STREAM, True))
+                yield self.ctx.dp.put_batch(self._window(ARCH_STREAM, window, True))
 
     def _phase_batches(self, epoch: int) -> Iterator[Batch]:
         """Architecture-half windows for a strategy's after-epoch phase (ENAS' controller),
@@ -377,38 +377,26 @@ class LanguageSearchRun(SearchRun):
                 len(windows)
             )
             for i in order:
-                yield self.ctx.dp.put_batch(
-                    self._window(ARCH_STREAM, windows[i], ARCH_STREAM, True)
-                )
+                yield self.ctx.dp.put_batch(self._window(ARCH_STREAM, windows[i], True))
             sweep += 1
 
     def summary(self, state: Any) -> SearchFields:
         fields = dict(super().summary(state))
         test = self.last_test or self.test(state)
-        fields.update(
-            {f"test_{k}": v for k, v in _figures(test["loss"], self.corpus.level).items()}
-        )
+        fields.update({f"test_{k}": test[k] for k in ("ppl", "bpc")})
         fields["vocab_size"] = self.corpus.vocab_size
         return fields  # type: ignore[return-value]
 
 
-def _pad_to(batch: Batch, length: int) -> Batch:
-    """A window batch padded on the right to `length` steps (invalid steps)."""
-    extra = length - batch["tokens"].shape[1]
-    if extra <= 0:
-        return batch
-    out = dict(batch)
-    for k in ("tokens", "label", "valid"):
-        out[k] = np.pad(batch[k], ((0, 0), (0, extra)))
-    return out
+def with_hidden(eval_fn: Callable[[Any, Batch], Metrics]) -> Callable[..., tuple]:
+    """A supernet evaluation `(state, batch with its hidden) -> sums and hidden` in the
+    form `evaluate_stream` calls: `(state, hidden, batch) -> (sums, hidden)`."""
 
+    def call(state: Any, hidden: jax.Array, batch: Batch) -> tuple[Metrics, jax.Array]:
+        sums = dict(eval_fn(state, {**batch, "hidden": hidden}))
+        return sums, sums.pop("hidden")
 
-def _figures(loss: float, level: str) -> dict[str, float]:
-    """Perplexity, and bits per character for a character corpus, of a loss in nats."""
-    figures = {"ppl": math.exp(loss) if loss < 700 else math.inf}
-    if level == "char":
-        figures["bpc"] = loss / math.log(2)
-    return figures
+    return call
 
 
 def partial_paths(cell_eval_fn: Callable, paths: dict[str, np.ndarray]) -> Callable:
@@ -417,60 +405,10 @@ def partial_paths(cell_eval_fn: Callable, paths: dict[str, np.ndarray]) -> Calla
     return lambda state, batch: _with_paths(cell_eval_fn, fixed, state, batch)
 
 
-def evaluate_stream(
-    eval_fn: Callable[[Any, Batch], dict[str, jax.Array]],
-    state: Any,
-    data: np.ndarray,
-    bptt: int,
-    hidden_size: int,
-) -> dict[str, float]:
-    """Loss (nats per token) and accuracy over a batchified stream, read in windows of
-    `bptt` from a zero state carried from window to window (the reference's `evaluate`);
-    the last, shorter window is padded, so one program serves every window."""
-    rows, steps = data.shape
-    hidden = jnp.zeros((rows, hidden_size), jnp.float32)
-    totals = []
-    for window in bptt_windows(steps, bptt):
-        batch = {k: jnp.asarray(v) for k, v in padded_window(data, window, bptt).items()}
-        batch["hidden"] = hidden
-        sums = eval_fn(state, batch)
-        hidden = sums.pop("hidden")
-        totals.append(sums)
-    host = jax.device_get(totals)
-    count = sum(float(t["count"]) for t in host)
-    return {
-        "loss": sum(float(t["loss_sum"]) for t in host) / count,
-        "accuracy": sum(float(t["correct"]) for t in host) / count,
-    }
-
-
-class ByLength:
-    """A jitted step that keeps one compiled program per padded window length; `compile`
-    builds one ahead of time, so the run loop's compile time is the step's."""
-
-    def __init__(self, jitted: Any) -> None:
-        self.jitted = jitted
-        self.programs: dict[int, Any] = {}
-
-    def compile(self, state: Any, train: Batch, val: Batch) -> None:
-        tick = time.perf_counter()
-        lowered = self.jitted.lower(state, train, val)
-        self.programs[train["tokens"].shape[1]] = lowered.compile()
-        self.seconds = time.perf_counter() - tick
-
-    def __call__(self, state: Any, train: Batch, val: Batch) -> tuple[Any, Metrics]:
-        length = train["tokens"].shape[1]
-        program = self.programs.get(length)
-        if program is None:
-            return self.jitted(state, train, val)
-        return program(state, train, val)
-
-
 __all__ = [
     "TEXT_STRATEGIES",
     "LanguageSearchTask",
     "LanguageSupernet",
-    "evaluate_stream",
     "language_setup",
     "window_input",
 ]

@@ -48,6 +48,18 @@ def load_train_run(
     return config, genotype, dataset, trainer, state, meta
 
 
+def run_progress(run_dir: Path, config: Config, meta: Any) -> dict[str, Any]:
+    """Where a retraining's latest checkpoint stands: epochs done of planned, its step,
+    and whether the run finished."""
+    return {
+        "run_dir": str(run_dir),
+        "epochs_done": meta["epoch"],
+        "epochs": config.train.epochs,
+        "step": meta["step"],
+        "finished": meta["epoch"] == config.train.epochs and meta["batch"] == 0,
+    }
+
+
 def restore_latest(run_dir: Path, config: Config, template: Any) -> tuple[Any, Any]:
     """The latest checkpoint of a run, restored into `template`'s structure, and its
     metadata; RunDirError when the run holds none yet."""
@@ -84,11 +96,7 @@ def evaluate_run(run_dir: str | Path, *, progress: bool = False) -> dict[str, An
         progress="evaluate" if progress else None,
     )
     return {
-        "run_dir": str(run_dir),
-        "epochs_done": meta["epoch"],
-        "epochs": config.train.epochs,
-        "step": meta["step"],
-        "finished": meta["epoch"] == config.train.epochs and meta["batch"] == 0,
+        **run_progress(run_dir, config, meta),
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
         "examples": len(dataset.y_test),

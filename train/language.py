@@ -32,9 +32,11 @@ from nasax.loop.data import Batch
 from nasax.loop.run import RunContext, RunOptions, RunSummary, Task, TaskRun, run
 from nasax.loop.runloop import guard_step, is_eval_epoch, prefetch
 from nasax.loop.text import (
+    Figures,
     TextCorpus,
     Window,
     batchify,
+    evaluate_stream,
     load_corpus,
     padded_window,
     window_capacity,
@@ -44,10 +46,9 @@ from nasax.supernet.rnn_cells import recurrent_space
 from nasax.supernet.rnn_network import RNNModel
 from nasax.supernet.skeletons import data_kind, skeleton_of
 from nasax.supernet.spaces import SPACES, get_space, space_name
-from nasax.train.evaluate import reading_run, restore_latest
+from nasax.train.evaluate import reading_run, restore_latest, run_progress
 from nasax.train.lm_trainer import (
     Averaging,
-    Figures,
     LanguageTrainer,
     LMState,
     Metrics,
@@ -56,7 +57,6 @@ from nasax.train.lm_trainer import (
     build_language_trainer,
     check_same_vocabulary,
     eval_params,
-    evaluate_stream,
     nonmono_switch,
 )
 from nasax.train.task import resolve_genotype
@@ -526,11 +526,7 @@ def evaluate_language_run(run_dir: str | Path) -> dict[str, Any]:
     )
     meta = files.meta
     return {
-        "run_dir": str(run_dir),
-        "epochs_done": meta["epoch"],
-        "epochs": config.train.epochs,
-        "step": meta["step"],
-        "finished": meta["epoch"] == config.train.epochs and meta["batch"] == 0,
+        **run_progress(run_dir, config, meta),
         "split": split,
         "tokens": int(data.shape[0] * (data.shape[1] - 1)),
         **{f"test_{k}": v for k, v in found.items()},

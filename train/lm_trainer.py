@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import heapq
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypedDict
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,13 @@ from nasax.core.errors import DataError, RunDirError
 from nasax.core.io import atomic_write_json
 from nasax.loop.data import Batch
 from nasax.loop.optim import weight_optimizer, weight_schedule
-from nasax.loop.text import EOS, UNK, TextCorpus, Window, bptt_windows, padded_window
+from nasax.loop.text import (
+    EOS,
+    UNK,
+    TextCorpus,
+    Window,
+    bptt_windows,
+)
 from nasax.supernet.genotypes import Genotype
 from nasax.supernet.rnn_network import Dropouts, RNNModel
 
@@ -429,51 +434,8 @@ def _rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
-class Figures(TypedDict):
-    """A language model's figures on a split: nats per token, next-token accuracy,
-    perplexity, and bits per character (char-level corpora; else None)."""
-
-    loss: float
-    accuracy: float
-    ppl: float
-    bpc: float | None
-
-
-def figures(loss: float, accuracy: float, level: str) -> Figures:
-    ppl = math.exp(loss) if loss < 700 else math.inf
-    return {
-        "loss": loss,
-        "accuracy": accuracy,
-        "ppl": ppl,
-        "bpc": loss / math.log(2) if level == "char" else None,
-    }
-
-
-def evaluate_stream(
-    eval_fn: Callable[..., tuple[dict[str, jax.Array], jax.Array]],
-    params: nnx.State,
-    data: np.ndarray,
-    bptt: int,
-    hidden_size: int,
-    level: str,
-    put: Callable[[Any], Any] = jax.device_put,
-) -> Figures:
-    """The figures of `params` over a batchified stream, walked in order with `bptt`-long
-    windows carrying the hidden state from zeros, as the reference evaluates; the last,
-    shorter window is padded, so one program serves them all."""
-    hidden = put(jnp.zeros((data.shape[0], hidden_size), jnp.float32))
-    sums = []
-    for window in bptt_windows(data.shape[1], bptt):
-        window_sums, hidden = eval_fn(params, hidden, put(padded_window(data, window, bptt)))
-        sums.append(window_sums)
-    host = jax.device_get(sums)  # one transfer; added in float64
-    total = {k: sum(float(s[k]) for s in host) for k in ("loss_sum", "correct", "count")}
-    return figures(total["loss_sum"] / total["count"], total["correct"] / total["count"], level)
-
-
 __all__ = [
     "Averaging",
-    "Figures",
     "LMState",
     "LanguageTrainer",
     "LossParts",
@@ -482,8 +444,6 @@ __all__ = [
     "build_language_trainer",
     "check_same_vocabulary",
     "eval_params",
-    "evaluate_stream",
-    "figures",
     "nonmono_switch",
     "split_longest",
     "window_loss",

@@ -4,12 +4,15 @@ AWD-LSTM code lays them out, and the variable-length BPTT windows they train on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypedDict
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from nasax.core.errors import DataError
@@ -313,15 +316,64 @@ def padded_window(
     }
 
 
+# ------------------------------------------------------------------ evaluation
+
+
+class Figures(TypedDict):
+    """A language model's figures on a split: nats per token, next-token accuracy,
+    perplexity, and bits per character (char-level corpora; else None)."""
+
+    loss: float
+    accuracy: float
+    ppl: float
+    bpc: float | None
+
+
+def figures(loss: float, accuracy: float, level: str) -> Figures:
+    """A split's figures from its loss in nats per token and its accuracy."""
+    ppl = math.exp(loss) if loss < 700 else math.inf
+    return {
+        "loss": loss,
+        "accuracy": accuracy,
+        "ppl": ppl,
+        "bpc": loss / math.log(2) if level == "char" else None,
+    }
+
+
+def evaluate_stream(
+    eval_fn: Callable[..., tuple[dict[str, jax.Array], jax.Array]],
+    params: Any,
+    data: np.ndarray,
+    bptt: int,
+    hidden_size: int,
+    level: str,
+    put: Callable[[Any], Any] = jax.device_put,
+) -> Figures:
+    """The figures of `params` over a batchified stream, walked in order with `bptt`-long
+    windows carrying the hidden state from zeros, as the reference evaluates; the last,
+    shorter window is padded, so one program serves them all."""
+    hidden = put(jnp.zeros((data.shape[0], hidden_size), jnp.float32))
+    sums = []
+    for window in bptt_windows(data.shape[1], bptt):
+        window_sums, hidden = eval_fn(params, hidden, put(padded_window(data, window, bptt)))
+        sums.append(window_sums)
+    host = jax.device_get(sums)  # one transfer; added in float64
+    total = {k: sum(float(s[k]) for s in host) for k in ("loss_sum", "correct", "count")}
+    return figures(total["loss_sum"] / total["count"], total["correct"] / total["count"], level)
+
+
 __all__ = [
     "EOS",
     "LENGTH_BUCKET",
     "MAX_EXTRA",
     "UNK",
+    "Figures",
     "TextCorpus",
     "Window",
     "batchify",
     "bptt_windows",
+    "evaluate_stream",
+    "figures",
     "line_tokens",
     "load_corpus",
     "load_text",
