@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import os
@@ -28,15 +29,42 @@ class Genotype:
     Input index 0 and 1 are the cell's inputs, 2.. the intermediate nodes in order (in
     a space with one input, 0 is the input and 1.. the nodes); `concat` lists the node
     indices whose states form the cell's output. A cell kind reads as an attribute too
-    (`genotype.normal`, `genotype.normal_concat`), and DARTS' four-field form builds one
-    (`Genotype.darts(normal, normal_concat, reduce, reduce_concat)`). One-cell genotypes
-    (NAS-Bench-201) print as NAS-Bench-201 strings (`to_arch_string`).
+    (`genotype.normal`, `genotype.normal_concat`). One-cell genotypes (NAS-Bench-201)
+    print as NAS-Bench-201 strings (`to_arch_string`).
+
+    The papers' repositories write genotypes as keywords, and those load as written:
+    `Genotype(normal=[("sep_conv_3x3", 0), ...], normal_concat=[2, 3, 4, 5], reduce=...,
+    reduce_concat=...)` (DARTS) or `Genotype(recurrent=[("sigmoid", 0), ...],
+    concat=range(1, 9))` (DARTS' recurrent cell). Each `<kind>` is a flat list of
+    (op, input) pairs, taken node by node as the space keeps them (two per node in
+    DARTS, one in the recurrent spaces, every earlier node in NAS-Bench-201), or a list
+    of nodes; `concat` names the output of a one-kind genotype. Without `space`, the
+    genotype belongs to the first registered space with exactly those cell kinds
+    (`darts` for normal and reduce, `darts_rnn` for recurrent, `nb201` for normal).
     """
 
     cells: dict[str, CellGenotype]
     space: str = "darts"
 
-    def __init__(self, cells: Mapping[str, tuple[Any, Any]], space: str = "darts") -> None:
+    def __init__(
+        self,
+        cells: Mapping[str, tuple[Any, Any]] | None = None,
+        space: str | None = None,
+        **fields: Any,
+    ) -> None:
+        if fields:
+            if cells is not None:
+                raise GenotypeError(
+                    "give a genotype's cells either as Genotype({kind: (nodes, concat)}) or as "
+                    "keywords (normal=..., normal_concat=...), not both"
+                )
+            cells, space = _cells_from_keywords(fields, space)
+        elif cells is None:
+            raise GenotypeError(
+                "a genotype needs its cells, e.g. Genotype(normal=[...], normal_concat=[...], "
+                "reduce=[...], reduce_concat=[...])"
+            )
+        space = "darts" if space is None else space
         frozen = {
             kind: (tuple(tuple(tuple(pair) for pair in node) for node in nodes), tuple(concat))
             for kind, (nodes, concat) in cells.items()
@@ -175,6 +203,32 @@ class Genotype:
             data[f"{kind}_concat"] = list(concat)
         return data
 
+    @classmethod
+    def from_python(cls, text: str) -> Genotype:
+        """Parses a genotype as the papers' repositories print it, `Genotype(normal=[...],
+        normal_concat=range(2, 6), ...)` (optionally `NAME = Genotype(...)`), without
+        running it: literals and `range(...)` only."""
+        try:
+            tree = ast.parse(text.strip(), mode="exec")
+        except SyntaxError as e:
+            raise GenotypeError(
+                f"genotype text is not a Genotype(...) expression: {e.msg}"
+            ) from None
+        body = tree.body[0] if len(tree.body) == 1 else None
+        call = body.value if isinstance(body, (ast.Expr, ast.Assign)) else None
+        if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Genotype"):
+            raise GenotypeError(
+                "genotype text must be one Genotype(...) call, e.g. Genotype(normal=[...], "
+                "normal_concat=[2, 3, 4, 5], reduce=[...], reduce_concat=[2, 3, 4, 5])"
+            )
+        if call.args:
+            raise GenotypeError("genotype text: give the cells as keywords (normal=..., ...)")
+        fields = {kw.arg: _literal(kw.arg, kw.value) for kw in call.keywords}
+        if None in fields:
+            raise GenotypeError("genotype text: **mappings are not supported; write keywords")
+        space = fields.pop("space", None)
+        return cls(space=space, **fields).validate()
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
@@ -219,18 +273,133 @@ class Genotype:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Genotype:
-        """Reads and validates a genotype.json."""
+        """Reads and validates a genotype.json, or a file holding one `Genotype(...)` as
+        the papers' repositories print it."""
         path = Path(path)
         if not path.is_file():
             raise GenotypeError(f"genotype file {str(path)!r} does not exist")
+        text = path.read_text()
         try:
-            return cls.from_json(path.read_text()).validate()
+            if not text.lstrip().startswith("{") and "Genotype(" in text:
+                return cls.from_python(text)
+            return cls.from_json(text).validate()
         except GenotypeError as e:
             raise GenotypeError(f"{path}: {e}") from None
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the genotype as JSON, atomically."""
         atomic_write_json(path, self.to_dict())
+
+
+def _literal(name: str | None, node: ast.expr) -> Any:
+    """A keyword's value: a Python literal, or `range(...)` of integer literals."""
+    if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "range":
+        try:
+            return range(*(ast.literal_eval(a) for a in node.args))
+        except (ValueError, TypeError):
+            pass
+    else:
+        try:
+            return ast.literal_eval(node)
+        except (ValueError, SyntaxError):
+            pass
+    raise GenotypeError(
+        f"genotype text: {name}= must be a literal list of (op, input) pairs or indices "
+        f"(or range(a, b)), got {ast.unparse(node)!r}"
+    )
+
+
+def _cells_from_keywords(
+    fields: dict[str, Any], space: str | None
+) -> tuple[dict[str, CellGenotype], str]:
+    """The cells and space of the keyword form (`normal=..., normal_concat=...`)."""
+    kinds = [k for k in fields if k != "concat" and not k.endswith("_concat")]
+    if not kinds:
+        raise GenotypeError(
+            f"genotype keywords {sorted(fields)} name no cell; give each cell kind as "
+            "<kind>=[(op, input), ...] with <kind>_concat=[...]"
+        )
+    orphans = [
+        k for k in fields if k.endswith("_concat") and k.removesuffix("_concat") not in kinds
+    ]
+    if orphans:
+        raise GenotypeError(f"genotype keyword {orphans[0]!r} has no cell {orphans[0][:-7]!r}")
+    if "concat" in fields and (len(kinds) != 1 or f"{kinds[0]}_concat" in fields):
+        raise GenotypeError(
+            "genotype keyword 'concat' names the output of a one-cell genotype; with "
+            f"cells {', '.join(kinds)} give each its own <kind>_concat"
+        )
+    target = _keyword_space(kinds, space)
+    cells = {}
+    for kind in kinds:
+        concat = fields.get(f"{kind}_concat", fields.get("concat"))
+        if concat is None:
+            raise GenotypeError(f"genotype cell {kind!r} needs {kind}_concat=[...] (its output)")
+        cells[kind] = (_keyword_nodes(kind, fields[kind], target), _keyword_ints(kind, concat))
+    return cells, target.name
+
+
+def _keyword_space(kinds: list[str], space: str | None) -> SearchSpace:
+    """`space` if named, else the first registered space whose cell kinds are `kinds`."""
+    if space is not None:
+        try:
+            return get_space(space)
+        except (KeyError, ValueError) as e:
+            raise GenotypeError(f"genotype: {e.args[0]}") from None
+    for name in SPACES:
+        if set(SPACES.get(name).cell_kinds) == set(kinds):
+            return SPACES.get(name)
+    known = "; ".join(f"{n}: {', '.join(SPACES.get(n).cell_kinds)}" for n in SPACES)
+    raise GenotypeError(
+        f"no search space has exactly the cells {', '.join(kinds)}; spaces and their cells: {known}"
+    )
+
+
+def _is_pair(item: Any) -> bool:
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], int)
+        and not isinstance(item[1], bool)
+    )
+
+
+def _keyword_nodes(kind: str, value: Any, space: SearchSpace) -> tuple[Node, ...]:
+    """A cell's nodes from a flat list of (op, input) pairs, grouped as `space` keeps
+    them per node, or from a list of nodes."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise GenotypeError(f"genotype.{kind} must be a non-empty list of (op, input) pairs")
+    if all(_is_pair(item) for item in value):
+        nodes, start = [], 0
+        while start < len(value):
+            size = space.edges_per_node or space.n_inputs + len(nodes)
+            if start + size > len(value):
+                raise GenotypeError(
+                    f"genotype.{kind} has {len(value)} (op, input) pairs; space {space.name!r} "
+                    f"takes them {space.edges_per_node or 'one per earlier node'} per node, "
+                    f"which leaves {len(value) - start} for node {len(nodes)}"
+                )
+            nodes.append(tuple((op, src) for op, src in value[start : start + size]))
+            start += size
+        return tuple(nodes)
+    for n, node in enumerate(value):
+        if not isinstance(node, (list, tuple)) or not all(_is_pair(p) for p in node):
+            raise GenotypeError(
+                f"genotype.{kind}[{n}] is {node!r}; give (op_name, input_index) pairs, as a "
+                "flat list or one list per node"
+            )
+    return tuple(tuple((op, src) for op, src in node) for node in value)
+
+
+def _keyword_ints(kind: str, value: Any) -> tuple[int, ...]:
+    try:
+        items = list(value)
+    except TypeError:
+        items = None
+    if items is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        raise GenotypeError(f"genotype {kind}'s concat must list node indices, got {value!r}")
+    return tuple(items)
 
 
 def _parse_ints(field: str, value: Any) -> tuple[int, ...]:
@@ -469,17 +638,12 @@ NB201_LARGEST = Genotype.from_arch_string(
 )
 
 
-def _recurrent(space: str, nodes: list[tuple[str, int]], concat: range | list[int]) -> Genotype:
-    """A recurrent genotype from the DARTS reference's form: one (op, input) per node."""
-    return Genotype({"recurrent": (tuple((pair,) for pair in nodes), tuple(concat))}, space)
-
-
 # Recurrent cells searched on Penn Treebank. DARTS' first- and second-order cells average
 # all 8 nodes (input 0 is the cell's first state); the ENAS cell (Pham et al., ICML 2018),
 # as the DARTS reference lists it, has 11 nodes and averages the 6 no other node reads.
-DARTS_RNN_V1 = _recurrent(
-    "darts_rnn",
-    [
+DARTS_RNN_V1 = Genotype(
+    space="darts_rnn",
+    recurrent=[
         ("relu", 0),
         ("relu", 1),
         ("tanh", 2),
@@ -489,11 +653,11 @@ DARTS_RNN_V1 = _recurrent(
         ("relu", 5),
         ("relu", 1),
     ],
-    range(1, 9),
+    concat=range(1, 9),
 )
-DARTS_RNN_V2 = _recurrent(
-    "darts_rnn",
-    [
+DARTS_RNN_V2 = Genotype(
+    space="darts_rnn",
+    recurrent=[
         ("sigmoid", 0),
         ("relu", 1),
         ("relu", 1),
@@ -503,11 +667,11 @@ DARTS_RNN_V2 = _recurrent(
         ("tanh", 3),
         ("relu", 5),
     ],
-    range(1, 9),
+    concat=range(1, 9),
 )
-ENAS_RNN = _recurrent(
-    "enas_rnn",
-    [
+ENAS_RNN = Genotype(
+    space="enas_rnn",
+    recurrent=[
         ("tanh", 0),
         ("tanh", 1),
         ("relu", 1),
@@ -520,7 +684,7 @@ ENAS_RNN = _recurrent(
         ("relu", 8),
         ("relu", 8),
     ],
-    [2, 5, 6, 9, 10, 11],
+    concat=[2, 5, 6, 9, 10, 11],
 )
 PUBLISHED = {
     "DARTS_V1": DARTS_V1,
@@ -541,12 +705,15 @@ PUBLISHED = {
 
 def load_genotype(name_or_path: str | os.PathLike) -> Genotype:
     """A published genotype by name (`DARTS_V2`), a NAS-Bench-201 arch string
-    (`|nor_conv_3x3~0|+|...|`), a genotype.json, or a run directory with one."""
+    (`|nor_conv_3x3~0|+|...|`), a `Genotype(...)` as the papers' repositories print it
+    (text, or a file holding it), a genotype.json, or a run directory with one."""
     text = str(name_or_path)
     if text in PUBLISHED:
         return PUBLISHED[text]
     if text.lstrip().startswith("|"):
         return Genotype.from_arch_string(text)
+    if "Genotype(" in text:
+        return Genotype.from_python(text)
     path = Path(name_or_path)
     if path.is_dir():
         path = path / "genotype.json"

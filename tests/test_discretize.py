@@ -156,3 +156,107 @@ def test_load_reports_missing_and_invalid_files(tmp_path):
     path.write_text(json.dumps(bad(normal_concat=[])))
     with pytest.raises(GenotypeError, match=r"broken\.json"):
         Genotype.load(path)
+
+
+# DARTS' second-order cells as the reference repository prints them (its genotypes.py and
+# the search log's `genotype = ...` line), pasted unchanged.
+REFERENCE_CNN = (
+    "DARTS_V2 = Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+    "('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), "
+    "('skip_connect', 0), ('dil_conv_3x3', 2)], normal_concat=range(2, 6), "
+    "reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+    "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
+    "('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])"
+)
+REFERENCE_RNN = (
+    "Genotype(recurrent=[('sigmoid', 0), ('relu', 1), ('relu', 1), ('identity', 1), "
+    "('tanh', 2), ('sigmoid', 5), ('tanh', 3), ('relu', 5)], concat=range(1, 9))"
+)
+
+
+def test_the_reference_keyword_form_builds_the_published_cells(tmp_path):
+    from nasax.supernet.genotypes import DARTS_RNN_V2, load_genotype
+
+    pairs = [pair for node in DARTS_V2.normal for pair in node]
+    reduce = [pair for node in DARTS_V2.reduce for pair in node]
+    built = Genotype(
+        normal=pairs, normal_concat=[2, 3, 4, 5], reduce=reduce, reduce_concat=[2, 3, 4, 5]
+    )
+    assert built == DARTS_V2 and built.space == "darts"
+    nested = Genotype(
+        normal=DARTS_V2.normal,
+        normal_concat=range(2, 6),
+        reduce=DARTS_V2.reduce,
+        reduce_concat=range(2, 6),
+    )
+    assert nested == DARTS_V2
+    assert Genotype.from_python(REFERENCE_CNN) == DARTS_V2
+    rnn = Genotype.from_python(REFERENCE_RNN)
+    assert rnn == DARTS_RNN_V2 and rnn.space == "darts_rnn" and len(rnn.recurrent) == 8
+    assert load_genotype(REFERENCE_RNN) == DARTS_RNN_V2
+    path = tmp_path / "genotype.txt"
+    path.write_text(REFERENCE_CNN + "\n")
+    assert load_genotype(path) == DARTS_V2
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (
+            lambda: Genotype(
+                normal=[("sep_conv_3x3", 0)] * 3,
+                normal_concat=[2],
+                reduce=[("max_pool_3x3", 0)] * 2,
+                reduce_concat=[2],
+            ),
+            "leaves 1 for node 1",
+        ),
+        (
+            lambda: Genotype(normal=[("sep_conv_3x3", 0)] * 2, reduce_concat=[2]),
+            "'reduce_concat' has no cell",
+        ),
+        (
+            lambda: Genotype(
+                normal=[("sep_conv_3x3", 0)] * 2,
+                reduce=[("max_pool_3x3", 0)] * 2,
+                normal_concat=[2],
+            ),
+            "reduce_concat=[...]",
+        ),
+        (
+            lambda: Genotype(decoder=[("tanh", 0)], concat=[1]),
+            "no search space has exactly the cells decoder",
+        ),
+        (
+            lambda: Genotype(
+                normal=[["sep_conv_3x3", "0"]], normal_concat=[2], reduce=[], reduce_concat=[2]
+            ),
+            "genotype.normal[0]",
+        ),
+        (
+            lambda: Genotype(
+                normal=[("sep_conv_3x3", 0)] * 2,
+                normal_concat="x",
+                reduce=[("max_pool_3x3", 0)] * 2,
+                reduce_concat=[2],
+            ),
+            "concat must list node indices",
+        ),
+        (
+            lambda: Genotype.from_python("Genotype(normal=__import__('os').getcwd())"),
+            "must be a literal",
+        ),
+        (lambda: Genotype.from_python("print('x')"), "one Genotype(...) call"),
+        (
+            lambda: Genotype.from_python(
+                REFERENCE_RNN.replace("('relu', 5)", "('max_pool_3x3', 5)")
+            ),
+            "max_pool_3x3",
+        ),
+    ],
+)
+def test_a_malformed_keyword_genotype_says_what_to_fix_in_one_line(make, fragment):
+    with pytest.raises(GenotypeError) as info:
+        make()
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
