@@ -64,7 +64,20 @@ if TYPE_CHECKING:
     from nasax.train.generate import generate_text
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject's), read once asked for; `unknown`
+    in a source tree that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nasax")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return _version()
     if name == "genotypes":
         return importlib.import_module("nasax.supernet.genotypes")
     if name not in _EXPORTS:
@@ -75,7 +88,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS, "genotypes"})
+    return sorted({*globals(), *_EXPORTS, "genotypes", "__version__"})
 
 
 __all__ = [

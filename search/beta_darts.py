@@ -5,6 +5,10 @@ softmax(alpha), so it pulls every alpha down in proportion to its op weight and 
 the softmax from sharpening early, which is what lets skip connections win in DARTS.
 lambda grows linearly over the search; the reference code's 50 * epoch / 100 over its
 100 NAS-Bench-201 epochs is `scale: 50` here, at any number of epochs.
+
+The log keeps the term apart: `val_loss` is the cross-entropy, `beta_reg` the weighted
+regulariser, `beta_decay_weight` lambda, and `val_objective` their sum (what the alphas
+descend).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def make_beta_darts(setup: SearchSetup, options: BetaDartsOptions) -> Strategy:
     relaxation = Relaxation(
         sample=softmax_forward,
         weights=softmax_weights,
-        penalty=lambda alphas, clock: weight(clock) * beta_decay(alphas),
+        penalty=lambda alphas, clock: {"beta_reg": weight(clock) * beta_decay(alphas)},
         metrics=lambda clock: {"beta_decay_weight": weight(clock)},
     )
     return relaxed_strategy(setup, relaxation)

@@ -99,6 +99,7 @@ def with_budget(
     """(gradient of the architecture objective with the cost term, metrics) from the
     loss's gradient `grads`: the cost depends on the alphas only, so its term's gradient
     adds (or, for the log form, combines) without another pass through the network.
+    The metrics (`budget_metrics`) are the expected cost and the term's value.
 
     `op_weights` maps alphas by kind to the op weights the strategy derives from (the
     softmax in DARTS); edge weights come from the betas where the supernet has them.
@@ -113,19 +114,21 @@ def with_budget(
     scale, slope = budget.loss_factor(value, loss)
     (dcost,) = vjp(slope.astype(value.dtype))
     grads = jax.tree.map(lambda g, d: scale * g + d, grads, dcost)
-    return grads, {"expected_cost": value, "cost_penalty": budget.penalty(value, loss)}
+    return grads, {"expected_cost": value, "budget_penalty": budget.penalty(value, loss)}
 
 
-def expected_cost(
+def budget_metrics(
     budget: Budget | None,
     arch: Any,
     op_weights: Callable[[dict[str, jax.Array]], dict[str, jax.Array]],
+    loss: jax.Array,
 ) -> dict[str, jax.Array]:
-    """{"expected_cost": ...} of the architecture `arch` (nothing without a budget)."""
+    """The architecture `arch`'s `expected_cost` and `budget_penalty`, the value the
+    cost term adds to the architecture objective `loss` (nothing without a budget)."""
     if budget is None:
         return {}
-    weights = op_weights(alphas_of(arch))
-    return {"expected_cost": budget.expected(weights, _edge_weights(budget, arch))}
+    value = budget.expected(op_weights(alphas_of(arch)), _edge_weights(budget, arch))
+    return {"expected_cost": value, "budget_penalty": budget.penalty(value, loss)}
 
 
 def _edge_weights(budget: Budget, arch: Any) -> dict[str, jax.Array] | None:

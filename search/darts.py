@@ -114,7 +114,9 @@ def make_darts(setup: SearchSetup, options: DartsOptions) -> Strategy:
         )
         params, weight_opt = weight_update(setup, state, grads)
         metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
-        metrics |= cost_metrics
+        if cost_metrics:  # the cross-entropy stays `val_loss`; the cost term is apart
+            metrics |= cost_metrics
+            metrics["val_objective"] = val_loss + cost_metrics["budget_penalty"]
         return state.stepped(params, stats, arch, weight_opt, arch_opt), metrics
 
     def derive(state: SupernetState) -> Genotype:

@@ -3,8 +3,9 @@
 The concentration is elu(alpha) + 1; samples are reparameterised (JAX's gamma sampler
 has implicit gradients), so the validation loss trains the concentration directly. A
 regulariser keeps it from growing without bound: the L2 norm of the concentration
-(the paper's default) or the KL divergence to a symmetric Dirichlet prior. Evaluation
-and the discretizer use the Dirichlet mean.
+(the paper's default) or the KL divergence to a symmetric Dirichlet prior, logged apart
+as `concentration_reg` (weighted; `val_loss` stays the cross-entropy). Evaluation and
+the discretizer use the Dirichlet mean.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ class DrnasOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    regularizer: Literal["l2", "kl"] = "l2"
+    regularizer: Literal["l2", "kl"] = Field(
+        "l2", description="penalty on the concentration: L2, or KL to a Dirichlet prior"
+    )
     reg_scale: float = Field(1e-3, ge=0, description="weight of the regulariser")
     prior: float = Field(1.0, gt=0, description="concentration of the KL prior")
 
@@ -68,13 +71,13 @@ def make_drnas(setup: SearchSetup, options: DrnasOptions) -> Strategy:
             )
         )
 
-    def penalty(alphas: dict[str, jax.Array], clock: Clock) -> jax.Array:
+    def penalty(alphas: dict[str, jax.Array], clock: Clock) -> dict[str, jax.Array]:
         concs = [concentration(a) for a in alphas.values()]
         if options.regularizer == "l2":
             value = sum(jnp.sum(jnp.square(c)) for c in concs)
         else:
             value = sum(jnp.sum(dirichlet_kl(c, options.prior)) for c in concs)
-        return options.reg_scale * value
+        return {"concentration_reg": options.reg_scale * value}
 
     return relaxed_strategy(
         setup, Relaxation(sample=sample, weights=dirichlet_mean, penalty=penalty)

@@ -199,7 +199,8 @@ def make_enas(setup: SearchSetup, options: EnasOptions) -> Strategy:
             "baseline": baseline,
             "advantage": advantages.mean(),
             "log_prob": log_probs.mean(),
-            "controller_loss": loss,
+            "entropy_bonus": options.entropy_weight * entropies.mean(),
+            "controller_objective": loss,
             "controller_grad_norm": optax.tree.norm(grads),
         }
         return new_state, metrics

@@ -77,7 +77,9 @@ class PcDartsOptions(BaseModel):
     arch_warmup_epochs: int | None = Field(
         None, ge=0, description="epochs before alphas/betas train (null: 30% of search.epochs)"
     )
-    edge_normalization: bool = True
+    edge_normalization: bool = Field(
+        True, description="per-node softmaxed edge weights beta, also used by the discretizer"
+    )
 
 
 @register_strategy("pcdarts", PcDartsOptions)

@@ -21,7 +21,7 @@ from jax import lax
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nasax.loop.data import Batch
-from nasax.search.budget import expected_cost, with_budget
+from nasax.search.budget import budget_metrics, with_budget
 from nasax.search.discretize import derive_genotype
 from nasax.search.strategy import (
     Clock,
@@ -52,8 +52,9 @@ class Relaxation(NamedTuple):
             evaluate the supernet and to derive the genotype.
         eval_forward: alphas by kind -> the `Forward` of evaluation (default: the
             mixed forward with `weights`).
-        penalty: optional (alphas by kind, clock) -> regulariser added to the
-            architecture loss.
+        penalty: optional (alphas by kind, clock) -> the regularisers added to the
+            architecture loss, by the names the log gives them (`beta_reg`); the
+            logged `val_loss` stays the cross-entropy, and `val_objective` is the sum.
         metrics: optional clock -> extra scalars to log (e.g. the temperature).
         weight_sample: optional forward of the weight step, with the same arguments as
             `sample` (default: `sample`), for strategies that train the weights under
@@ -63,7 +64,7 @@ class Relaxation(NamedTuple):
     sample: Callable[[dict[str, jax.Array], jax.Array, Clock], Forward]
     weights: Callable[[dict[str, jax.Array]], dict[str, jax.Array]]
     eval_forward: Callable[[dict[str, jax.Array]], Forward] | None = None
-    penalty: Callable[[dict[str, jax.Array], Clock], jax.Array] | None = None
+    penalty: Callable[[dict[str, jax.Array], Clock], Metrics] | None = None
     metrics: Callable[[Clock], Metrics] | None = None
     weight_sample: Callable[[dict[str, jax.Array], jax.Array, Clock], Forward] | None = None
 
@@ -75,13 +76,29 @@ class Annealing(BaseModel):
 
     tau_max: float = Field(10.0, gt=0, description="temperature of the first epoch")
     tau_min: float = Field(0.1, gt=0, description="temperature of the last epoch")
-    anneal: str = Field("linear", pattern="^(linear|exponential)$")
+    anneal: str = Field(
+        "linear", pattern="^(linear|exponential)$", description="the schedule's shape"
+    )
 
     @model_validator(mode="after")
     def _order(self) -> Annealing:
         if self.tau_min > self.tau_max:
             raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau_max ({self.tau_max})")
         return self
+
+
+class ArchOut(NamedTuple):
+    """An architecture step's results: the new alphas and their optimizer state, the
+    BN statistics, the validation batch's cross-entropy, accuracy and architecture
+    objective (before any cost term), and the regularisers' terms."""
+
+    arch: nnx.State
+    arch_opt: optax.OptState
+    stats: nnx.State
+    loss: jax.Array
+    acc: jax.Array
+    objective: jax.Array
+    terms: Metrics
 
 
 def epoch_progress(setup: SearchSetup) -> Callable[[Clock], jax.Array]:
@@ -190,23 +207,30 @@ def relaxed_strategy(
         """`loss` under the weight step's sample."""
         return loss(params, arch, *args, sample=relaxation.weight_sample or relaxation.sample)
 
-    def regularised(params: nnx.State, arch: nnx.State, *args: Any) -> tuple[jax.Array, Aux]:
-        """`loss` plus the relaxation's penalty on the alphas: the architecture objective."""
-        value, aux = loss(params, arch, *args)
-        if relaxation.penalty is not None:
-            value = value + relaxation.penalty(alphas_of(arch), args[-1])
-        return value, aux
+    def penalised(value: jax.Array, arch: nnx.State, clock: Clock) -> tuple[jax.Array, Metrics]:
+        """`value` plus the relaxation's penalty on the alphas, and the penalty's terms."""
+        if relaxation.penalty is None:
+            return value, {}
+        terms = relaxation.penalty(alphas_of(arch), clock)
+        return value + sum(terms.values()), terms
 
-    ArchOut = tuple[nnx.State, optax.OptState, nnx.State, jax.Array, jax.Array]
+    def regularised(
+        params: nnx.State, arch: nnx.State, *args: Any
+    ) -> tuple[jax.Array, tuple[jax.Array, Aux, Metrics]]:
+        """The architecture objective, `loss` plus the penalty, with (the cross-entropy,
+        its aux, the penalty's terms) as aux."""
+        value, aux = loss(params, arch, *args)
+        objective, terms = penalised(value, arch, args[-1])
+        return objective, (value, aux, terms)
 
     def arch_step(state: SupernetState, x: jax.Array, labels: jax.Array, rng: jax.Array) -> ArchOut:
         grad_fn = jax.value_and_grad(regularised, argnums=1, has_aux=True)
-        (val_loss, (val_acc, stats)), grads = grad_fn(
+        (objective, (val_loss, (val_acc, stats), terms)), grads = grad_fn(
             state.params, state.arch, state.batch_stats, x, labels, rng, state.clock
         )
-        grads, _ = with_budget(setup.budget, state.arch, grads, val_loss, relaxation.weights)
+        grads, _ = with_budget(setup.budget, state.arch, grads, objective, relaxation.weights)
         arch, arch_opt = arch_update(setup, state, grads)
-        return arch, arch_opt, stats, val_loss, val_acc
+        return ArchOut(arch, arch_opt, stats, val_loss, val_acc, objective, terms)
 
     def frozen_arch(
         state: SupernetState, x: jax.Array, labels: jax.Array, rng: jax.Array
@@ -215,7 +239,10 @@ def relaxed_strategy(
         val_loss, (val_acc, _) = loss(
             state.params, state.arch, state.batch_stats, x, labels, rng, state.clock
         )
-        return state.arch, state.arch_opt, state.batch_stats, val_loss, val_acc
+        objective, terms = penalised(val_loss, state.arch, state.clock)
+        return ArchOut(
+            state.arch, state.arch_opt, state.batch_stats, val_loss, val_acc, objective, terms
+        )
 
     def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
         rng = jax.random.fold_in(state.rng, state.step)
@@ -224,11 +251,11 @@ def relaxed_strategy(
         batch_args = (state.batch_stats, x_train, train["label"], train_sample, state.clock)
         if joint:
             grad_fn = jax.value_and_grad(regularised, argnums=(0, 1), has_aux=True)
-            (train_loss, (train_acc, stats)), (grads, arch_grads) = grad_fn(
+            (objective, (train_loss, (train_acc, stats), terms)), (grads, arch_grads) = grad_fn(
                 state.params, state.arch, *batch_args
             )
             arch_grads, _ = with_budget(
-                setup.budget, state.arch, arch_grads, train_loss, relaxation.weights
+                setup.budget, state.arch, arch_grads, objective, relaxation.weights
             )
             arch, arch_opt = arch_update(setup, state, arch_grads)
             val_loss, val_acc = train_loss, train_acc
@@ -236,11 +263,12 @@ def relaxed_strategy(
             x_val = setup.preprocess(val, val_rng, True)
             args = (state, x_val, val["label"], val_sample)
             if arch_warmup_epochs:
-                arch, arch_opt, stats, val_loss, val_acc = lax.cond(
+                out = lax.cond(
                     state.step >= warmup_steps(state.clock), arch_step, frozen_arch, *args
                 )
             else:
-                arch, arch_opt, stats, val_loss, val_acc = arch_step(*args)
+                out = arch_step(*args)
+            arch, arch_opt, stats, val_loss, val_acc, objective, terms = out
             grad_fn = jax.value_and_grad(weight_loss, has_aux=True)
             (train_loss, (train_acc, stats)), grads = grad_fn(
                 state.params, arch, stats, *batch_args[1:]
@@ -249,7 +277,14 @@ def relaxed_strategy(
         metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
         if relaxation.metrics is not None:
             metrics.update(relaxation.metrics(state.clock))
-        metrics |= expected_cost(setup.budget, state.arch, relaxation.weights)
+        metrics |= terms
+        cost = budget_metrics(setup.budget, state.arch, relaxation.weights, objective)
+        metrics |= cost
+        if terms or "budget_penalty" in cost:
+            # The objective the alphas took their step on: on the training batch when
+            # the step is joint (SNAS), else on the validation batch.
+            name = "train_objective" if joint else "val_objective"
+            metrics[name] = objective + cost.get("budget_penalty", 0.0)
         return state.stepped(params, stats, arch, weight_opt, arch_opt), metrics
 
     def evaluate(state: SupernetState, batch: Batch) -> Metrics:

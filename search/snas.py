@@ -32,7 +32,9 @@ class SnasOptions(Annealing):
 
     tau_max: float = Field(1.0, gt=0, description="temperature of the first epoch")
     tau_min: float = Field(0.03, gt=0, description="temperature of the last epoch")
-    anneal: str = Field("exponential", pattern="^(linear|exponential)$")
+    anneal: str = Field(
+        "exponential", pattern="^(linear|exponential)$", description="the schedule's shape"
+    )
     joint: bool = Field(True, description="one objective on the training batch (the paper)")
 
 

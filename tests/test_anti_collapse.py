@@ -245,3 +245,40 @@ def test_schedules_and_the_warm_up_follow_the_epochs_the_state_spans(tiny_npz):
         state, metrics = step(state, batch, batch)
         weights.append(float(metrics["beta_decay_weight"]))
     assert weights == [0.0, 0.0, 25.0, 25.0, 50.0, 50.0]  # 50 times 0, 1/2, 1: exact
+
+
+def test_beta_darts_logs_the_cross_entropy_as_val_loss_and_its_regulariser_apart(tiny_npz):
+    """`val_loss` is the validation batch's cross-entropy, as an independent pass of the
+    supernet gives it; the regulariser is `beta_reg` (lambda times beta_decay) and
+    `val_objective` their sum, the figure the alphas descend."""
+    from nasax.search.strategy import FunctionalSupernet, alphas_of, softmax_weights
+
+    strategy, setup = _strategy("beta_darts", {"scale": 50.0}, tiny_npz, epochs=2)
+    net = FunctionalSupernet.create(setup)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+    }
+    x = setup.preprocess(batch, jax.random.PRNGKey(0), True)  # digits: no augmentation
+
+    @jax.jit
+    def cross_entropy(state):
+        forward = Forward(weights=softmax_weights(alphas_of(state.arch)))
+        loss, _ = net.loss(state.params, state.batch_stats, state.arch, x, batch["label"], forward)
+        return loss
+
+    state, step = strategy.init(jax.random.PRNGKey(0)), jax.jit(strategy.step)
+    for lam in (0.0, 0.0, 50.0, 50.0):  # 2 steps per epoch; lambda rises from 0 to 50
+        want_loss = float(cross_entropy(state))
+        want_reg = lam * float(beta_decay(alphas_of(state.arch)))
+        state, metrics = step(state, batch, batch)
+        got = {k: float(metrics[k]) for k in ("val_loss", "beta_reg", "val_objective")}
+        why = "the validation cross-entropy in two programs: forward sums through 3 cells"
+        assert_close(got["val_loss"], want_loss, terms=ALPHA_GRAD_TERMS, why=why)
+        why = "lambda times a mean of 6 logsumexps of 5"
+        assert_close(got["beta_reg"], want_reg, terms=5 + 2 + 6 + 1, why=why)
+        why = "their float32 sum"
+        assert_close(got["val_objective"], got["val_loss"] + got["beta_reg"], terms=2, why=why)
+    # At lambda 50 the regulariser (50 log 5 for near-zero alphas) dwarfs the loss.
+    assert got["beta_reg"] > 10 * got["val_loss"]

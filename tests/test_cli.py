@@ -124,3 +124,54 @@ def test_interrupted_search_resumes_to_the_uninterrupted_result(
         return [{k: v for k, v in json.loads(x).items() if k != "images_per_sec"} for x in lines]
 
     assert untimed(a) == untimed(b)
+
+
+def test_a_beta_darts_search_logs_its_cross_entropy_and_its_regulariser_apart(tiny_npz, tmp_path):
+    """`val_loss` is the validation cross-entropy in metrics.jsonl and TensorBoard, near
+    chance's log 10 here; β-DARTS' regulariser is `beta_reg`, 50 times a mean logsumexp
+    of 5 near-zero alphas (about 50 log 5) in the last epoch, and `val_objective` the sum."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    from tests.test_strategy_runs import TINY_NB201
+    from tests.tolerance import assert_close
+
+    out = tmp_path / "beta"
+    sets = [*TINY_NB201, f"data.name=npz:{tiny_npz}", "search.strategy=beta_darts"]
+    args = ["search", "darts_nb201_digits", *[w for s in sets for w in ("--set", s)]]
+    assert main([*args, "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    steps = [r for r in records if r["kind"] == "search"]
+    assert steps and all(0 < r["val_loss"] < 2 * np.log(10) for r in steps)
+    for r in steps:
+        why = "a float32 sum, as means of the same steps"
+        assert_close(r["val_objective"], r["val_loss"] + r["beta_reg"], terms=3, why=why)
+    last = [r for r in steps if r["epoch"] == 2]
+    assert last and all(r["beta_reg"] > 0.9 * 50 * np.log(5) for r in last)
+    assert all(r["val_objective"] > 10 * r["val_loss"] for r in last)
+    events = event_accumulator.EventAccumulator(str(out / "tensorboard")).Reload()
+    assert {"search/val_loss", "search/beta_reg", "search/val_objective"} <= set(
+        events.Tags()["scalars"]
+    )
+    assert main(["report", str(out)]) == 0
+
+
+def test_version_names_nasax_and_the_libraries_it_runs_on(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as raised:
+        main(["--version"])
+    assert raised.value.code == 0
+    first, second = capsys.readouterr().out.strip().splitlines()
+    assert first == f"nasax {version('nasax')}"
+    for name in ("jax", "jaxlib", "flax", "optax"):
+        assert f"{name} {version(name)}" in second
+
+
+def test_the_old_export_form_carries_on_in_the_new_one(tmp_path):
+    from nasax.app.cli import build_parser, continue_command
+
+    argv = ["export", "runs/trained", str(tmp_path / "model"), "--quiet"]
+    args = build_parser().parse_args(argv)
+    assert continue_command(argv, args) == (
+        f"nasax export runs/trained --quiet --out {tmp_path / 'model'}"
+    )

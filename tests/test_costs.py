@@ -32,6 +32,7 @@ from nasax.search.task import run_search
 from nasax.supernet.genotypes import DARTS_V2
 from nasax.supernet.spaces import get_space
 from tests.test_strategy_runs import STRATEGIES, TINY_NB201
+from tests.tolerance import assert_close
 
 SMALL = {
     "darts": Deploy(channels=8, layers=5, image_size=(8, 8), in_channels=1, num_classes=10),
@@ -297,6 +298,11 @@ def test_a_budgeted_search_finds_a_cell_within_it(strategy, tiny_npz, tmp_path):
     if strategy == "gdas":
         records = [json.loads(line) for line in (tmp_path / strategy / "metrics.jsonl").open()]
         assert any("expected_cost" in r for r in records)
+        # The cost term is logged apart from the cross-entropy (`val_loss`).
+        steps = [r for r in records if r["kind"] == "search"]
+        for r in steps:
+            objective = r["val_loss"] + r["budget_penalty"]
+            assert_close(r["val_objective"], objective, terms=3, why="float32 sums of means")
         from nasax.app.report import render_report
 
         page = render_report(tmp_path / strategy)

@@ -245,6 +245,13 @@ def test_a_run_ends_with_finite_perplexity_and_bits_per_character(trained_lm, ca
     assert [r["epoch"] for r in evals] == [1, 2, 3]
     assert all({"val_ppl", "val_bpc", "test_ppl", "test_bpc"} <= r.keys() for r in evals)
     assert evals[-1]["test_loss"] == loss
+    # `train_loss` is the cross-entropy; TAR (weight 1e-3; AR is off) is logged apart.
+    steps = [r for r in records if r["kind"] == "train"]
+    assert steps and not any("ar_reg" in r for r in steps)
+    for r in steps:
+        assert r["tar_reg"] > 0
+        why = "a float32 sum, as means of the same steps"
+        assert_close(r["train_objective"], r["train_loss"] + r["tar_reg"], terms=3, why=why)
     vocab = Vocabulary.load(trained_lm / "vocab.json")
     assert vocab.level == "char" and "".join(sorted(vocab.tokens)) == "".join(
         sorted(set(corpus_text()[: int(len(corpus_text()) * 0.8)]))
@@ -302,7 +309,7 @@ def test_greedy_generation_is_deterministic_and_equals_single_steps(trained_lm, 
 
 def test_the_export_round_trips_to_the_models_logits(trained_lm, tmp_path, capsys):
     out = tmp_path / "model"
-    assert main(["export", str(trained_lm), str(out), "--quiet"]) == 0
+    assert main(["export", str(trained_lm), "--out", str(out), "--quiet"]) == 0
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["kind"] == "language_model" and manifest["hidden_size"] == 16
     assert Vocabulary.load(out / "vocab.json") == Vocabulary.load(trained_lm / "vocab.json")
@@ -328,6 +335,9 @@ def test_the_export_round_trips_to_the_models_logits(trained_lm, tmp_path, capsy
         assert main([argv[0], str(source), *argv[1:]]) == 0
         printed.append(capsys.readouterr().out)
     assert printed[0] == printed[1] and len(printed[0]) == len("the") + 12 + 1
+    text = tmp_path / "text.txt"  # or to a file, as printed
+    assert main([argv[0], str(out), *argv[1:], "--out", str(text)]) == 0
+    assert text.read_text() + "\n" == printed[0]
 
 
 def nasax_load_model(path: Path):

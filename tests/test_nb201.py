@@ -107,7 +107,7 @@ def test_the_searched_cell_retrains_exports_and_reloads(searched, trained, tmp_p
     module = trainer.module(state)
     assert isinstance(module, NB201Network) and param_counts(module)["params"] == summary["params"]
 
-    assert main(["export", str(trained), str(tmp_path / "model")]) == 0
+    assert main(["export", str(trained), "--out", str(tmp_path / "model")]) == 0
     model = nasax.load_model(tmp_path / "model")
     assert isinstance(model, NB201Network) and model.genotype == genotype
     x = preprocess_for(tmp_path / "model")(dataset.x_test[:6].astype(np.float32))

@@ -61,7 +61,8 @@ def command(kind: str, tiny_npz: str, run: Path, tmp_path: Path) -> list[str]:
         return search_args(tiny_npz, run, kind.split()[1])
     if kind.startswith("train"):
         return train_args(tiny_npz, run, kind.split()[1])
-    return {"evaluate": ["evaluate", str(run)], "export": ["export", str(run), str(tmp_path)]}[kind]
+    export = ["export", str(run), "--out", str(tmp_path)]
+    return {"evaluate": ["evaluate", str(run)], "export": export}[kind]
 
 
 @pytest.mark.parametrize(

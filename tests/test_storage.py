@@ -244,11 +244,11 @@ def test_a_refused_export_leaves_nothing_behind(finished_training, tmp_path, mon
 
     monkeypatch.setattr(ocp.StandardCheckpointer, "save", save)
     model = tmp_path / "model"
-    assert main(["export", str(trained), str(model), "--quiet"]) == StorageError.exit_code
+    assert main(["export", str(trained), "--out", str(model), "--quiet"]) == StorageError.exit_code
     line = the_line(capsys, errno.EDQUOT)
     assert f"cannot write the exported model to {model}: Disk quota exceeded" in line
     assert line.endswith(
-        f"pick another OUT_DIR; then rerun with: nasax export {trained} {model} --quiet"
+        f"or pass --out elsewhere; then rerun with: nasax export {trained} --out {model} --quiet"
     )
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its partial copy
     monkeypatch.setattr(ocp.StandardCheckpointer, "save", real_save)

@@ -75,6 +75,13 @@ def test_strategy_searches_as_one_program(name, tiny_npz, tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
     steps = [m for m in metrics if "train_loss" in m]
     assert steps and all(np.isfinite(m["train_loss"]) for m in steps)
+    # `val_loss` is the cross-entropy; a regulariser is logged apart, with the objective.
+    if name == "drnas":
+        for m in steps:
+            objective = m["val_loss"] + m["concentration_reg"]
+            assert_close(m["val_objective"], objective, terms=3, why="float32 sums of means")
+    else:
+        assert not any("val_objective" in m or "train_objective" in m for m in steps)
     alphas = np.load(tmp_path / name / "alphas.npz")
     if name == "gdas":
         assert steps[0]["tau"] == 10.0  # tau_max - (tau_max - tau_min) * 0: exact
@@ -92,7 +99,7 @@ def test_strategy_searches_as_one_program(name, tiny_npz, tmp_path):
         phases = [m for m in metrics if m["kind"] == "phase"]
         assert [p["epoch"] for p in phases] == [1, 2]
         assert all(p["phase_steps"] == 3 and 0 <= p["reward"] <= 1 for p in phases)
-        assert all(np.isfinite(p["controller_loss"]) for p in phases)
+        assert all(np.isfinite(p["controller_objective"]) for p in phases)
         # The per-epoch record is the controller's op frequency per edge: rows sum to one.
         assert alphas["normal"].shape == (2, 6, 5)
         # Counts over 256 samples: multiples of 1/256 that add up to 1 exactly.

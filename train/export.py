@@ -1,6 +1,6 @@
 """A trained network as a self-contained folder: genotype, config, weights, and StableHLO.
 
-`nasax export RUN_DIR OUT_DIR` writes
+`nasax export RUN_DIR --out OUT_DIR` writes
 
     model.json         what the network is (genotype space, sizes, input shape, normalisation)
     genotype.json      the cell

@@ -247,6 +247,18 @@ def window_loss(
     return LossParts(total, loss, accuracy, activation, temporal), out.hidden
 
 
+def regularisers(parts: LossParts, activation_reg: float, temporal_reg: float) -> Metrics:
+    """A training window's regularisers as the log names them, apart from its
+    cross-entropy (`train_loss`): AR (`ar_reg`) and TAR (`tar_reg`), each weighted, and
+    their sum with the cross-entropy (`train_objective`); nothing when both are off."""
+    terms = {}
+    if activation_reg:
+        terms["ar_reg"] = activation_reg * parts.activation
+    if temporal_reg:
+        terms["tar_reg"] = temporal_reg * parts.temporal
+    return (terms | {"train_objective": parts.total}) if terms else {}
+
+
 class LanguageTrainer(NamedTuple):
     """Functional access to a recurrent genotype's language model: init, one training step
     over a window, evaluation of a window.
@@ -321,7 +333,7 @@ class LanguageTrainer(NamedTuple):
         metrics = {
             "train_loss": parts.loss,
             "train_acc": parts.accuracy,
-            "total_loss": parts.total,
+            **regularisers(parts, self.activation_reg, self.temporal_reg),
             "grad_norm": optax.tree.norm(grads),
             "lr": self.learning_rate(state.step) * scale,
         }

@@ -115,22 +115,32 @@ def _evaluate(args: argparse.Namespace) -> int:
             + f", loss {found['test_loss']:.4f}, next-token accuracy "
             f"{found['test_accuracy']:.4f} on {found['tokens']:,} tokens"
         )
-        return 0
-    result = evaluate_run(args.run_dir, progress=not args.quiet)
-    state = "finished" if result["finished"] else "interrupted"
-    print(
-        f"{args.run_dir} ({state} after {result['epochs_done']} of {result['epochs']} epochs, "
-        f"step {result['step']}): "
-        f"test top-1 {result['test_accuracy']:.4f}, loss {result['test_loss']:.4f} "
-        f"on {result['examples']} images"
-    )
+    else:
+        found = evaluate_run(args.run_dir, progress=not args.quiet)
+        state = "finished" if found["finished"] else "interrupted"
+        print(
+            f"{args.run_dir} ({state} after {found['epochs_done']} of {found['epochs']} epochs, "
+            f"step {found['step']}): "
+            f"test top-1 {found['test_accuracy']:.4f}, loss {found['test_loss']:.4f} "
+            f"on {found['examples']} images"
+        )
+    if args.out:
+        _write_json(args.out, found)
+        print(f"wrote {args.out}")
     return 0
+
+
+def _write_json(path: str, figures: dict[str, Any]) -> None:
+    """`figures` as a JSON file, written atomically (NumPy scalars as Python numbers)."""
+    from nasax.core.io import atomic_write_json
+
+    atomic_write_json(path, {k: v.item() if hasattr(v, "item") else v for k, v in figures.items()})
 
 
 def _export(args: argparse.Namespace) -> int:
     from nasax.train.export import export_run
 
-    out = export_run(args.run_dir, args.out_dir, overwrite=args.overwrite, progress=not args.quiet)
+    out = export_run(args.run_dir, args.out, overwrite=args.overwrite, progress=not args.quiet)
     print(f"exported to {out}; load with nasax.load_model({str(out)!r})")
     return 0
 
@@ -141,7 +151,13 @@ def _generate(args: argparse.Namespace) -> int:
     out = generate_text(
         args.run_dir, args.prompt, args.length, temperature=args.temperature, seed=args.seed
     )
-    print(out.joined)
+    if args.out:
+        from nasax.core.io import atomic_write_text
+
+        atomic_write_text(args.out, out.joined)
+        print(f"wrote {args.out}")
+    else:
+        print(out.joined)
     return 0
 
 
@@ -325,7 +341,7 @@ def _tune(args: argparse.Namespace) -> int:
     out = args.out = args.out or Path(config.run.out_dir) / f"{config.name}-tune"
     if args.quiet:
         config.run.progress = False
-    summary = run_tune(config, out)
+    summary = run_tune(config, out, storage=args.storage)
     best = summary["best"]
     if best is None:
         print(f"tuning finished without a completed trial; see {out}/tune_summary.json")
@@ -350,15 +366,53 @@ def _add_set_option(parser: argparse.ArgumentParser) -> None:
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a config file, or the name of a shipped config")
     _add_set_option(parser)
-    parser.add_argument("--out", help="run directory (default: <run.out_dir>/<name>-<time>)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="the run directory to write (default: <run.out_dir>/<name>-<time>)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def version_text() -> str:
+    """`nasax <version>`, then the versions of the libraries it runs on, as installed
+    (nothing is imported); `unknown` for a source tree that was never installed."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    libraries = ", ".join(
+        f"{name} {of(name) or '(not installed)'}" for name in ("jax", "jaxlib", "flax", "optax")
+    )
+    return f"nasax {of('nasax') or 'unknown'}\n{libraries}; Python {platform.python_version()}"
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: prints `version_text()` and exits, as argparse's own does."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nasax", description="Differentiable neural architecture search in JAX."
+    )
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print nasax's version and those of jax, jaxlib, flax and optax, and exit",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     search = commands.add_parser("search", help="search a cell with a config")
@@ -376,16 +430,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="test accuracy of a retraining run's latest checkpoint"
     )
-    evaluate.add_argument("run_dir", help="a run directory written by nasax train")
+    evaluate.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run directory written by nasax train"
+    )
+    evaluate.add_argument(
+        "--out",
+        metavar="FILE",
+        help="also write the figures to this JSON file (default: print them only)",
+    )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=_evaluate)
 
     export = commands.add_parser(
         "export", help="write a retrained model as a self-contained folder"
     )
-    export.add_argument("run_dir", help="a run directory written by nasax train")
-    export.add_argument("out_dir", help="the folder to write")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by nasax train")
+    export.add_argument("out_dir", nargs="?", help=argparse.SUPPRESS)  # deprecated: use --out
+    export.add_argument("--out", metavar="DIR", help="the folder to write (required; new or empty)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     export.add_argument("--quiet", action="store_true", help="no progress bar")
     export.set_defaults(run=_export)
 
@@ -405,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)"
     )
     generate.add_argument("--seed", type=int, default=0, help="the draws' seed")
+    generate.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the prompt and its continuation to this file (default: print)",
+    )
     generate.set_defaults(run=_generate)
 
     show = commands.add_parser("show", help="print a genotype's cells and draw them")
@@ -412,7 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
         "genotype", help="genotype.json, a search run directory, or a published name (DARTS_V2)"
     )
     show.add_argument(
-        "--out", help="picture to write: .png or .svg (needs Graphviz's dot) or .dot (text)"
+        "--out",
+        metavar="FILE",
+        help="picture to write: .png or .svg (needs Graphviz's dot) or .dot (text)",
     )
     show.set_defaults(run=_show)
 
@@ -424,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument(
         "--batch", type=int, default=1, help="time at batch 1 and at this batch size"
     )
-    profile.add_argument("--out", required=True, help="the table to write (JSON)")
+    profile.add_argument(
+        "--out", metavar="FILE", required=True, help="the cost table to write (JSON)"
+    )
     profile.add_argument(
         "--fresh", action="store_true", help="time again instead of reading the kept table"
     )
@@ -452,13 +523,19 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--seed", type=int, default=0, help="the weights', batch's and sample's seed"
     )
-    score.add_argument("--out", help="the scores, one JSON line per cell (required)")
+    score.add_argument(
+        "--out",
+        metavar="FILE",
+        help="the scores, one JSON line per cell (required; rerun to continue it)",
+    )
     score.add_argument("--quiet", action="store_true", help="no progress lines")
     score.set_defaults(run=_score)
 
     report = commands.add_parser("report", help="write a run's static HTML report")
-    report.add_argument("run_dir", help="a search or retraining run directory")
-    report.add_argument("--out", help="the HTML file (default RUN_DIR/report.html)")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a search or retraining run directory")
+    report.add_argument(
+        "--out", metavar="FILE", help="the HTML file to write (default: RUN_DIR/report.html)"
+    )
     report.set_defaults(run=_report)
 
     tune = commands.add_parser(
@@ -470,6 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="study folder (default: <run.out_dir>/<name>-tune); rerun to continue"
     )
     tune.add_argument("--trials", type=int, help="trials in the study (overrides tune.trials)")
+    tune.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the study's storage, shared by workers on many machines running this same "
+        "command: postgresql://USER@HOST/DB, mysql://USER@HOST/DB, sqlite:///PATH or "
+        "journal:PATH (a file on a shared filesystem); default: <out>/study.db",
+    )
     tune.add_argument("--quiet", action="store_true", help="no progress bars")
     tune.set_defaults(run=_tune)
     return parser
@@ -488,6 +572,9 @@ def continue_command(argv: Sequence[str], args: argparse.Namespace) -> str:
     from nasax.core.checkpoint import complete_steps
 
     words = list(argv)
+    if args.command == "export" and args.out_dir is not None:  # the deprecated form, mended
+        words.remove(args.out_dir)
+        words += ["--out", args.out_dir]
     if args.command in ("search", "train", "tune") and not any(_names(w, "--out") for w in words):
         words += ["--out", str(args.out)]
     if args.command in ("search", "train"):
@@ -502,12 +589,27 @@ def storage_line(e: StorageError, argv: Sequence[str], args: argparse.Namespace)
     command = continue_command(argv, args)
     if command.endswith("--resume"):
         elsewhere, then = f"or move {args.out} to another disk and pass it as --out", "continue"
-    elif args.command == "export":
-        elsewhere, then = "or pick another OUT_DIR", "rerun"
     else:
         elsewhere = "or pass --out elsewhere"
         then = "start again" if command.endswith("--overwrite") else "rerun"
     return f"nasax: {e}, {elsewhere}; then {then} with: {command}"
+
+
+def _export_folder(args: argparse.Namespace) -> str | None:
+    """`nasax export`'s folder: `--out DIR`, or the deprecated positional OUT_DIR (with a
+    one-line note); None, after an error line, when neither or both are given."""
+    if (args.out is None) != (args.out_dir is None):
+        if args.out_dir is not None:
+            print(
+                "nasax: warning: nasax export RUN OUT_DIR is deprecated; "
+                "use nasax export RUN --out OUT_DIR",
+                file=sys.stderr,
+            )
+        return args.out or args.out_dir
+    both = args.out is not None
+    what = "give the folder once, as --out DIR" if both else "give --out DIR, the folder to write"
+    print(f"nasax: error: nasax export: {what}", file=sys.stderr)
+    return None
 
 
 def _one_line_warnings() -> None:
@@ -529,7 +631,8 @@ def _one_line_warnings() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; nasax's own errors print as one line and exit with their status (2 for
-    bad input, 74 for a storage error, 75 for a busy run directory, 128 + N for signal N)."""
+    bad input, 69 for a tuning study's database out of reach, 74 for a storage error, 75 for a
+    busy run directory, 128 + N for signal N)."""
     _one_line_warnings()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -537,6 +640,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "resume", False) and not args.out:
         print("nasax: error: --resume needs --out RUN_DIR", file=sys.stderr)
         return 2
+    if args.command == "export":
+        args.out = _export_folder(args)
+        if args.out is None:
+            return 2
     try:
         return args.run(args)
     except StorageError as e:
