@@ -239,3 +239,86 @@ def test_the_weights_cosine_lr_follows_the_span(nesterov):
     assert_close(
         setup.weight_lr(state._replace(step=7)), want, terms=2 * 5 + 1, magnitude=0.1, why=why
     )
+
+
+def test_the_retrainings_lr_and_drop_path_follow_the_span_and_are_unchanged_without_one():
+    """A retraining's cosine lr and drop-path ramp read the span from the state: cut from
+    10 epochs to 4 they anneal over those 4 (the closed forms); at 10, in a compiled step,
+    they are those of the configured schedules to the bit."""
+    import jax
+
+    from nasax.core.config import WeightOptimConfig
+    from nasax.loop.optim import spanned_weight_schedule, weight_schedule
+    from nasax.train.regularizers import drop_path_rate
+
+    cfg = WeightOptimConfig(lr=0.025, lr_min=0.001)
+    epochs, spe = 10, 3
+    spanned = jax.jit(spanned_weight_schedule(cfg, epochs, spe))
+    configured = jax.jit(weight_schedule(cfg, epochs, spe))
+    ramp = jax.jit(lambda step, span: drop_path_rate(step, spe, epochs, 0.3, span))
+    fixed_ramp = jax.jit(lambda step: drop_path_rate(step, spe, epochs, 0.3))
+    for step in range(epochs * spe):
+        count = jnp.asarray(step, jnp.int32)
+        assert float(spanned(count, jnp.int32(epochs))) == float(configured(count))
+        assert float(ramp(count, jnp.int32(epochs))) == float(fixed_ramp(count))
+        epoch = step // spe
+        if epoch < 4:
+            want = 0.001 + 0.5 * (0.025 - 0.001) * (1 + np.cos(np.pi * epoch / 4))
+            # A float32 cosine schedule: the angle's product and division, the cosine,
+            # then lr_min + half the range times (1 + cos): 5 roundings of terms up to lr.
+            got = spanned(count, jnp.int32(4))
+            assert_close(got, want, terms=5, magnitude=0.025, why=f"lr at step {step}")
+            why = f"drop path at step {step}: 0.3 * epoch * (10 / 4) / 10 in float32"
+            assert_close(ramp(count, jnp.int32(4)), 0.3 * epoch / 4, terms=4, why=why)
+    constant = spanned_weight_schedule(WeightOptimConfig(lr=0.1, schedule="constant"), 10, spe)
+    assert float(constant(jnp.asarray(7), jnp.int32(4))) == np.float32(0.1)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_spanned_weight_optimizer_steps_as_sgd_built_for_the_span(nesterov):
+    """`spanned_weight_optimizer` told a span of 4 epochs steps as `weight_optimizer` built
+    for 4 (momentum, weight decay, clipping included), and told the configured 10 as the
+    one built for 10, to the bit; its state is `weight_optimizer`'s, so checkpoints of
+    either restore into the other."""
+    import jax
+
+    from nasax.core.config import WeightOptimConfig
+    from nasax.loop.optim import spanned_weight_optimizer, weight_optimizer
+
+    cfg = WeightOptimConfig(
+        lr=0.1, lr_min=0.01, weight_decay=0.01, grad_clip=1.0, nesterov=nesterov
+    )
+    epochs, spe = 10, 2
+    spanned = spanned_weight_optimizer(cfg, epochs, spe)
+    params = {"w": jnp.array([1.0, -2.0, 0.5])}
+    assert jax.tree.structure(spanned.init(params)) == jax.tree.structure(
+        weight_optimizer(cfg, epochs, spe).init(params)
+    )
+
+    @jax.jit
+    def spanned_step(params, opt, grads, span):
+        updates, opt = spanned.update(grads, opt, params, span=span)
+        return optax.apply_updates(params, updates), opt
+
+    for span in (epochs, 4):
+        reference = weight_optimizer(cfg, span, spe)
+
+        @jax.jit
+        def reference_step(params, opt, grads, reference=reference):
+            updates, opt = reference.update(grads, opt, params)
+            return optax.apply_updates(params, updates), opt
+
+        mine, ref = (params, spanned.init(params)), (params, reference.init(params))
+        sizes = np.abs(np.asarray(params["w"], np.float64))
+        for step in range(span * spe):
+            grads = {"w": jnp.array([0.3, -1.5, 2.0]) * (step + 1)}
+            mine = spanned_step(*mine, grads, jnp.int32(span))
+            before, ref = ref[0]["w"], reference_step(*ref, grads)
+            if span == epochs:
+                np.testing.assert_array_equal(mine[0]["w"], ref[0]["w"])
+                continue
+            # w sums its start and the steps; a step has its own ~20 roundings (the clip's
+            # norm of 3, decay, momentum, Nesterov, the cosine lr).
+            sizes = sizes + np.abs(np.asarray(ref[0]["w"] - before, np.float64))
+            why = f"SGD step {step + 1} at the lr of a span of {span}"
+            assert_close(mine[0]["w"], ref[0]["w"], terms=20, magnitude=sizes, why=why)

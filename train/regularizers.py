@@ -31,8 +31,22 @@ def cutout(images: jax.Array, rng: jax.Array, length: int) -> jax.Array:
 
 
 def drop_path_rate(
-    step: jax.Array, steps_per_epoch: int, epochs: int, final_rate: float
+    step: jax.Array,
+    steps_per_epoch: int,
+    epochs: int,
+    final_rate: float,
+    span: jax.Array | None = None,
 ) -> jax.Array:
-    """The DARTS ramp: `final_rate * epoch / epochs`, constant within an epoch."""
-    epoch = step // steps_per_epoch
-    return final_rate * epoch.astype(jnp.float32) / epochs
+    """The DARTS ramp: `final_rate * epoch / epochs`, constant within an epoch; given a
+    `span` (a traced epoch count a time limit may set below `epochs`), over `span` epochs.
+
+    The span enters as a factor `epochs / span` on the epoch, exactly 1 at `span ==
+    epochs`, so the operations after it are the configured ramp's and the compiled step
+    rounds them as it did without a span (XLA fuses the ramp into the kernels that use
+    it, where `1 - rate` may round once as a fused multiply-add; a rate selected between
+    two ramps is computed apart, and rounds twice).
+    """
+    epoch = (step // steps_per_epoch).astype(jnp.float32)
+    if span is not None:
+        epoch = epoch * jnp.where(span == epochs, 1.0, epochs / jnp.maximum(span, 1))
+    return final_rate * epoch / epochs

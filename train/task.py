@@ -15,7 +15,7 @@ from nasax.core.config import Config
 from nasax.core.errors import ConfigError, GenotypeError, RunDirError
 from nasax.engine.blocks import compile_program, jit_for
 from nasax.loop.data import Batch, Dataset, batches, check_batch_size, epoch_order, make_preprocess
-from nasax.loop.optim import weight_optimizer, weight_schedule
+from nasax.loop.optim import spanned_weight_optimizer, spanned_weight_schedule
 from nasax.loop.run import (
     RunContext,
     RunOptions,
@@ -46,7 +46,7 @@ def check_train_config(config: Config) -> None:
 def build_trainer(config: Config, genotype: Genotype, dataset: Dataset) -> Trainer:
     """The network, optimizer, preprocessing and regularisers a retraining run uses; the
     network comes from the skeleton of the genotype's space."""
-    t, m = config.train, config.model
+    t, m, weights = config.train, config.model, config.optim.weights
     steps_per_epoch = len(dataset.x_train) // t.batch_size
     network = partial(
         skeleton_of(genotype.resolve_space()).discrete_network,
@@ -61,8 +61,8 @@ def build_trainer(config: Config, genotype: Genotype, dataset: Dataset) -> Train
     augment = config.data.augment
     return Trainer.create(
         lambda rngs: network(rngs=rngs),
-        optimizer=weight_optimizer(config.optim.weights, t.epochs, steps_per_epoch),
-        learning_rate=weight_schedule(config.optim.weights, t.epochs, steps_per_epoch),
+        optimizer=spanned_weight_optimizer(weights, t.epochs, steps_per_epoch),
+        learning_rate=spanned_weight_schedule(weights, t.epochs, steps_per_epoch),
         preprocess=make_preprocess(dataset.mean, dataset.std, augment.crop_padding, augment.flip),
         regularizers=Regularizers(
             t.drop_path, t.auxiliary_weight if t.auxiliary else 0.0, t.cutout
@@ -179,7 +179,9 @@ class TrainTask(Task):
 
 
 class TrainRun(TaskRun):
-    """One retraining: the trainer of the plan's genotype and its compiled programs."""
+    """One retraining: the trainer of the plan's genotype and its compiled programs. Its
+    lr and drop path span the state's `epochs`, which the run loop fits to a time limit
+    (`horizon`)."""
 
     plan: TrainPlan
 
@@ -194,6 +196,12 @@ class TrainRun(TaskRun):
 
     def init(self, key: jax.Array) -> TrainState:
         return self.trainer.init(key)
+
+    def horizon(self, state: TrainState) -> int:
+        return int(jax.device_get(state.epochs))
+
+    def with_horizon(self, state: TrainState, epochs: int) -> TrainState:
+        return state._replace(epochs=jax.device_put(np.int32(epochs), state.epochs.sharding))
 
     def start(self, state: TrainState, start: tuple[int, int]) -> None:
         self.counts = param_counts(self.trainer.module(state))

@@ -33,7 +33,8 @@ def flatten_state(state: Any) -> dict[str, Any]:
 
 ADDED_LATER = ("epochs",)
 """State fields newer than some checkpoints, whose fresh value is what those checkpoints'
-runs used: a search state's `epochs` (its schedules' span) was always `search.epochs`."""
+runs used: a search or retraining state's `epochs` (its schedules' span) was always
+`search.epochs` or `train.epochs`."""
 
 
 def unflatten_state(flat: dict[str, Any], like: Any) -> Any:

@@ -71,6 +71,76 @@ def weight_optimizer(
     return optax.chain(*parts)
 
 
+def spanned_weight_schedule(
+    cfg: WeightOptimConfig, epochs: int, steps_per_epoch: int
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """lr(count, span): the weights' lr at step `count` of a run whose cosine spans `span`
+    epochs (a traced scalar, which a time limit may set below `epochs`).
+
+    At `span == epochs` it is `weight_schedule`'s lr to the bit: the configured cosine's
+    argument is computed as `epoch_cosine` computes it (XLA turns its division by the
+    constant `epochs` into a product by the reciprocal, which a division by a traced span
+    does not round alike) and selected, and the operations after it are `epoch_cosine`'s,
+    so the compiled step fuses and rounds them as it did without a span.
+    """
+    if cfg.schedule == "constant":
+        return lambda count, span: jnp.asarray(cfg.lr, jnp.float32)
+    lr, lr_min = cfg.lr, cfg.lr_min
+
+    def schedule(count: jax.Array, span: jax.Array) -> jax.Array:
+        epoch = count // steps_per_epoch
+        configured = math.pi * jnp.minimum(epoch, epochs) / epochs
+        spanned = math.pi * jnp.minimum(epoch, span) / jnp.maximum(span, 1)
+        angle = jnp.where(span == epochs, configured, spanned)
+        return lr_min + 0.5 * (lr - lr_min) * (1 + jnp.cos(angle))
+
+    return schedule
+
+
+def scale_by_spanned_lr(
+    schedule: Callable[[jax.Array, jax.Array], jax.Array],
+) -> optax.GradientTransformationExtraArgs:
+    """`optax.scale_by_learning_rate` of a `schedule(count, span)`, the span given to
+    `update` as the extra argument `span`; its state is `optax.scale_by_schedule`'s."""
+
+    def init(params: optax.Params) -> optax.ScaleByScheduleState:
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(
+        updates: optax.Updates,
+        state: optax.ScaleByScheduleState,
+        params: optax.Params | None = None,
+        *,
+        span: jax.Array,
+        **extra_args: object,
+    ) -> tuple[optax.Updates, optax.ScaleByScheduleState]:
+        step_size = -1 * schedule(state.count, span)
+        updates = jax.tree.map(lambda g: jnp.array(step_size, dtype=g.dtype) * g, updates)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def spanned_weight_optimizer(
+    cfg: WeightOptimConfig, epochs: int, steps_per_epoch: int
+) -> optax.GradientTransformationExtraArgs:
+    """`weight_optimizer` with its cosine lr over the epochs given to each update,
+    `update(grads, state, params, span=epochs_spanned)`: one compiled step serves every
+    span a time limit fits, and at `span == epochs` the steps are `weight_optimizer`'s to
+    the bit. Its state is `weight_optimizer`'s, so their checkpoints are interchangeable."""
+    momentum = cfg.momentum or None
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
+    parts += [
+        optax.add_decayed_weights(cfg.weight_decay),
+        optax.chain(  # optax.sgd's structure
+            optax.trace(momentum, cfg.nesterov) if momentum is not None else optax.identity(),
+            scale_by_spanned_lr(spanned_weight_schedule(cfg, epochs, steps_per_epoch)),
+        ),
+    ]
+    return optax.chain(*parts)
+
+
 def arch_lr(cfg: ArchOptimConfig, steps: int | None = None) -> float:
     """The architecture learning rate of a search of `steps` steps.
 

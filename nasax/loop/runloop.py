@@ -367,8 +367,8 @@ def run_epochs(
             first calls), each epoch's end times the epochs (the mean of the last three)
             and fits the horizon to the epochs that end before the deadline (the first
             fit may also lengthen it, up to `task.epochs`; later ones only shorten it),
-            so the schedules (warm-up, temperature, regulariser weight) run their whole
-            course in the time given.
+            so the schedules (warm-up, temperature, regulariser weight; a retraining's
+            cosine lr and drop-path ramp) run their whole course in the time given.
     """
     steps_per_epoch, batch_size = task.steps_per_epoch, task.batch_size
     horizon = task.horizon(state)  # read once: the loop keeps it from here on
@@ -480,7 +480,7 @@ def run_epochs(
             if ended_by_plan and not stopped:
                 stopped = True
                 progress.log(
-                    f"time limit: the search ends after epoch {epoch + 1} of {task.epochs}, "
+                    f"time limit: the run ends after epoch {epoch + 1} of {task.epochs}, "
                     "where its schedules end"
                 )
             elif at_limit:
