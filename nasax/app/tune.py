@@ -2,9 +2,15 @@
 
 The config's `tune` section names the knobs (dotted config keys with a range or
 choices), what each trial runs (`search` or `train`) and the epoch figure to optimise.
-Every trial is an ordinary nasax run in `<out>/trial_NNN`; its epoch figures are
-reported to the pruner as it goes. The study lives in `<out>/study.db` (SQLite), so
-rerunning the same command continues an interrupted tuning.
+Every trial is an ordinary nasax run in `<out>/trial_NNN`, NNN the study's trial number;
+its epoch figures are reported to the pruner as it goes. The study lives in
+`<out>/study.db` (SQLite), so rerunning the same command continues an interrupted tuning.
+
+With `--storage` (a PostgreSQL or MySQL URL, or `journal:PATH` on a shared filesystem)
+any number of workers on any number of machines run one study, each with the same
+command (and its own `--out`, or a shared one). The storage hands each trial number to
+one worker; `tune.trials` is the study's total; a trial whose worker died is failed and
+run again (see `nasax.app.study_storage`).
 """
 
 from __future__ import annotations
@@ -12,12 +18,24 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
+from nasax.app.study_storage import (
+    Liveness,
+    ask,
+    fail_stale_trials,
+    heartbeat,
+    open_storage,
+    retry_callback,
+    storage_failures,
+)
 from nasax.core.config import Config, TuneConfig, TuneParam, apply_overrides
 from nasax.core.errors import ConfigError, NasaxError, RunDirBusy, RunDirError, StorageError
 from nasax.core.io import atomic_write_json, atomic_write_text
@@ -80,7 +98,7 @@ def check_knobs(base: Config) -> None:
                 raise ConfigError(f"tune.params.{key}={value!r}: {e}") from None
 
 
-def _study(base: Config, out: Path) -> Any:
+def _study(base: Config, storage: Any, shared: bool) -> Any:
     import optuna
 
     tune = base.tune
@@ -92,7 +110,6 @@ def _study(base: Config, out: Path) -> Any:
         if tune.pruner == "median"
         else optuna.pruners.NopPruner()
     )
-    storage = f"sqlite:///{(out / 'study.db').absolute()}"
     study = optuna.create_study(
         storage=storage,
         study_name=base.name,
@@ -100,24 +117,36 @@ def _study(base: Config, out: Path) -> Any:
         pruner=pruner,
         load_if_exists=True,
     )
-    # Seeded by the trials so far, so a resumed tuning does not replay the same draws.
-    study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials))
+    if shared:
+        # Workers interleave, so no seed makes the draws reproducible; each worker draws
+        # its own, and the constant liar steers them away from the trials still running.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.sampler = optuna.samplers.TPESampler(constant_liar=True)
+    else:
+        # Seeded by the trials so far, so a resumed tuning does not replay the same draws.
+        study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials))
     return study
+
+
+SAME_STUDY_KEYS = ("trials", "retries", "heartbeat_seconds", "grace_seconds")
+"""`tune` keys a continued study may change: its size, and how workers watch each other."""
+
+
+def _comparable(config: Config) -> dict[str, Any]:
+    data = config.to_dict()
+    for key in SAME_STUDY_KEYS:
+        data["tune"].pop(key)
+    data.pop("run")
+    return data
 
 
 def _check_same_config(base: Config, out: Path) -> None:
     """A continued study must tune the same config (its trial count may grow)."""
     saved = out / "tune_config.yaml"
-
-    def comparable(config: Config) -> dict[str, Any]:
-        data = config.to_dict()
-        data["tune"].pop("trials")
-        data.pop("run")
-        return data
-
     if saved.exists():
         before = validate_config(yaml.safe_load(saved.read_text()), str(saved))
-        if comparable(before) != comparable(base):
+        if _comparable(before) != _comparable(base):
             raise RunDirError(
                 f"{out} holds a tuning of another config (see {saved}); use the same config "
                 "to continue it, or another --out"
@@ -126,42 +155,125 @@ def _check_same_config(base: Config, out: Path) -> None:
         atomic_write_text(saved, base.to_yaml())
 
 
-def run_tune(base: Config, out: str | Path, *, log: Any = print) -> dict[str, Any]:
-    """Runs (or continues) the study in `out` until `tune.trials` trials have ended;
-    returns the summary also written to `out/tune_summary.json`.
+def _check_same_study(base: Config, study: Any, where: str) -> None:
+    """Every worker of a study must tune the same config; the first one records it."""
+    mine = json.loads(json.dumps(_comparable(base)))  # as the storage gives it back
+    tuned = study.user_attrs.get("nasax_config")
+    if tuned is None:
+        study.set_user_attr("nasax_config", mine)
+        tuned = study.user_attrs.get("nasax_config")  # a worker starting now may have won
+    if tuned != mine:
+        raise ConfigError(
+            f"study {base.name!r} in {where} tunes another config; use the same config to "
+            "join it, or another `name`"
+        )
 
-    The study folder is locked while it runs (and each trial's run directory while the
-    trial runs), so a second tuning of it, or a manual `--resume` of a running trial,
-    is refused. A full disk stops the tuning, not just a trial.
+
+def run_tune(
+    base: Config, out: str | Path, *, storage: str | None = None, log: Any = print
+) -> dict[str, Any]:
+    """Runs (or continues) the study until `tune.trials` trials have ended; returns the
+    summary also written to `out/tune_summary.json`.
+
+    Without `storage` the study is `out/study.db`, and the study folder is locked while
+    it runs (each trial's run directory too, while the trial runs), so a second tuning
+    of it, or a manual `--resume` of a running trial, is refused; a trial left running
+    by a killed tuning is failed when the tuning is rerun.
+
+    With `storage` (an optuna database URL or `journal:PATH`), this process is one
+    worker of a study that others may run at the same time, from other machines:
+
+    - `tune.trials` is the study's total: a worker starts a trial while fewer than
+      that many have ended (complete or pruned) or are running, and waits while the
+      rest are running elsewhere (one of them may still fail). Failed trials do not
+      count. Of two workers that both saw room for the last trial, the one holding the
+      higher trial number gives its trial up (failed, marked `nasax_skipped`, never run).
+    - Each trial number belongs to the worker optuna's storage gave it; its run
+      directory is `out/trial_NNN`, so workers sharing `out` never share a directory.
+    - A running trial's worker marks it alive every `tune.heartbeat_seconds`; a trial
+      not marked for `tune.grace_seconds` (its worker was killed, its machine lost) is
+      failed by the next worker that looks, and queued to run again with the same
+      values under a new number, at most `tune.retries` times.
+
+    In both cases a trial that stopped because its process died is run again the same
+    way; a trial that diverged (NaN) is failed and replaced by a new draw; a full disk
+    stops the tuning, not just a trial.
     """
     if base.tune is None or not base.tune.params:
         raise ConfigError("nasax tune needs a `tune` section with at least one knob in params")
     check_knobs(base)
     out = Path(out)
-    with lock_on_process_zero(out, "tune"), storage_errors(out / "study.db", "update"):
-        return _run_study(base, out, log)
+    tune = base.tune
+    if storage is None:
+        with lock_on_process_zero(out, "tune"), storage_errors(out / "study.db", "update"):
+            out.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{(out / 'study.db').absolute()}"
+            return _run_study(base, out, open_storage(url, None), None, log)
+    liveness = Liveness(tune.heartbeat_seconds, tune.grace_seconds, tune.retries)
+    with storage_failures(storage):
+        study_storage = open_storage(storage, liveness)
+        out.mkdir(parents=True, exist_ok=True)
+        return _run_study(base, out, study_storage, storage, log)
 
 
-def _run_study(base: Config, out: Path, log: Any) -> dict[str, Any]:
+def _run_study(
+    base: Config, out: Path, storage: Any, shared: str | None, log: Any
+) -> dict[str, Any]:
+    """The tuning loop; `shared` is the storage URL other workers may use, else None."""
     import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     tune: TuneConfig = base.tune
     _check_same_config(base, out)
-    study = _study(base, out)
-    for stale in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
-        study.tell(stale.number, state=TrialState.FAIL)  # a run killed mid-trial
+    study = _study(base, storage, shared is not None)
+    _check_same_study(base, study, shared or str(out / "study.db"))
+    if shared is None:  # this process holds the study: a running trial is a killed one
+        retry = retry_callback(tune.retries)
+        for stale in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
+            study.tell(stale.number, state=TrialState.FAIL)
+            if retry is not None:
+                retry(study, _trial(study, stale.number))
     runner = RUNNERS.get(tune.command)
     programs = ProgramCache()  # a trial whose values change no program reuses the last ones
     ended = (TrialState.COMPLETE, TrialState.PRUNED)
+    host = socket.gethostname()
+    waiting = False
+
+    def count(*states: TrialState, below: int | None = None) -> int:
+        trials = study.get_trials(deepcopy=False, states=states)
+        return sum(below is None or t.number < below for t in trials)
 
     def done() -> int:
-        return len(study.get_trials(deepcopy=False, states=ended))
+        return count(*ended)
 
-    while done() < tune.trials:
-        trial = study.ask()
+    def fail(trial: Any) -> None:
+        with contextlib.suppress(UpdateFinishedTrialError):  # another worker failed it
+            study.tell(trial, state=TrialState.FAIL)
+
+    while True:
+        fail_stale_trials(study)  # with heartbeats only: dead workers' trials, queued again
+        if done() >= tune.trials:
+            break
+        running = count(TrialState.RUNNING)
+        if done() + running >= tune.trials:  # the rest run elsewhere; one may still fail
+            if not waiting:
+                log(f"tune: waiting for the trials other workers run ({running})")
+            waiting = True
+            time.sleep(tune.heartbeat_seconds)
+            continue
+        waiting = False
+        trial = ask(study)
+        ahead = (*ended, TrialState.RUNNING, TrialState.WAITING)
+        if count(*ahead, below=trial.number) >= tune.trials:  # another worker took the last
+            trial.set_user_attr("nasax_skipped", True)
+            study.tell(trial, state=TrialState.FAIL)
+            continue
         values = {k: suggest(trial, k, p) for k, p in tune.params.items()}
         name = f"trial_{trial.number:03d}"
+        run_dir = out / name
+        trial.set_user_attr("run_dir", str(run_dir.absolute()))
+        trial.set_user_attr("host", host)
         config = trial_config(base, values, f"{base.name}-{name}")
         config.run.progress = base.run.progress
         last_epoch = getattr(config, tune.command).epochs  # a finished trial is not pruned
@@ -181,18 +293,31 @@ def _run_study(base: Config, out: Path, log: Any) -> dict[str, Any]:
             if figures["epoch"] < last and trial.should_prune():
                 raise optuna.TrialPruned()
 
-        log(f"tune {name} ({done() + 1}/{tune.trials}): {_show(values)}")
+        retried = _trial(study, trial.number).system_attrs.get("retry_history")
+        again = f", trial_{retried[-1]:03d} again: its worker died" if retried else ""
+        log(f"tune {name} ({done() + 1}/{tune.trials}{again}): {_show(values)}")
         try:
-            runner(config, out / name, overwrite=True, on_epoch=report, programs=programs)
+            with heartbeat(storage, trial):
+                runner(config, run_dir, overwrite=True, on_epoch=report, programs=programs)
+            cost = trial_cost(run_dir)
+            if cost is not None:  # in the study, for workers on other machines
+                trial.set_user_attr("cost", cost)
+            study.tell(trial, float(final[tune.metric]))
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
             log(f"tune {name}: pruned after epoch {final.get('epoch')}")
+        except UpdateFinishedTrialError:  # no heartbeat reached the storage in time
+            log(
+                f"tune {name}: another worker failed it (no heartbeat for "
+                f"{tune.grace_seconds} s); this result is dropped"
+            )
         except Interrupted as e:
-            study.tell(trial, state=TrialState.FAIL)
+            fail(trial)
             _write_summary(study, base, out)
+            again = f"with --out {out}" if shared is None else "(the same --storage)"
             raise Interrupted(
                 f"tuning stopped during {name} ({done()} of {tune.trials} trials done); rerun "
-                f"the same command with --out {out} to continue",
+                f"the same command {again} to continue",
                 e.signum,
             ) from None
         except (ConfigError, StorageError, RunDirBusy):  # no later trial would fare better
@@ -200,13 +325,17 @@ def _run_study(base: Config, out: Path, log: Any) -> dict[str, Any]:
                 study.tell(trial, state=TrialState.FAIL)
             raise
         except NasaxError as e:  # a diverging trial (NaN) is a failed trial, not the end
-            study.tell(trial, state=TrialState.FAIL)
+            fail(trial)
             log(f"tune {name}: failed: {e}")
         else:
-            study.tell(trial, float(final[tune.metric]))
             log(f"tune {name}: {tune.metric} {final[tune.metric]:.4f}")
         _write_summary(study, base, out)
     return _write_summary(study, base, out)
+
+
+def _trial(study: Any, number: int) -> Any:
+    """The study's trial `number`, as it is now."""
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
 def _show(values: dict[str, Any]) -> str:
@@ -219,17 +348,7 @@ def _write_summary(study: Any, base: Config, out: Path) -> dict[str, Any]:
     """tune_summary.json (every trial) and best_config.yaml (the best trial's config)."""
     from optuna.trial import TrialState
 
-    trials = [
-        {
-            "number": t.number,
-            "state": t.state.name.lower(),
-            "value": t.value,
-            "params": t.params,
-            "epochs_reported": len(t.intermediate_values),
-            "run_dir": str(out / f"trial_{t.number:03d}"),
-        }
-        for t in study.get_trials(deepcopy=False)
-    ]
+    trials = [_trial_summary(t, out) for t in study.get_trials(deepcopy=False)]
     summary: dict[str, Any] = {
         "study": base.name,
         "metric": base.tune.metric,
@@ -245,6 +364,22 @@ def _write_summary(study: Any, base: Config, out: Path) -> dict[str, Any]:
         atomic_write_text(out / "best_config.yaml", config.to_yaml())
     atomic_write_json(out / "tune_summary.json", summary)
     return summary
+
+
+def _trial_summary(trial: Any, out: Path) -> dict[str, Any]:
+    """One trial's line of tune_summary.json; its run directory is on the machine `host`."""
+    skipped = trial.user_attrs.get("nasax_skipped", False)
+    run_dir = trial.user_attrs.get("run_dir", str(out / f"trial_{trial.number:03d}"))
+    return {
+        "number": trial.number,
+        "state": "skipped" if skipped else trial.state.name.lower(),
+        "value": trial.value,
+        "params": trial.params,
+        "epochs_reported": len(trial.intermediate_values),
+        "run_dir": None if skipped else run_dir,
+        "host": trial.user_attrs.get("host"),
+        "cost": trial.user_attrs.get("cost"),
+    }
 
 
 def trial_cost(run_dir: Path) -> float | None:
@@ -273,8 +408,12 @@ def _add_costs(trials: list[dict[str, Any]], maximize: bool, out: Path) -> None:
     plot (pareto.png), for a study over budgets."""
     priced = []
     for t in trials:
-        cost = trial_cost(Path(t["run_dir"]))
-        if cost is not None and t["state"] == "complete":
+        if t["state"] != "complete":
+            continue
+        cost = t.get("cost")  # in the study since trials record it; before, in the run
+        if cost is None:
+            cost = trial_cost(Path(t["run_dir"]))
+        if cost is not None:
             t["cost"] = cost
             priced.append(t)
     if not priced:

@@ -47,6 +47,13 @@ class RunDirBusy(RunDirError):
     exit_code = 75  # EX_TEMPFAIL of sysexits.h: try again later
 
 
+class StudyStorageError(NasaxError):
+    """A tuning study's database or journal cannot be used: its driver is not installed,
+    or its server cannot be reached."""
+
+    exit_code = 69  # EX_UNAVAILABLE of sysexits.h
+
+
 class NonFiniteError(NasaxError, FloatingPointError):
     """A loss or gradient became NaN or infinite."""
 
