@@ -141,10 +141,10 @@ ALLOWED = {
     "nasax.app": set(LAYERS),
     "nasax": set(LAYERS),
 }
-"""Which layers each layer may import (README, Layout): the core knows no layer above it;
-the engine runs steps; the loop runs epochs; the models sit on the loop; the search and
-retraining tasks never import each other (a genotype passes between them); the app, and
-the package's lazy facade `nasax`, sit on top."""
+"""Which layers each layer may import (docs/development.md, Layout): the core knows no
+layer above it; the engine runs steps; the loop runs epochs; the models sit on the loop;
+the search and retraining tasks never import each other (a genotype passes between them);
+the app, and the package's lazy facade `nasax`, sit on top."""
 
 
 def _layer(module: str) -> str:
@@ -171,10 +171,10 @@ def test_imports_point_from_the_app_down_to_the_core():
     assert wrong == []
 
 
-def test_the_readme_layout_table_says_what_each_layer_may_import():
-    """The README's Layout table lists every layer with the layers it may import, and
-    `ALLOWED` (what the test above enforces) says the same."""
-    text = (ROOT / "README.md").read_text()
+def test_the_docs_layout_table_says_what_each_layer_may_import():
+    """The Layout table of docs/development.md lists every layer with the layers it may
+    import, and `ALLOWED` (what the test above enforces) says the same."""
+    text = (ROOT / "docs" / "development.md").read_text()
     section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| `nasax")]
     table = {}

@@ -35,18 +35,26 @@ class Section(BaseModel):
 
 
 class AugmentConfig(Section):
+    """Augmentation of training images, run in JAX inside the jitted step."""
+
     crop_padding: int = Field(0, ge=0, description="random crop after zero padding (pixels)")
     flip: bool = Field(False, description="random horizontal flip")
 
 
 class DataConfig(Section):
-    name: str = Field("digits", description="digits | npz:PATH | tfds:NAME")
+    """The data set: where it comes from and how training images are augmented."""
+
+    name: str = Field(
+        "digits", description="digits | npz:PATH | tfds:NAME | text:PATH | text-words:DIR"
+    )
     data_dir: str | None = Field(None, description="TFDS data directory")
     num_classes: int | None = Field(None, ge=2, description="check labels against this")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
 class ModelConfig(Section):
+    """The search space and the size of the networks built on it."""
+
     space: str | dict[str, Any] = Field(
         "darts",
         description="a registered space, or a mapping that defines one from it (base, ops, "
@@ -66,6 +74,8 @@ class ModelConfig(Section):
 
 
 class DiscretizerConfig(Section):
+    """How the derived cell is read from the architecture weights."""
+
     max_skip_connect: int | None = Field(
         None, ge=0, description="cap on skip_connect edges in the normal cell (P-DARTS)"
     )
@@ -111,16 +121,20 @@ class CostConfig(Section):
 
 
 class SearchConfig(Section):
-    strategy: str = "darts"
+    """The architecture search; the strategy's own knobs live in `search.<strategy>`."""
+
+    strategy: str = Field("darts", description="the search strategy: a registered name")
     epochs: int = Field(
         50, ge=0, description="0 only for strategies that start from trained weights"
     )
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="images per step, over all devices")
     train_portion: float = Field(
         0.5, gt=0.0, lt=1.0, description="share of the training set for the weight step"
     )
     eval_every: int = Field(1, ge=0, description="epochs between test evaluations (0: end only)")
-    discretizer: DiscretizerConfig = Field(default_factory=DiscretizerConfig)
+    discretizer: DiscretizerConfig = Field(
+        default_factory=DiscretizerConfig, description="how the derived cell is read"
+    )
     cost: CostConfig | None = Field(None, description="a budget on the found cell (null: none)")
     strategy_sections: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
     """Every `search.<name>` mapping, raw; the search layer checks that the one present is
@@ -154,8 +168,8 @@ class TrainConfig(Section):
     genotype: str | None = Field(
         None, description="genotype.json path or a published name (DARTS_V2); --genotype sets it"
     )
-    epochs: int = Field(600, ge=1)
-    batch_size: int = Field(96, ge=1)
+    epochs: int = Field(600, ge=1, description="retraining epochs")
+    batch_size: int = Field(96, ge=1, description="images per step, over all devices")
     eval_every: int = Field(1, ge=0, description="epochs between test evaluations (0: end only)")
     drop_path: float = Field(
         0.2, ge=0, lt=1, description="final drop-path rate, ramped linearly from 0 (0: off)"
@@ -168,21 +182,23 @@ class TrainConfig(Section):
 class WeightOptimConfig(Section):
     """SGD with momentum on the network weights, cosine-annealed per epoch."""
 
-    lr: float = Field(0.025, gt=0)
-    lr_min: float = Field(0.001, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(3e-4, ge=0)
+    lr: float = Field(0.025, gt=0, description="learning rate of the first epoch")
+    lr_min: float = Field(0.001, ge=0, description="cosine: learning rate of the last epoch")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(3e-4, ge=0, description="L2 weight decay")
     grad_clip: float | None = Field(5.0, gt=0, description="global-norm clip (null: none)")
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="cosine from lr to lr_min over the epochs, or constant lr"
+    )
     nesterov: bool = Field(False, description="Nesterov momentum (PyTorch's formulation)")
 
 
 class ArchOptimConfig(Section):
     """Adam on the architecture parameters, with L2 weight decay as in DARTS."""
 
-    lr: float = Field(3e-4, gt=0)
-    betas: tuple[float, float] = (0.5, 0.999)
-    weight_decay: float = Field(1e-3, ge=0)
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate")
+    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam's beta1 and beta2")
+    weight_decay: float = Field(1e-3, ge=0, description="L2 weight decay")
     budget_steps: int | None = Field(
         None,
         ge=1,
@@ -198,11 +214,15 @@ class ArchOptimConfig(Section):
 
 
 class OptimConfig(Section):
+    """The optimizers: SGD on the network weights, Adam on the architecture parameters."""
+
     weights: WeightOptimConfig = Field(default_factory=WeightOptimConfig)
     arch: ArchOptimConfig = Field(default_factory=ArchOptimConfig)
 
 
 class RunConfig(Section):
+    """How a run executes and what it writes; none of it changes what is computed."""
+
     out_dir: str = Field("runs", description="parent of run directories")
     log_every: int = Field(10, ge=1, description="steps between metric lines")
     checkpoint_keep: int = Field(2, ge=1, description="checkpoints kept")
@@ -212,7 +232,7 @@ class RunConfig(Section):
     nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="on a NaN/inf loss or gradient: stop the run, or skip the step"
     )
-    progress: bool = True
+    progress: bool = Field(True, description="progress bars (--quiet turns them off)")
     tensorboard: bool = Field(True, description="TensorBoard event files in RUN_DIR/tensorboard")
     plots: bool = Field(True, description="architecture-weight pictures in RUN_DIR/arch")
     time_limit: float | None = Field(
@@ -297,12 +317,12 @@ class TextConfig(Section):
 class TuneParam(Section):
     """One knob of a tuning search space: a float or int range, or a list of choices."""
 
-    type: Literal["float", "int", "choice"]
-    low: float | None = None
-    high: float | None = None
+    type: Literal["float", "int", "choice"] = Field(description="a range or a list of choices")
+    low: float | None = Field(None, description="float and int: the lower end")
+    high: float | None = Field(None, description="float and int: the upper end")
     log: bool = Field(False, description="sample the range on a log scale")
     step: float | None = Field(None, gt=0, description="grid step of the range")
-    choices: list[Any] | None = None
+    choices: list[Any] | None = Field(None, description="choice: the values to pick from")
 
     @model_validator(mode="after")
     def _complete(self) -> TuneParam:
@@ -324,20 +344,42 @@ class TuneConfig(Section):
     metric: str = Field(
         "val_acc", description="epoch figure to optimise: val_acc (search), test_acc, ..."
     )
-    direction: Literal["maximize", "minimize"] = "maximize"
-    pruner: Literal["median", "none"] = "median"
+    direction: Literal["maximize", "minimize"] = Field(
+        "maximize", description="whether a larger metric is better"
+    )
+    pruner: Literal["median", "none"] = Field(
+        "median", description="stop trials whose epoch figure lags the median of the others"
+    )
     startup_trials: int = Field(3, ge=0, description="trials that are never pruned")
     warmup_epochs: int = Field(1, ge=0, description="epochs of a trial that are never pruned")
+    retries: int = Field(
+        1, ge=0, description="reruns (same values) of a trial whose worker died mid-trial"
+    )
+    heartbeat_seconds: int = Field(
+        30, ge=1, description="with --storage: how often a worker marks its trial alive"
+    )
+    grace_seconds: int = Field(
+        120, ge=2, description="with --storage: a trial not marked alive this long is failed"
+    )
     params: dict[str, TuneParam] = Field(
         default_factory=dict, description="dotted config key -> its range or choices"
     )
+
+    @model_validator(mode="after")
+    def _beats_within_grace(self) -> TuneConfig:
+        if self.grace_seconds <= self.heartbeat_seconds:
+            raise ValueError(
+                f"tune.grace_seconds ({self.grace_seconds}) must exceed tune.heartbeat_seconds "
+                f"({self.heartbeat_seconds}), or a live worker's trial would be failed"
+            )
+        return self
 
 
 class Config(Section):
     """A whole run."""
 
-    name: str = "nasax"
-    seed: int = 0
+    name: str = Field("nasax", description="the run's name (default: the config file's)")
+    seed: int = Field(0, description="seeds the weights, the data order and every sample")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
