@@ -90,7 +90,8 @@ class Annealing(BaseModel):
 class ArchOut(NamedTuple):
     """An architecture step's results: the new alphas and their optimizer state, the
     BN statistics, the validation batch's cross-entropy, accuracy and architecture
-    objective (before any cost term), and the regularisers' terms."""
+    objective (before any cost term), the regularisers' terms, and the cost term's
+    metrics (`with_budget`'s; empty without a budget)."""
 
     arch: nnx.State
     arch_opt: optax.OptState
@@ -99,6 +100,7 @@ class ArchOut(NamedTuple):
     acc: jax.Array
     objective: jax.Array
     terms: Metrics
+    cost: Metrics
 
 
 def epoch_progress(setup: SearchSetup) -> Callable[[Clock], jax.Array]:
@@ -228,9 +230,9 @@ def relaxed_strategy(
         (objective, (val_loss, (val_acc, stats), terms)), grads = grad_fn(
             state.params, state.arch, state.batch_stats, x, labels, rng, state.clock
         )
-        grads, _ = with_budget(setup.budget, state.arch, grads, objective, relaxation.weights)
+        grads, cost = with_budget(setup.budget, state.arch, grads, objective, relaxation.weights)
         arch, arch_opt = arch_update(setup, state, grads)
-        return ArchOut(arch, arch_opt, stats, val_loss, val_acc, objective, terms)
+        return ArchOut(arch, arch_opt, stats, val_loss, val_acc, objective, terms, cost)
 
     def frozen_arch(
         state: SupernetState, x: jax.Array, labels: jax.Array, rng: jax.Array
@@ -240,8 +242,9 @@ def relaxed_strategy(
             state.params, state.arch, state.batch_stats, x, labels, rng, state.clock
         )
         objective, terms = penalised(val_loss, state.arch, state.clock)
+        cost = budget_metrics(setup.budget, state.arch, relaxation.weights, objective)
         return ArchOut(
-            state.arch, state.arch_opt, state.batch_stats, val_loss, val_acc, objective, terms
+            state.arch, state.arch_opt, state.batch_stats, val_loss, val_acc, objective, terms, cost
         )
 
     def step(state: SupernetState, train: Batch, val: Batch) -> tuple[SupernetState, Metrics]:
@@ -254,7 +257,7 @@ def relaxed_strategy(
             (objective, (train_loss, (train_acc, stats), terms)), (grads, arch_grads) = grad_fn(
                 state.params, state.arch, *batch_args
             )
-            arch_grads, _ = with_budget(
+            arch_grads, cost = with_budget(
                 setup.budget, state.arch, arch_grads, objective, relaxation.weights
             )
             arch, arch_opt = arch_update(setup, state, arch_grads)
@@ -268,7 +271,7 @@ def relaxed_strategy(
                 )
             else:
                 out = arch_step(*args)
-            arch, arch_opt, stats, val_loss, val_acc, objective, terms = out
+            arch, arch_opt, stats, val_loss, val_acc, objective, terms, cost = out
             grad_fn = jax.value_and_grad(weight_loss, has_aux=True)
             (train_loss, (train_acc, stats)), grads = grad_fn(
                 state.params, arch, stats, *batch_args[1:]
@@ -277,9 +280,7 @@ def relaxed_strategy(
         metrics = step_metrics(setup, state, grads, (train_loss, train_acc), (val_loss, val_acc))
         if relaxation.metrics is not None:
             metrics.update(relaxation.metrics(state.clock))
-        metrics |= terms
-        cost = budget_metrics(setup.budget, state.arch, relaxation.weights, objective)
-        metrics |= cost
+        metrics |= terms | cost
         if terms or "budget_penalty" in cost:
             # The objective the alphas took their step on: on the training batch when
             # the step is joint (SNAS), else on the validation batch.
