@@ -419,14 +419,7 @@ def _parse_nodes(field: str, value: Any) -> tuple[Node, ...]:
             raise GenotypeError(f"genotype.{field}[{n}] must be a list of [op, input] pairs")
         pairs = []
         for pair in node:
-            ok = (
-                isinstance(pair, list)
-                and len(pair) == 2
-                and isinstance(pair[0], str)
-                and isinstance(pair[1], int)
-                and not isinstance(pair[1], bool)
-            )
-            if not ok:
+            if not _is_pair(pair):
                 raise GenotypeError(
                     f"genotype.{field}[{n}]: each edge must be [op_name, input_index], got {pair!r}"
                 )

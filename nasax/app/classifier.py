@@ -20,7 +20,7 @@ import numpy as np
 
 from nasax.core.config import Config, apply_overrides
 from nasax.core.errors import DataError, NasaxError, RunDirError
-from nasax.core.runlock import LOCK_NAME
+from nasax.core.rundir import holds_run
 from nasax.engine.compilation_cache import use_compilation_cache
 from nasax.loop.data import Dataset, check_images, check_labels, dataset_from_arrays
 from nasax.loop.programs import ProgramCache
@@ -415,7 +415,7 @@ class ImageClassifier:
     def _refuse_earlier_runs(self) -> None:
         """RunDirError if a run directory `fit` writes holds an earlier run."""
         for run_dir in (self.search_dir, self.final_dir):
-            if run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+            if holds_run(run_dir):
                 raise RunDirError(
                     f"ImageClassifier: {run_dir} holds an earlier run; pass overwrite=True "
                     "to replace it, or another directory or project_name"

@@ -59,12 +59,13 @@ def open_run_dir(
         yield path
 
 
-def _holds_files(path: Path) -> bool:
+def holds_run(path: Path) -> bool:
+    """Whether `path` holds files of a run (its lock file alone does not count)."""
     return path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir())
 
 
 def _refuse_old_run(path: Path) -> None:
-    if _holds_files(path):
+    if holds_run(path):
         raise RunDirError(
             f"run directory {path} exists and is not empty; pass --resume to continue it "
             "or --overwrite to start over"
