@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -156,11 +157,17 @@ def test_a_rerun_in_a_new_process_loads_the_plan_and_computes_the_same(
     tmp_path: Path, tiny_npz: str
 ) -> None:
     args = ["search", "darts_nb201_digits"]
-    for item in [*TINY_NB201, f"data.name=npz:{tiny_npz}"]:
+    for item in TINY_NB201:
         args += ["--set", item]
-    assert main([*args, "--out", str(tmp_path / "first")]) == 0
+    first = [*args, "--set", f"data.name=npz:{tiny_npz}"]
+    assert main([*first, "--out", str(tmp_path / "first")]) == 0
+    # The same data at another path: the plan is keyed on what the data are, not where.
+    moved = tmp_path / "elsewhere" / "same_digits.npz"
+    moved.parent.mkdir()
+    shutil.copy(tiny_npz, moved)
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir}
-    rerun = [sys.executable, "-m", "nasax.app.cli", *args, "--out", str(tmp_path / "again")]
+    rerun = [sys.executable, "-m", "nasax.app.cli", *args, "--set", f"data.name=npz:{moved}"]
+    rerun += ["--out", str(tmp_path / "again")]
     subprocess.run(rerun, env=env, check=True, capture_output=True, timeout=300)
     summary = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert summary["step_plan"] == "loaded"
@@ -169,7 +176,7 @@ def test_a_rerun_in_a_new_process_loads_the_plan_and_computes_the_same(
     # Without the store the step is traced; it binds short glue op by op instead of
     # compiling it, so it agrees to float rounding.
     off = tmp_path / "off"
-    assert main([*args, "--set", "run.plan_cache=false", "--out", str(off)]) == 0
+    assert main([*first, "--set", "run.plan_cache=false", "--out", str(off)]) == 0
     assert json.loads((off / "summary.json").read_text())["step_plan"] == "traced"
     for a, b in zip(_metrics(off), _metrics(tmp_path / "first"), strict=True):
         assert a.keys() == b.keys()

@@ -46,12 +46,16 @@ def program_key(config: Config, dataset: Dataset, dp: DataParallel, **extra: Any
     process (a resume, another trial) reuses them, and the plan store keys on it.
 
     The seed and the `run` section (apart from `nonfinite`, `execution` and `remat`) only
-    change the state or the host side, not the programs. `extra` adds what the task's
-    programs also close over (steps per epoch, the genotype).
+    change the state or the host side, not the programs. The data enter through their
+    signature, not where they were read from (`data.name`, `data.data_dir`), so the same
+    data at another path reuse the stored plans. `extra` adds what the task's programs
+    also close over (steps per epoch, the genotype).
     """
     resolved = config.to_dict()
     for key in ("name", "seed", "run", "tune"):
         resolved.pop(key, None)
+    for key in ("name", "data_dir"):
+        resolved["data"].pop(key, None)
     return json.dumps(
         {
             "config": resolved,
