@@ -48,6 +48,30 @@ def _turn(item: pytest.Item) -> Iterator[None]:
             fcntl.flock(run, fcntl.LOCK_UN)
 
 
+SHARED_WORKER = {
+    "tests/test_report.py": "tests/test_classifier.py",
+    "tests/test_tensorboard.py": "tests/test_classifier.py",
+}
+"""Modules that read another module's costly session fixture (`tiny_classifier`, a 40 s
+fit), mapped to that module: pytest-xdist builds a session fixture once per worker, so
+they run on its worker and the fixture is built once."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadscope` (pyproject addopts), with SHARED_WORKER's modules in one scope."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SHARED_WORKER.get(scope, scope)
+
+    return SharedFixtureScheduling(config, log)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     """Each test's setup, call and teardown under its turn (see `_turn`)."""

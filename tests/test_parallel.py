@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import pytest
 
 from nasax.core.errors import ConfigError
@@ -44,10 +45,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
-# Serial: with the cores busy, XLA 0.10's host collectives can stall for good (a rendezvous
-# whose last device thread never arrives; benchmarks/host_collective_stall.py shows it without
-# nasax), so the other test worker waits while this one runs.
-@pytest.mark.serial
+# Serial under JAX 0.10 (Python 3.11): with the cores busy, its host collectives can stall
+# for good (a rendezvous whose last device thread never arrives), so the other test worker
+# waits while this one runs. benchmarks/host_collective_stall.py shows it without nasax;
+# with JAX 0.12.1 it finished beside two busy processes 3 times in 3 (3.3-3.9 s, 2.0 idle).
+@(pytest.mark.serial if jax.__version_info__ < (0, 12) else lambda test: test)
 def test_four_devices_give_the_losses_and_genotype_of_one(tiny_npz, tmp_path):
     overrides = [*TINY_NB201, f"data.name=npz:{tiny_npz}", "run.log_every=1", "search.epochs=1"]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -256,13 +257,14 @@ def test_the_one_program_scorer_equals_each_cells_own_network(tiny):
         scored = proxy_program(net, name)(stack_cells(cells, space), batch, KEY)
         for k, genotype in enumerate(cells):
             apply, params = _own_network_apply(space, net, genotype)
+            own_fn = jax.jit(partial(get_proxy(name).fn, apply))  # one program, not op by op
             if get_proxy(name).x64:
                 with jax.enable_x64(True):
                     wide = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
                     b = {**batch, "image": jnp.asarray(batch["image"], jnp.float64)}
-                    own = float(get_proxy(name).fn(apply, wide, b, KEY))
+                    own = float(own_fn(wide, b, KEY))
             else:
-                own = float(get_proxy(name).fn(apply, params, batch, KEY))
+                own = float(own_fn(params, batch, KEY))
             assert scored[k] == pytest.approx(own, rel=2e-3, abs=1e-6), (name, k)
     # Zen: the same Gaussian draws, mapped onto each cell's own network
     images = batch["image"]
@@ -271,7 +273,7 @@ def test_the_one_program_scorer_equals_each_cells_own_network(tiny):
     drawn = ScoringNetwork(net.space, net.graphdef, net.arch, weights, net.stats)
     for k, genotype in enumerate(cells):
         apply, params = _own_network_apply(space, drawn, genotype)
-        own = float(zen_of(apply, params, x, mixed))
+        own = float(jax.jit(partial(zen_of, apply))(params, x, mixed))
         assert scored[k] == pytest.approx(own, rel=2e-3, abs=1e-5), ("zen", k)
 
 

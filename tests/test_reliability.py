@@ -70,7 +70,7 @@ def test_kill_9_at_any_moment_loses_nothing(reference, tiny_npz, tmp_path):
     cmd = [sys.executable, "-m", "nasax.app.cli", *train_args(tiny_npz, out, *every_step)]
     rng = random.Random(0)
     kills, done = 0, 0
-    for _ in range(6):
+    for _ in range(4):
         resume = ["--resume"] if done else ["--overwrite"]
         proc = subprocess.Popen([*cmd, *resume], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 300
