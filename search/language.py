@@ -62,7 +62,7 @@ from nasax.supernet.network import PLAIN_FORWARD, Forward
 from nasax.supernet.rnn_network import CarriedSearchModel, Dropouts, RNNSearchModel
 from nasax.supernet.spaces import get_space
 
-TEXT_STRATEGIES = ("darts", "gdas", "snas", "drnas", "random_ws", "enas")
+TEXT_STRATEGIES = ("darts", "beta_darts", "gdas", "snas", "drnas", "random_ws", "enas")
 """The strategies that search recurrent cells: those whose supernet is the plain mixed or
 single-path one (PC-DARTS' partial channels, SDARTS' perturbations and the budgets are
 image-network transforms; evolution and zero_cost score image cells)."""

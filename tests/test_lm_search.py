@@ -201,20 +201,28 @@ def test_the_second_order_hypergradient_of_a_tiny_rnn_matches_finite_differences
             np.testing.assert_allclose(float(np.sum(g * d)), numeric, rtol=1e-5, atol=1e-9)
 
 
+SAMPLED = {"select_batches": 2, "candidates": 4}
+"""The sampling strategies' tiny options."""
+
+
 @pytest.mark.parametrize(
-    "strategy, space", [("darts", "darts_rnn"), ("random_ws", "darts_rnn"), ("enas", "enas_rnn")]
+    "strategy, space, options",
+    [
+        ("darts", "darts_rnn", None),
+        ("beta_darts", "darts_rnn", None),
+        ("random_ws", "darts_rnn", SAMPLED),
+        ("enas", "enas_rnn", {**SAMPLED, "controller_steps": 2}),
+    ],
 )
-def test_a_search_on_text_finds_a_recurrent_cell(strategy, space, tmp_path):
-    """Each required strategy; ENAS in its own space, which has no `none` op."""
+def test_a_search_on_text_finds_a_recurrent_cell(strategy, space, options, tmp_path):
+    """Each required strategy, and β-DARTS; ENAS in its own space, which has no `none` op."""
     corpus = write_corpus(tmp_path / "c.txt")
     sections = {
         "search": {"strategy": strategy, "epochs": 1},
         "model": {"space": {"base": space, "nodes": 2}},
     }
-    if strategy != "darts":
-        sections["search"][strategy] = {"select_batches": 2, "candidates": 4}
-    if strategy == "enas":
-        sections["search"]["enas"]["controller_steps"] = 2
+    if options:
+        sections["search"][strategy] = options
     config = validate_config(lm_config(corpus, **sections))
     summary = run_search(config, tmp_path / "run")
     genotype = Genotype.load(tmp_path / "run" / "genotype.json")
@@ -226,9 +234,15 @@ def test_a_search_on_text_finds_a_recurrent_cell(strategy, space, tmp_path):
     assert summary["test_ppl"] == pytest.approx(math.exp(summary["test_loss"]))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert records[-1]["test_bpc"] == pytest.approx(summary["test_bpc"])
-    if strategy == "darts":
+    if strategy in ("darts", "beta_darts"):
         with np.load(tmp_path / "run" / "alphas.npz") as alphas:
             assert alphas["alpha_recurrent"].shape == (1, 3, 5)
+    if strategy == "beta_darts":  # the regulariser, logged apart from the cross-entropy
+        search = [r for r in records if r["kind"] == "search"]
+        assert search and all(r["beta_reg"] >= 0 for r in search)
+        assert all(
+            r["val_objective"] == pytest.approx(r["val_loss"] + r["beta_reg"]) for r in search
+        )
 
 
 def test_recurrent_searches_refuse_what_they_cannot_do(tmp_path):
