@@ -4,6 +4,7 @@ in a new one, and computes what the traced step computes; its key follows the co
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -71,6 +72,43 @@ def test_a_damaged_plan_is_traced_again_and_rewritten(store: Path) -> None:
     again = BlockProgram(fn, *args, cache_key="toy")
     assert not again.loaded
     assert BlockProgram(fn, *args, cache_key="toy").loaded
+
+
+def _probe_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, text: str):
+    """A module named as nasax's own (`nasax.<name>`), from a file in `tmp_path`."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(f"nasax.{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, f"nasax.{name}", module)
+    return path
+
+
+def _edit(path: Path, text: str) -> None:
+    path.write_text(text)
+    os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 1_000_000))
+
+
+def test_a_plan_follows_the_nasax_modules_imported_when_it_was_traced(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graphdef, args = _toy_args(1)
+
+    def fn(*a):
+        return _toy_step(graphdef, *a)
+
+    traced_with = _probe_module(tmp_path, monkeypatch, "plan_probe_a", "A = 1\n")
+    assert not BlockProgram(fn, *args, cache_key="toy").loaded
+    # A nasax module imported after the plan was stored is not part of it.
+    later = _probe_module(tmp_path, monkeypatch, "plan_probe_b", "B = 1\n")
+    _edit(later, "B = 2\n")
+    assert BlockProgram(fn, *args, cache_key="toy").loaded
+    # One it was traced with has changed: a miss, traced again and stored again.
+    _edit(traced_with, "A = 2\n")
+    assert not BlockProgram(fn, *args, cache_key="toy").loaded
+    assert BlockProgram(fn, *args, cache_key="toy").loaded
+    assert len(list(store.glob("*.plan"))) == 1
 
 
 class _Payload:

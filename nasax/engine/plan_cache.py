@@ -11,9 +11,13 @@ the trace depends on:
 
 - the caller's key (the config sections, data shapes and statistics the step is built from);
 - the argument structure, shapes, dtypes and devices;
-- the source of nasax's own packages, and of the modules of the registered strategies,
-  ops, spaces or skeletons the program uses (those the caller's key names, and those
-  they name in turn: a space's ops);
+- the source of every nasax module the process had imported when it traced the plan (a
+  module first imported by the trace included): the plan holds their hashes, and a
+  load whose files differ is a miss, so editing a module a step never imports (a
+  command, the tuner, another kind of task) keeps the stored plans;
+- the source of the modules of the registered strategies, ops, spaces or skeletons the
+  program uses (those the caller's key names, and those they name in turn: a space's
+  ops);
 - the JAX, jaxlib, Flax, Optax and NumPy versions, the platform, `XLA_FLAGS` and the JAX
   settings that change a trace.
 
@@ -46,12 +50,8 @@ from nasax.core.io import atomic_write_bytes
 from nasax.core.registry import registered
 from nasax.engine.stored import compile_all, stored_programs
 
-FORMAT = 1
+FORMAT = 2
 """The stored layout's version; a change makes old files misses."""
-
-OWN_PACKAGES = ("nasax", "nasax.supernet", "nasax.search", "nasax.train")
-"""Packages whose source is hashed whole (their code is what a step runs); each has a
-folder of its own (pyproject's package-dir)."""
 
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy")
 
@@ -66,17 +66,34 @@ _TRACE_SETTINGS = (
 log = logging.getLogger(__name__)
 
 
-@functools.cache
-def _own_source() -> str:
-    """A hash of every Python file of nasax's packages, in a fixed order."""
-    h = hashlib.sha256()
-    for package in OWN_PACKAGES:
-        spec = importlib.util.find_spec(package)
-        for root in (spec.submodule_search_locations or ()) if spec else ():
-            for path in sorted(Path(root).rglob("*.py")):
-                h.update(f"{package}/{path.relative_to(root)}".encode())
-                h.update(path.read_bytes())
-    return h.hexdigest()
+def own_sources() -> dict[str, str]:
+    """Module name -> hash of its source file, for every nasax module this process has
+    imported: what a plan traced now can depend on of nasax itself."""
+    sources = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None) if _is_own_module(name) else None
+        if path and os.path.exists(path):
+            sources[name] = _file_hash(path, os.stat(path).st_mtime_ns)
+    return sources
+
+
+def _sources_unchanged(sources: dict[str, str]) -> bool:
+    """Whether each module of `sources` (`own_sources` when a plan was stored) has the same
+    source file now; a module that is gone counts as changed."""
+    for name, digest in sources.items():
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if path is None:
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError):
+                return False
+            path = spec.origin if spec else None
+        if not path or not os.path.exists(path):
+            return False
+        if _file_hash(path, os.stat(path).st_mtime_ns) != digest:
+            return False
+    return True
 
 
 @functools.cache
@@ -89,7 +106,8 @@ class _NoSource(Exception):
 
 
 def _module_source(module_name: str, files: dict[str, str]) -> None:
-    """Adds the source file of `module_name` to `files`, unless nasax's own hash covers it."""
+    """Adds the source file of `module_name` to `files`, unless it is nasax's own (the
+    plan's `own_sources` cover those)."""
     if _is_own_module(module_name) or module_name in sys.builtin_module_names:
         return
     module = sys.modules.get(module_name)
@@ -131,7 +149,7 @@ def _describe(obj: Any, files: dict[str, str]) -> Any:
 
 
 def _is_own_module(name: str) -> bool:
-    """A module of nasax's packages (their source is hashed whole)."""
+    """A module of nasax's packages (checked through the plan's `own_sources`)."""
     return name == "nasax" or name.startswith("nasax.")
 
 
@@ -182,7 +200,6 @@ def code_key(program_key: str = "") -> str | None:
     settings = {name: str(getattr(jax.config, name, None)) for name in _TRACE_SETTINGS}
     parts = [
         FORMAT,
-        _own_source(),
         entries,
         sorted(files.items()),
         versions,
@@ -284,9 +301,11 @@ class _Unpickler(pickle.Unpickler):
 
 
 def save(path: Path, plan: Any, out_tree: Any) -> None:
-    """Writes the plan atomically; a cache that cannot be written is only logged."""
+    """Writes the plan, with the hashes of the nasax modules imported so far (the trace's
+    among them), atomically; a cache that cannot be written is only logged."""
     buffer = io.BytesIO()
-    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((FORMAT, plan, out_tree))
+    stored = (FORMAT, own_sources(), plan, out_tree)
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(stored)
     try:
         atomic_write_bytes(path, buffer.getvalue())
     except Exception as error:  # a full or read-only cache folder must not stop a run
@@ -295,7 +314,8 @@ def save(path: Path, plan: Any, out_tree: Any) -> None:
 
 def load(path: Path) -> tuple[Any, Any] | None:
     """The stored (plan, out_tree) with its programs compiled (read from JAX's cache), or
-    None when there is none or it cannot be read."""
+    None when there is none, it cannot be read, or a nasax module it was traced with has
+    changed since."""
     try:
         data = path.read_bytes()
     except OSError:
@@ -304,7 +324,10 @@ def load(path: Path) -> tuple[Any, Any] | None:
         stored = _Unpickler(io.BytesIO(data)).load()
         if stored[0] != FORMAT:
             return None
-        _, plan, out_tree = stored
+        _, sources, plan, out_tree = stored
+        if not _sources_unchanged(sources):
+            log.info("plan cache: %s was traced with other nasax sources", path)
+            return None
         compile_all(stored_programs(plan))
         return plan, out_tree
     except Exception as error:  # a damaged or foreign file is a miss, rewritten after the trace
@@ -312,4 +335,4 @@ def load(path: Path) -> tuple[Any, Any] | None:
         return None
 
 
-__all__ = ["code_key", "load", "plan_path", "save", "store_dir"]
+__all__ = ["code_key", "load", "own_sources", "plan_path", "save", "store_dir"]
