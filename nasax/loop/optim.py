@@ -55,20 +55,30 @@ def weight_lr_ratio(
     return ratio
 
 
+def _weight_chain(
+    cfg: WeightOptimConfig, scale_by_lr: optax.GradientTransformation
+) -> optax.GradientTransformationExtraArgs:
+    """Gradient clipping, L2 weight decay, then `optax.sgd`'s structure (momentum or
+    identity, then `scale_by_lr`): PyTorch's order of operations, one state layout for
+    every lr a weight optimizer steps with."""
+    momentum = cfg.momentum or None
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
+    parts += [
+        optax.add_decayed_weights(cfg.weight_decay),
+        optax.chain(
+            optax.trace(momentum, cfg.nesterov) if momentum is not None else optax.identity(),
+            scale_by_lr,
+        ),
+    ]
+    return optax.chain(*parts)
+
+
 def weight_optimizer(
     cfg: WeightOptimConfig, epochs: int, steps_per_epoch: int
 ) -> optax.GradientTransformation:
     """Gradient clipping, L2 weight decay, SGD with momentum (PyTorch's order of operations)."""
-    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
-    parts += [
-        optax.add_decayed_weights(cfg.weight_decay),
-        optax.sgd(
-            weight_schedule(cfg, epochs, steps_per_epoch),
-            momentum=cfg.momentum or None,
-            nesterov=cfg.nesterov,
-        ),
-    ]
-    return optax.chain(*parts)
+    schedule = weight_schedule(cfg, epochs, steps_per_epoch)
+    return _weight_chain(cfg, optax.scale_by_learning_rate(schedule))
 
 
 def spanned_weight_schedule(
@@ -129,16 +139,8 @@ def spanned_weight_optimizer(
     `update(grads, state, params, span=epochs_spanned)`: one compiled step serves every
     span a time limit fits, and at `span == epochs` the steps are `weight_optimizer`'s to
     the bit. Its state is `weight_optimizer`'s, so their checkpoints are interchangeable."""
-    momentum = cfg.momentum or None
-    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
-    parts += [
-        optax.add_decayed_weights(cfg.weight_decay),
-        optax.chain(  # optax.sgd's structure
-            optax.trace(momentum, cfg.nesterov) if momentum is not None else optax.identity(),
-            scale_by_spanned_lr(spanned_weight_schedule(cfg, epochs, steps_per_epoch)),
-        ),
-    ]
-    return optax.chain(*parts)
+    schedule = spanned_weight_schedule(cfg, epochs, steps_per_epoch)
+    return _weight_chain(cfg, scale_by_spanned_lr(schedule))
 
 
 def arch_lr(cfg: ArchOptimConfig, steps: int | None = None) -> float:
